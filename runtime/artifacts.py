@@ -1,0 +1,74 @@
+"""ORT autodiff: forward ONNX + trainable parameter names -> training, eval and optimizer models
+and a checkpoint (onnxruntime.training.artifacts.generate_artifacts).
+
+The loss is cross-entropy with label smoothing as a graph input (`label_smoothing`, a float
+scalar), so one artifact trains with any smoothing and evaluates with 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from pathlib import Path
+
+import onnx
+from onnxruntime.training import artifacts, onnxblock
+from onnxruntime.training.onnxblock import _graph_utils
+
+from tinytlc.errors import TinyTLError
+
+LABELS = "labels"
+SMOOTHING = "label_smoothing"
+FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+
+
+class SmoothedCrossEntropy(onnxblock.Block):
+    """loss = (1 - eps) * CE(logits, labels) + eps * mean(-log_softmax(logits)); eps is an input."""
+
+    def build(self, logits: str) -> str:
+        g = self.base.graph
+        out = next(o for o in g.output if o.name == logits)
+        labels = onnx.helper.make_tensor_value_info(LABELS, onnx.TensorProto.INT64,
+                                                    [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim[:-1]])
+        g.input.extend([labels, onnx.helper.make_tensor_value_info(SMOOTHING, onnx.TensorProto.FLOAT, [])])
+        name = _graph_utils.generate_graph_name
+        ce, logp, neg, uniform, diff, scaled, loss = (name(n) for n in
+                                                      ("ce", "logp", "neg", "uniform", "diff", "scaled", "loss"))
+        g.node.extend([
+            onnx.helper.make_node("SoftmaxCrossEntropyLoss", [logits, LABELS], [ce], reduction="mean"),
+            onnx.helper.make_node("LogSoftmax", [logits], [logp], axis=-1),
+            onnx.helper.make_node("Neg", [logp], [neg]),
+            onnx.helper.make_node("ReduceMean", [neg], [uniform], keepdims=0),
+            onnx.helper.make_node("Sub", [uniform, ce], [diff]),
+            onnx.helper.make_node("Mul", [diff, SMOOTHING], [scaled]),
+            onnx.helper.make_node("Add", [ce, scaled], [loss]),
+        ])
+        return loss
+
+
+def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> None:
+    """Write FILES into `directory` (which must exist)."""
+    if not trainable:
+        raise TinyTLError("no trainable parameters: nothing to compile")
+    logits = model.graph.output[0].name
+    log = io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(directory)  # onnxblock may write temporary files to the working directory
+        with contextlib.redirect_stdout(log):
+            # Frozen weights are not listed: they stay initializers, i.e. constants ORT can fold.
+            artifacts.generate_artifacts(model, requires_grad=trainable, frozen_params=[],
+                                         loss=SmoothedCrossEntropy(), optimizer=artifacts.OptimType.AdamW,
+                                         artifact_directory=directory, additional_output_names=[logits])
+    except Exception as e:
+        raise TinyTLError(f"ONNX Runtime cannot build the training graph: {_first_cause(str(e))}") from e
+    finally:
+        os.chdir(cwd)
+
+
+def _first_cause(message: str) -> str:
+    """The informative line of an ORT error (e.g. a missing gradient builder names the op)."""
+    m = re.search(r"(No gradient (?:builder|definition)[^\n]*|[A-Za-z]+Grad[^\n]*not[^\n]*)", message)
+    return (m.group(1) if m else message.strip().splitlines()[-1] if message.strip() else "unknown error")[:300]

@@ -1,0 +1,115 @@
+"""Step 1 of the data flow: a model source (zoo name, .onnx file, or file.py:function returning an
+nn.Module) becomes a forward ONNX model with one image input and one logits output.
+
+Export uses torch's TorchScript-based exporter with constant folding off: it keeps every parameter
+under its state_dict name and every BatchNormalization as its own node, so tinytlc's passes decide
+what is folded and what trains (the dynamo exporter folds BN into convs and drops zero biases).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from tinytlc import zoo
+from tinytlc.errors import TinyTLError
+
+OPSET = 17
+MAX_OPSET = 21  # what onnxruntime-training 1.19.2 runs
+MAX_IR = 10
+INPUT, OUTPUT = "input", "logits"
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass
+class Source:
+    model: onnx.ModelProto
+    preprocess: dict
+    description: str
+
+
+def export_module(module: torch.nn.Module, resolution: int, channels: int = 3) -> onnx.ModelProto:
+    """Export an eval-mode nn.Module to ONNX (batch dimension symbolic, spatial size fixed)."""
+    module = module.eval()
+    x = torch.zeros(1, channels, resolution, resolution)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=False,
+                              training=torch.onnx.TrainingMode.EVAL, input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        except Exception as e:  # torch raises many types; the user needs the first line
+            raise TinyTLError(f"cannot export {type(module).__name__} to ONNX: {str(e).splitlines()[0]}") from e
+    return onnx.load_from_string(buf.getvalue())
+
+
+def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
+    """Load a user's .onnx file and check that ORT 1.19.2 can train it at this resolution."""
+    try:
+        model = onnx.load(os.fspath(path))
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise TinyTLError(f"{path}: not a valid ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset > MAX_OPSET:
+        raise TinyTLError(f"{path}: opset {opset} is not supported (onnxruntime-training 1.19.2 runs opset <= {MAX_OPSET})")
+    model.ir_version = min(model.ir_version, MAX_IR)
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise TinyTLError(f"{path}: expected one image input and one logits output, found "
+                          f"{len(inputs)} inputs and {len(model.graph.output)} outputs")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise TinyTLError(f"{path}: input '{inputs[0].name}' has rank {len(dims)}, expected NCHW images")
+    for axis in (2, 3):
+        if dims[axis].HasField("dim_value") and dims[axis].dim_value != resolution:
+            raise TinyTLError(f"{path}: input '{inputs[0].name}' is {dims[axis].dim_value} pixels, "
+                              f"--resolution is {resolution} (shape mismatch)")
+        dims[axis].dim_value = resolution
+    dims[0].dim_param = "batch"
+    out_dims = model.graph.output[0].type.tensor_type.shape.dim
+    if out_dims:
+        out_dims[0].dim_param = "batch"
+    return model
+
+
+def load_function(spec: str) -> torch.nn.Module:
+    """`path/to/file.py:function` -> the nn.Module the function returns."""
+    file, _, func = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise TinyTLError(f"{file}: no such file")
+    mod_spec = importlib.util.spec_from_file_location(f"tinytlc_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:
+        raise TinyTLError(f"{file}: failed to import ({type(e).__name__}: {e})") from e
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise TinyTLError(f"{file}: no function '{func}'")
+    net = fn()
+    if not isinstance(net, torch.nn.Module):
+        raise TinyTLError(f"{spec}: returned {type(net).__name__}, expected a torch.nn.Module")
+    return net
+
+
+def load_source(spec: str, resolution: int, pretrained: bool = True) -> Source:
+    """Resolve MODEL as given on the command line."""
+    if spec.endswith(".onnx") or Path(spec).suffix == ".onnx":
+        if not Path(spec).is_file():
+            raise TinyTLError(f"{spec}: no such file")
+        return Source(load_onnx(Path(spec), resolution), IMAGENET, f"ONNX file {spec}")
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        return Source(export_module(load_function(spec), resolution), IMAGENET, f"PyTorch module {spec}")
+    entry = zoo.get(spec)
+    net = entry.build(resolution=resolution, pretrained=pretrained)
+    return Source(export_module(net, resolution), entry.preprocess, f"{spec} ({entry.weights})")

@@ -1,0 +1,38 @@
+"""Atomic writes: a crash or a bad input never leaves a half-written file where a good one was."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
+    """Yield a temporary path beside `dest`; on success rename it over `dest` in one step."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    target = tmp if is_dir else tmp / dest.name
+    try:
+        yield target
+        if is_dir and dest.exists():
+            # Two renames: the old directory survives until the new one is complete.
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(target, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(target, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,76 @@
+"""The paper's transfer-learning methods, as the forward passes they need and the parameters they
+train. Parameters are found from the graph's structure, so any ONNX CNN works, not only the zoo.
+
+| method    | trains                                              | BatchNorm becomes            |
+|-----------|-----------------------------------------------------|------------------------------|
+| full      | every conv/linear weight and bias, norm scale/shift | affine over frozen stats     |
+| last      | classifier                                          | folded into the conv         |
+| norm+last | norm scale and shift, classifier                    | affine over frozen stats     |
+| bias      | every bias (conv bias after folding BN), classifier | folded into the conv         |
+| lite      | lite residual modules, classifier                   | (next release)               |
+| lite+bias | both                                                | (next release)               |
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from tinytlc.errors import TinyTLError
+from tinytlc.passes.forward import (AddZeroBiasPass, BatchNormToAffinePass, FoldBatchNormIntoConvPass,
+                                    find_classifier)
+
+METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
+TRAINS_NORMS = {"full", "norm+last"}
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise TinyTLError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+    if method.startswith("lite"):
+        raise TinyTLError(f"method '{method}' needs lite residual modules, which this tinytlc release "
+                          "does not build yet; use full, last, norm+last or bias")
+
+
+def norm_params(graph: ir.Graph) -> list[str]:
+    """Scale and shift of every BatchNormalization (names survive BatchNormToAffinePass)."""
+    return [v.name for n in graph if n.op_type == "BatchNormalization" for v in n.inputs[1:3]
+            if v is not None and v.is_initializer()]
+
+
+def forward_passes(method: str) -> list[ir.passes.PassBase]:
+    """Passes that shape the forward graph for `method` before autodiff."""
+    if method in TRAINS_NORMS:
+        return [BatchNormToAffinePass()]
+    passes = [FoldBatchNormIntoConvPass(), BatchNormToAffinePass()]  # BN with no conv before it
+    if method == "bias":
+        passes.append(AddZeroBiasPass())
+    return passes
+
+
+def _layer_params(graph: ir.Graph, slots: tuple[int, ...]) -> list[str]:
+    names = []
+    for node in graph:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            for i in slots:
+                if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].is_initializer():
+                    names.append(node.inputs[i].name)
+    return names
+
+
+def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str]:
+    """Names of the initializers `method` trains, in graph order, each once."""
+    _, weight, bias, _ = find_classifier(graph)
+    classifier = [weight.name] + ([bias.name] if bias is not None else [])
+    if method == "full":
+        names = _layer_params(graph, (1, 2)) + norms
+    elif method == "last":
+        names = classifier
+    elif method == "norm+last":
+        names = norms + classifier
+    elif method == "bias":
+        names = _layer_params(graph, (2,)) + classifier
+    else:
+        check_method(method)
+        raise AssertionError(method)
+    present = set(graph.initializers)
+    return [n for n in dict.fromkeys(names) if n in present]

@@ -1,0 +1,120 @@
+"""compile: model source -> forward ONNX -> forward passes -> ORT autodiff -> artifact directory.
+
+The artifact directory holds training_model.onnx, eval_model.onnx, optimizer_model.onnx,
+checkpoint and tinytlc.json, the manifest every later command reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
+
+from tinytlc import methods
+from tinytlc.errors import TinyTLError
+from tinytlc.export import INPUT, MAX_IR, load_source
+from tinytlc.fsutil import atomic_path
+from tinytlc.passes.forward import ReplaceClassifierPass, find_classifier
+from tinytlc.runtime import artifacts
+
+MANIFEST = "tinytlc.json"
+
+
+@dataclass
+class Artifact:
+    """A compiled artifact directory and its manifest."""
+    path: Path
+    manifest: dict
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise TinyTLError(f"{path}: not a tinytlc artifact directory (no {MANIFEST}; run tinytlc compile)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise TinyTLError(f"{mf}: corrupt manifest ({e})") from e
+    for name in artifacts.FILES:
+        if not (path / name).exists():
+            raise TinyTLError(f"{path}: {name} is missing; compile again")
+    return Artifact(path, manifest)
+
+
+def _versions() -> dict:
+    return {p: metadata.version(p) for p in ("tinytlc", "torch", "onnx", "onnxruntime-training-cpu", "onnx-ir")}
+
+
+def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True):
+    """Forward ONNX ready for autodiff, the trainable names, and the source's description."""
+    methods.check_method(method)
+    source = load_source(model, resolution, pretrained)
+    irm = ir.serde.deserialize_model(source.model)
+    IdentityEliminationPass()(irm)
+    _, weight, _, out_by_in = find_classifier(irm.graph)
+    head_classes = weight.shape[0] if out_by_in else weight.shape[1]
+    if num_classes is not None and num_classes != head_classes:
+        ReplaceClassifierPass(num_classes)(irm)
+    norms = methods.norm_params(irm.graph)
+    for p in methods.forward_passes(method):
+        p(irm)
+    RemoveUnusedNodesPass()(irm)
+    ShapeInferencePass()(irm)
+    trainable = methods.trainable_params(irm.graph, method, norms)
+    proto = ir.serde.serialize_model(irm)
+    proto.ir_version = min(proto.ir_version, MAX_IR)
+    return proto, trainable, source, (num_classes or head_classes)
+
+
+def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
+                  batch_size: int = 8, resolution: int = 224, passes: bool = False, force: bool = False,
+                  pretrained: bool = True) -> Artifact:
+    """Compile MODEL for METHOD into the artifact directory OUT (written atomically)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise TinyTLError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    if batch_size < 1 or resolution < 8:
+        raise TinyTLError("--batch-size must be >= 1 and --resolution >= 8")
+    if passes:
+        raise TinyTLError("training-graph memory passes are not in this release; compile with --no-passes")
+    proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained)
+    with atomic_path(out, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        onnx.save(proto, tmp / "forward_model.onnx")
+        artifacts.generate(proto, trainable, tmp)
+        manifest = {
+            "model": model,
+            "source": source.description,
+            "method": method,
+            "num_classes": classes,
+            "input": {"name": INPUT, "shape": [batch_size, 3, resolution, resolution], "dtype": "float32"},
+            "labels": {"name": artifacts.LABELS, "dtype": "int64"},
+            "label_smoothing_input": artifacts.SMOOTHING,
+            "logits": proto.graph.output[0].name,
+            "trainable": trainable,
+            "trainable_elements": _count(proto, set(trainable)),
+            "total_elements": _count(proto, None),
+            "preprocess": {**source.preprocess, "resolution": resolution, "channels": 3},
+            "passes": [],
+            "versions": _versions(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return Artifact(out, manifest)
+
+
+def _count(proto: onnx.ModelProto, names: set[str] | None) -> int:
+    import numpy as np
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in proto.graph.initializer
+                   if t.data_type == onnx.TensorProto.FLOAT and (names is None or t.name in names)))
+
+
+__all__ = ["Artifact", "compile_model", "load_artifact", "build_forward"]
