@@ -1,0 +1,127 @@
+"""Measure a training step (forward + backward + optimizer) in fresh subprocesses.
+
+Method: load the artifacts with ORT's CPU arena off and run warm-up steps, then
+- memory (one process): track `steps` steps with memray. `step_peak_bytes` is memray's peak of
+  live native allocations made during the tracked steps; what was allocated before (parameters,
+  optimizer state, the session) is not in it. Cross-check: the rise of the process high-water mark
+  (VmHWM, reset through /proc/self/clear_refs) over the resident size before the tracked steps.
+  glibc is told to serve blocks of 64 KiB and more with mmap (MALLOC_MMAP_THRESHOLD_), so freed
+  activations go back to the OS and the resident size follows live memory.
+- time (another process, default malloc, no tracking): mean wall time of `steps` steps.
+`param_bytes` counts parameters plus, for every trainable one, its gradient buffer and Adam's two
+moments. `total_bytes` = param_bytes + step_peak_bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinytlc.errors import TinyTLError
+
+FLOAT = 4
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe(directory: Path, steps: int, warmup: int, batch_size: int | None, what: str) -> dict:
+    """Runs inside a fresh subprocess: `what` is "memory" or "time"."""
+    from tinytlc.pipeline import load_artifact
+    from tinytlc.runtime.session import open_session
+
+    mf = load_artifact(directory).manifest
+    shape = list(mf["input"]["shape"])
+    shape[0] = batch_size or shape[0]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y = rng.integers(0, mf["num_classes"], shape[0]).astype(np.int64)
+    sess = open_session(directory, mf, directory / "checkpoint", with_eval=False, measure=True)
+    sess.module.train()
+    for _ in range(warmup):
+        sess.train_step(x, y)
+    if what == "time":
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            sess.train_step(x, y)
+        return {"step_seconds": (time.perf_counter() - t0) / steps}
+
+    import memray
+    rss_before = _proc_status("VmRSS")
+    hwm_ok = _reset_hwm()
+    with tempfile.TemporaryDirectory() as tmp:
+        capture = Path(tmp) / "step.bin"
+        with memray.Tracker(capture, native_traces=False, trace_python_allocators=False):
+            for _ in range(steps):
+                sess.train_step(x, y)
+        peak = memray.FileReader(capture).metadata.peak_memory
+    return {"batch_size": shape[0], "resolution": shape[-1], "step_peak_bytes": int(peak),
+            "hwm_rise_bytes": _proc_status("VmHWM") - rss_before if hwm_ok else None}
+
+
+def _child(directory, steps, warmup, batch_size, what: str, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "tinytlc.runtime.memory", str(directory), "--steps", str(steps),
+           "--warmup", str(warmup), "--what", what] + (["--batch-size", str(batch_size)] if batch_size else [])
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if what == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        raise TinyTLError(f"memory measurement failed: {lines[-1] if lines else 'exit ' + str(proc.returncode)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(directory: str | Path, steps: int = 3, warmup: int = 2, batch_size: int | None = None,
+            timeout: float = 1800) -> dict:
+    """Measured figures of one training step of the artifact in `directory`."""
+    from tinytlc.pipeline import load_artifact
+    mf = load_artifact(directory).manifest  # fail here, with a clear message, rather than in a child
+    if steps < 1 or warmup < 0:
+        raise TinyTLError("--steps must be >= 1 and --warmup >= 0")
+    mem = _child(directory, steps, warmup, batch_size, "memory", timeout)
+    timing = _child(directory, steps, warmup, batch_size, "time", timeout)
+    param_bytes = FLOAT * (mf["total_elements"] + 3 * mf["trainable_elements"])
+    return {"model": mf["model"], "method": mf["method"], "passes": mf.get("passes", []), **mem,
+            "param_bytes": param_bytes, "total_bytes": param_bytes + mem["step_peak_bytes"], **timing,
+            "steps": steps, "warmup": warmup}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="internal: measure one artifact's training step")
+    ap.add_argument("directory", type=Path)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--what", choices=("memory", "time"), default="memory")
+    a = ap.parse_args()
+    try:
+        result = probe(a.directory, a.steps, a.warmup, a.batch_size, a.what)
+    except TinyTLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

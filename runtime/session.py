@@ -1,0 +1,74 @@
+"""Open a compiled artifact as ORT training objects (checkpoint state, module, optimizer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+from tinytlc.errors import TinyTLError
+
+TRAINED = "trained"  # subdirectory written by `tinytlc train`
+
+
+def session_options(measure: bool = False) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if measure:
+        # The arena keeps freed blocks: with it on, the process footprint hides what a step needs.
+        opts.enable_cpu_mem_arena = False
+    return opts
+
+
+def trained_checkpoint(directory: Path) -> Path | None:
+    path = directory / TRAINED / "checkpoint"
+    return path if path.exists() else None
+
+
+def load_state(path: Path) -> CheckpointState:
+    try:
+        return CheckpointState.load_checkpoint(str(path))
+    except Exception as e:
+        raise TinyTLError(f"{path}: corrupt or unreadable checkpoint ({str(e).strip().splitlines()[-1][:200]})") from e
+
+
+@dataclass
+class TrainingSession:
+    state: CheckpointState
+    module: Module
+    optimizer: Optimizer | None
+    manifest: dict
+
+    def feeds(self, x: np.ndarray, y: np.ndarray, smoothing: float) -> list[np.ndarray]:
+        by_name = {self.manifest["input"]["name"]: x, self.manifest["labels"]["name"]: y,
+                   self.manifest["label_smoothing_input"]: np.float32(smoothing)}
+        return [np.asarray(by_name[n]) for n in self.module.input_names()]
+
+    def train_step(self, x, y, smoothing: float = 0.0) -> tuple[float, np.ndarray]:
+        loss, logits = self.module(*self.feeds(x, y, smoothing))
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return float(loss), logits
+
+    def eval_step(self, x, y) -> tuple[float, np.ndarray]:
+        loss, logits = self.module(*self.feeds(x, y, 0.0))
+        return float(loss), logits
+
+
+def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None, *, with_eval: bool = True,
+                 with_optimizer: bool = True, measure: bool = False) -> TrainingSession:
+    """Load `checkpoint` (default: the trained one if any, else the compiled one)."""
+    checkpoint = checkpoint or trained_checkpoint(directory) or directory / "checkpoint"
+    state = load_state(checkpoint)
+    try:
+        module = Module(str(directory / "training_model.onnx"), state,
+                        str(directory / "eval_model.onnx") if with_eval else None,
+                        session_options=session_options(measure))
+        optimizer = Optimizer(str(directory / "optimizer_model.onnx"), module) if with_optimizer else None
+    except Exception as e:
+        raise TinyTLError(f"{directory}: ONNX Runtime cannot load the artifacts "
+                          f"({str(e).strip().splitlines()[-1][:200]})") from e
+    return TrainingSession(state, module, optimizer, manifest)

@@ -1,0 +1,103 @@
+"""The training loop: Adam(W) with a cosine learning-rate schedule, label smoothing, held-out
+accuracy every epoch, atomic checkpoints after every epoch, and --resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.training.api import CheckpointState
+from tqdm import tqdm
+
+from tinytlc.data import Data, Preprocess, Split, batches
+from tinytlc.errors import TinyTLError
+from tinytlc.fsutil import atomic_path, write_json
+from tinytlc.runtime.session import TRAINED, TrainingSession, open_session
+
+STATE = "state.json"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-3
+    label_smoothing: float = 0.0
+    seed: int = 0
+    resume: bool = False
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def evaluate_split(sess: TrainingSession, split: Split, pre: Preprocess, batch_size: int,
+                   desc: str = "eval") -> dict:
+    sess.module.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y in tqdm(batches(split, batch_size, pre), total=math.ceil(len(split) / batch_size), desc=desc,
+                     leave=False, disable=None):
+        loss, logits = sess.eval_step(x, y)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss * len(y)
+        n += len(y)
+    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "images": n}
+
+
+def _save(sess: TrainingSession, out: Path, record: dict) -> None:
+    """Checkpoint (with optimizer state) and progress, each replaced atomically."""
+    with atomic_path(out / "checkpoint") as tmp:
+        CheckpointState.save_checkpoint(sess.state, str(tmp), include_optimizer_state=True)
+    write_json(out / STATE, record)
+
+
+def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
+    out = directory / TRAINED
+    record = {"epoch": 0, "step": 0, "history": []}
+    checkpoint = directory / "checkpoint"
+    if cfg.resume:
+        if not (out / STATE).is_file() or not (out / "checkpoint").exists():
+            raise TinyTLError(f"--resume: no earlier training in {out}")
+        try:
+            record = json.loads((out / STATE).read_text())
+        except json.JSONDecodeError as e:
+            raise TinyTLError(f"{out / STATE}: corrupt training state ({e})") from e
+        checkpoint = out / "checkpoint"
+        if record["epoch"] >= cfg.epochs:
+            log(f"already trained {record['epoch']} epochs (asked for {cfg.epochs}); nothing to do")
+            return record
+    sess = open_session(directory, manifest, checkpoint)
+    pre = Preprocess.from_manifest(manifest)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    step = record["step"]
+    for epoch in range(record["epoch"], cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        sess.module.train()
+        loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(batches(data.train, cfg.batch_size, pre, rng, augment=True), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None)
+        for x, y in bar:
+            sess.optimizer.set_learning_rate(cosine_lr(cfg.lr, step, total))
+            loss, logits = sess.train_step(x, y, cfg.label_smoothing)
+            if not math.isfinite(loss):
+                raise TinyTLError(f"training diverged at step {step} (loss {loss}); lower --lr")
+            loss_sum += loss * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            step += 1
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        seconds = time.perf_counter() - t0
+        result = evaluate_split(sess, data.test, pre, cfg.batch_size)
+        entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                 "test_accuracy": result["accuracy"], "test_loss": result["loss"], "seconds": seconds}
+        record = {"epoch": epoch + 1, "step": step, "history": record["history"] + [entry],
+                  "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing}
+        _save(sess, out, record)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {entry['train_loss']:.4f}, "
+            f"held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images), {seconds:.1f}s")
+    return record

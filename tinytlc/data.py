@@ -1,0 +1,229 @@
+"""Training data: a class-per-folder image tree, a folder of MNIST-format idx files
+(e.g. Fashion-MNIST), or `synthetic:N`. Images are kept at their stored size and preprocessed
+per batch (resize to the model's resolution, [0, 1] RGB, the backbone's mean/std), so a large
+set costs little memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinytlc.errors import TinyTLError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+
+
+@dataclass
+class Split:
+    """Labelled images; `load(i)` returns image i as uint8 HxWx3 (or HxW for grayscale)."""
+    labels: np.ndarray
+    load: Callable[[int], np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Data:
+    classes: list[str]
+    train: Split
+    test: Split
+    note: str = field(default="")
+
+
+@dataclass
+class Preprocess:
+    resolution: int
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Preprocess":
+        p = manifest["preprocess"]
+        return cls(p["resolution"], p["mean"], p["std"])
+
+    def __call__(self, images: list[np.ndarray], flip: np.ndarray | None = None) -> np.ndarray:
+        """uint8 images of any size -> float32 NCHW at the model's resolution, normalised."""
+        if all(img.shape == images[0].shape for img in images):
+            out = self._resize(np.stack(images))  # one interpolate call for the batch
+        else:
+            out = np.concatenate([self._resize(img[None]) for img in images])
+        if flip is not None:
+            out[flip] = out[flip, :, :, ::-1]
+        out -= np.asarray(self.mean, np.float32)[:, None, None]
+        out /= np.asarray(self.std, np.float32)[:, None, None]
+        return out
+
+    def _resize(self, batch: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255)
+        t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2)  # grayscale NHW or NHWC -> NCHW
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        if t.shape[-2:] != (self.resolution, self.resolution):
+            t = F.interpolate(t, size=(self.resolution, self.resolution), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return t.contiguous().numpy()
+
+
+def batches(split: Split, batch_size: int, pre: Preprocess, rng: np.random.Generator | None = None,
+            augment: bool = False):
+    """Yield (x, y); shuffled and randomly flipped when `rng` is given and `augment` is set."""
+    order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        flip = rng.random(len(idx)) < 0.5 if (augment and rng is not None) else None
+        yield pre([split.load(int(i)) for i in idx], flip), split.labels[idx].astype(np.int64)
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    except (OSError, struct.error, EOFError) as e:
+        raise TinyTLError(f"{path}: not an idx file ({e})") from e
+    if zero != 0 or dtype != 0x08:
+        raise TinyTLError(f"{path}: not an unsigned-byte idx file")
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)):
+        raise TinyTLError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds {len(body)} "
+                          "(wrong image sizes or truncated file)")
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_idx(folder: Path) -> Data:
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img, lab = _find(folder, f"{prefix}-images-idx3-ubyte"), _find(folder, f"{prefix}-labels-idx1-ubyte")
+        if img is None or lab is None:
+            raise TinyTLError(f"{folder}: missing {prefix}-images-idx3-ubyte or {prefix}-labels-idx1-ubyte")
+        images, labels = _read_idx(img), _read_idx(lab)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise TinyTLError(f"{folder}: {img.name} has shape {images.shape}, {lab.name} {labels.shape}: "
+                              "expected N images of HxW and N labels")
+        parts[split] = Split(labels.astype(np.int64), lambda i, a=images: a[i])
+    if parts["train"].load(0).shape != parts["test"].load(0).shape:
+        raise TinyTLError(f"{folder}: train and test images differ in size")
+    n = int(max(parts["train"].labels.max(), parts["test"].labels.max())) + 1
+    classes = FASHION_MNIST if "fashion" in str(folder).lower() and n == 10 else [str(c) for c in range(n)]
+    return Data(classes, parts["train"], parts["test"])
+
+
+def _image_loader(paths: list[Path]):
+    from PIL import Image, UnidentifiedImageError
+
+    def load(i: int) -> np.ndarray:
+        try:
+            with Image.open(paths[i]) as im:
+                return np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise TinyTLError(f"{paths[i]}: cannot read image ({e})") from e
+    return load
+
+
+def _scan_classes(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = classes or dirs
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        if not (root / name).is_dir():
+            continue
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        paths += files
+        labels += [c] * len(files)
+    return classes, paths, np.asarray(labels, np.int64)
+
+
+def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0) -> Data:
+    """root/<class>/*.jpg, or root/train/<class>/... with root/val (or test)/<class>/..."""
+    held = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and held is not None:
+        classes, train_paths, train_labels = _scan_classes(root / "train")
+        _, test_paths, test_labels = _scan_classes(held, classes)
+        note = f"test split from {held.name}/"
+    else:
+        classes, paths, labels = _scan_classes(root)
+        rng = np.random.default_rng(seed)
+        test_mask = np.zeros(len(paths), bool)
+        for c in range(len(classes)):  # stratified: held_out of every class, at least one image
+            idx = np.flatnonzero(labels == c)
+            if len(idx) > 1:
+                test_mask[rng.choice(idx, max(1, round(held_out * len(idx))), replace=False)] = True
+        train_paths = [p for p, m in zip(paths, test_mask) if not m]
+        test_paths = [p for p, m in zip(paths, test_mask) if m]
+        train_labels, test_labels = labels[~test_mask], labels[test_mask]
+        note = f"{held_out:.0%} of each class held out (seed {seed})"
+    if len(train_paths) == 0:
+        raise TinyTLError(f"{root}: no images found (expected {root}/<class>/<image> files)")
+    present = np.unique(train_labels)
+    if len(present) < 2:
+        raise TinyTLError(f"{root}: images of only {len(present)} class found; need at least 2 class folders")
+    return Data(classes, Split(train_labels, _image_loader(train_paths)), Split(test_labels, _image_loader(test_paths)),
+                note)
+
+
+def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
+    """Separable images: each class is a fixed random colour pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    protos = rng.uniform(40, 215, (num_classes, size, size, 3))
+
+    def make(count: int, offset: int) -> Split:
+        labels = np.arange(count) % num_classes
+        noise_seed = seed + offset
+
+        def load(i: int) -> np.ndarray:
+            r = np.random.default_rng([noise_seed, i])
+            return np.clip(protos[labels[i]] + r.normal(0, 25, protos.shape[1:]), 0, 255).astype(np.uint8)
+        return Split(labels.astype(np.int64), load)
+    return Data([f"class{c}" for c in range(num_classes)], make(n, 1), make(max(num_classes, n // 5), 2),
+                f"synthetic, {n} train images")
+
+
+def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int = 0) -> Data:
+    """Resolve --data. `limit` keeps a fixed, class-balanced subset of the training split."""
+    if spec.startswith("synthetic:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise TinyTLError(f"--data {spec}: expected synthetic:N with N a number of images") from None
+        if n < 2:
+            raise TinyTLError(f"--data {spec}: need at least 2 images")
+        data = synthetic(n, num_classes, seed)
+    else:
+        root = Path(spec)
+        if not root.is_dir():
+            raise TinyTLError(f"--data {spec}: no such directory")
+        is_idx = any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir())
+        data = load_idx(root) if is_idx else load_image_folder(root, seed=seed)
+    if len(data.classes) > num_classes:
+        raise TinyTLError(f"--data {spec} has {len(data.classes)} classes, the model was compiled for "
+                          f"{num_classes} (compile with --num-classes {len(data.classes)})")
+    if limit is not None and limit < len(data.train):
+        data.train = subset(data.train, limit, seed)
+    return data
+
+
+def subset(split: Split, n: int, seed: int = 0) -> Split:
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    return Split(split.labels[idx], lambda i, s=split, m=idx: s.load(int(m[i])))
