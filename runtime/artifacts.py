@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -53,22 +54,48 @@ def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> N
     if not trainable:
         raise TinyTLError("no trainable parameters: nothing to compile")
     logits = model.graph.output[0].name
-    log = io.StringIO()
     cwd = os.getcwd()
     try:
         os.chdir(directory)  # onnxblock may write temporary files to the working directory
-        with contextlib.redirect_stdout(log):
+        with _quiet_native_stderr() as log:
             # Frozen weights are not listed: they stay initializers, i.e. constants ORT can fold.
             artifacts.generate_artifacts(model, requires_grad=trainable, frozen_params=[],
                                          loss=SmoothedCrossEntropy(), optimizer=artifacts.OptimType.AdamW,
                                          artifact_directory=directory, additional_output_names=[logits])
     except Exception as e:
-        raise TinyTLError(f"ONNX Runtime cannot build the training graph: {_first_cause(str(e))}") from e
+        raise TinyTLError(f"ONNX Runtime cannot build the training graph: {_first_cause(str(e) + log.text)}") from e
     finally:
         os.chdir(cwd)
 
 
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """ORT's gradient builder logs every graph transformer to fd 2 whatever the Python-side
+    severity; keep it for error messages instead of flooding the terminal."""
+    captured = _Captured()
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read()
+
+
 def _first_cause(message: str) -> str:
-    """The informative line of an ORT error (e.g. a missing gradient builder names the op)."""
-    m = re.search(r"(No gradient (?:builder|definition)[^\n]*|[A-Za-z]+Grad[^\n]*not[^\n]*)", message)
-    return (m.group(1) if m else message.strip().splitlines()[-1] if message.strip() else "unknown error")[:300]
+    """The informative part of an ORT error: a missing gradient builder names the op and node."""
+    m = re.search(r"gradient builder has not been registered: (\S+) for node (\S+)", message)
+    if m:
+        return (f"op {m.group(1)} (node {m.group(2)}) has no gradient in onnxruntime-training 1.19.2; "
+                "freeze everything before it or rewrite it with differentiable ops")
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else "unknown error"
+    return re.sub(r"^.*? was false\. ", "", last)[:300]

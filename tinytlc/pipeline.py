@@ -76,7 +76,7 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
 
 
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
-                  batch_size: int = 8, resolution: int = 224, passes: bool = False, force: bool = False,
+                  batch_size: int = 8, resolution: int = 224, force: bool = False,
                   pretrained: bool = True) -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically)."""
     out = Path(out)
@@ -84,8 +84,6 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         raise TinyTLError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     if batch_size < 1 or resolution < 8:
         raise TinyTLError("--batch-size must be >= 1 and --resolution >= 8")
-    if passes:
-        raise TinyTLError("training-graph memory passes are not in this release; compile with --no-passes")
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained)
     with atomic_path(out, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,5 @@
+import sys
+
+from tinytlc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""The `tinytlc` command: compile, train, eval, export, memory. Bad input ends with one line on
+stderr and exit status 2; set TINYTLC_DEBUG=1 to see tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tinytlc.errors import TinyTLError
+from tinytlc.methods import METHODS
+
+DEFAULT_LR = {"full": 5e-4}  # fine-tuning every weight wants a smaller step than the rest
+OTHER_LR = 3e-3
+
+
+def mib(n: int | float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def cmd_compile(a) -> dict:
+    from tinytlc.pipeline import compile_model
+    art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
+                        resolution=a.resolution, force=a.force, pretrained=not a.random_init)
+    m = art.manifest
+    if not a.json:
+        print(f"compiled {m['source']} for method {m['method']} -> {art.path}")
+        print(f"  input {m['input']['name']} {m['input']['shape']}, {m['num_classes']} classes")
+        print(f"  trains {len(m['trainable'])} tensors, {m['trainable_elements']:,} of "
+              f"{m['total_elements']:,} parameters; memory passes: {', '.join(m['passes']) or 'none'}")
+    return m
+
+
+def _load(a):
+    from tinytlc.pipeline import load_artifact
+    return load_artifact(a.dir)
+
+
+def cmd_train(a) -> dict:
+    from tinytlc.data import load_data
+    from tinytlc.runtime.train import TrainConfig, train
+    art = _load(a)
+    m = art.manifest
+    data = load_data(a.data, m["num_classes"], limit=a.limit, seed=a.seed)
+    lr = a.lr or DEFAULT_LR.get(m["method"], OTHER_LR)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
+                      label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume)
+    log = (lambda s: print(s, file=sys.stderr)) if a.json else print
+    log(f"training {m['model']} ({m['method']}) on {len(data.train)} images, {len(data.classes)} classes"
+        f"{'; ' + data.note if data.note else ''}; lr {lr:g}, batch {cfg.batch_size}")
+    return train(art.path, m, data, cfg, log=log)
+
+
+def cmd_eval(a) -> dict:
+    from tinytlc.data import Preprocess, load_data
+    from tinytlc.runtime.session import open_session
+    from tinytlc.runtime.train import evaluate_split
+    art = _load(a)
+    m = art.manifest
+    data = load_data(a.data, m["num_classes"], seed=a.seed)
+    sess = open_session(art.path, m, with_optimizer=False)
+    result = evaluate_split(sess, data.test, Preprocess.from_manifest(m), a.batch_size or m["input"]["shape"][0])
+    if not a.json:
+        print(f"held-out accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} on {result['images']} images")
+    return result
+
+
+def cmd_export(a) -> dict:
+    from tinytlc.runtime.inference import export_inference
+    art = _load(a)
+    r = export_inference(art.path, art.manifest, Path(a.out))
+    if not a.json:
+        print(f"wrote {r['path']} (inputs {r['inputs']}, outputs {r['outputs']}; "
+              f"matches the eval model to {r['max_abs_diff']:.2g})")
+    return r
+
+
+def cmd_memory(a) -> dict:
+    from tinytlc.runtime.memory import measure
+    r = measure(a.dir, steps=a.steps, warmup=a.warmup, batch_size=a.batch_size)
+    if not a.json:
+        print(f"{r['model']} ({r['method']}), batch {r['batch_size']}, {r['resolution']} px, "
+              f"passes: {', '.join(r['passes']) or 'none'}")
+        rows = [("parameters + optimizer state", mib(r["param_bytes"])),
+                ("training step peak (memray)", mib(r["step_peak_bytes"])),
+                ("  cross-check: VmHWM rise", mib(r["hwm_rise_bytes"])),
+                ("total", mib(r["total_bytes"])),
+                ("step time", f"{r['step_seconds'] * 1000:.1f} ms")]
+        for k, v in rows:
+            print(f"  {k:<30} {v:>12}")
+    return r
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinytlc", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("compile", help="compile a model into ORT training artifacts for a method")
+    c.add_argument("model", help="zoo name (efficientnet-lite0, mobilenetv2, proxylessnas-mobile), "
+                                 "a .onnx file, or path/to/file.py:function returning an nn.Module")
+    c.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    c.add_argument("--num-classes", type=int, default=None, help="new classifier size (default: keep the head)")
+    c.add_argument("--batch-size", type=int, default=8, help="batch the step is measured with (default 8)")
+    c.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
+    c.add_argument("--out", required=True, help="artifact directory to write")
+    c.add_argument("--no-passes", action="store_true",
+                   help="keep ORT's training graph unmodified (the only mode in this release)")
+    c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.set_defaults(func=cmd_compile)
+
+    t = sub.add_parser("train", help="train a compiled artifact with ONNX Runtime on the CPU")
+    t.add_argument("dir")
+    t.add_argument("--data", required=True, help="image folder (class per subfolder), idx folder, or synthetic:N")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=None, help="default: the compiled batch size")
+    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR['full']:g} "
+                                                          f"for full, {OTHER_LR:g} otherwise); cosine decay")
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--limit", type=int, default=None, help="train on a fixed random subset of N images")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy of the trained (or compiled) model on the held-out split")
+    e.add_argument("dir")
+    e.add_argument("--data", required=True)
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as in train)")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write an inference ONNX model with the trained weights")
+    x.add_argument("dir")
+    x.add_argument("out")
+    x.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("memory", help="measure the memory and time of one training step")
+    m.add_argument("dir")
+    m.add_argument("--steps", type=int, default=3)
+    m.add_argument("--warmup", type=int, default=2)
+    m.add_argument("--batch-size", type=int, default=None, help="default: the compiled batch size")
+    m.set_defaults(func=cmd_memory)
+
+    for s in (c, t, e, x, m):
+        s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except TinyTLError as e:
+        print(f"tinytlc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinytlc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line unless debugging
+        if os.environ.get("TINYTLC_DEBUG"):
+            raise
+        print(f"tinytlc: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+              " (set TINYTLC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
