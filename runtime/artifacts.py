@@ -35,10 +35,12 @@ class SmoothedCrossEntropy(onnxblock.Block):
                                                     [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim[:-1]])
         g.input.extend([labels, onnx.helper.make_tensor_value_info(SMOOTHING, onnx.TensorProto.FLOAT, [])])
         name = _graph_utils.generate_graph_name
-        ce, logp, neg, uniform, diff, scaled, loss = (name(n) for n in
-                                                      ("ce", "logp", "neg", "uniform", "diff", "scaled", "loss"))
+        ce, ce_logp, logp, neg, uniform, diff, scaled, loss = (name(n) for n in (
+            "ce", "ce_log_prob", "logp", "neg", "uniform", "diff", "scaled", "loss"))
         g.node.extend([
-            onnx.helper.make_node("SoftmaxCrossEntropyLoss", [logits, LABELS], [ce], reduction="mean"),
+            # ORT's SoftmaxCrossEntropyLoss gradient reads the op's second output (log-probabilities),
+            # so it must exist; the smoothing term differentiates through its own LogSoftmax.
+            onnx.helper.make_node("SoftmaxCrossEntropyLoss", [logits, LABELS], [ce, ce_logp], reduction="mean"),
             onnx.helper.make_node("LogSoftmax", [logits], [logp], axis=-1),
             onnx.helper.make_node("Neg", [logp], [neg]),
             onnx.helper.make_node("ReduceMean", [neg], [uniform], keepdims=0),

@@ -16,8 +16,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
-from tinytlc.passes.forward import (AddZeroBiasPass, BatchNormToAffinePass, FoldBatchNormIntoConvPass,
-                                    find_classifier)
+from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
+                                    FoldBatchNormIntoConvPass, find_classifier)
+from tinytlc.passes.forward._values import is_constant
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
 TRAINS_NORMS = {"full", "norm+last"}
@@ -38,10 +39,12 @@ def norm_params(graph: ir.Graph) -> list[str]:
 
 
 def forward_passes(method: str) -> list[ir.passes.PassBase]:
-    """Passes that shape the forward graph for `method` before autodiff."""
+    """Passes that shape the forward graph for `method` before autodiff (shapes must be inferred)."""
     if method in TRAINS_NORMS:
-        return [BatchNormToAffinePass()]
-    passes = [FoldBatchNormIntoConvPass(), BatchNormToAffinePass()]  # BN with no conv before it
+        passes = [BatchNormToAffinePass()]
+    else:
+        passes = [FoldBatchNormIntoConvPass(), BatchNormToAffinePass()]  # BN with no conv before it
+    passes.append(AveragePoolToConvPass())
     if method == "bias":
         passes.append(AddZeroBiasPass())
     return passes
@@ -52,8 +55,9 @@ def _layer_params(graph: ir.Graph, slots: tuple[int, ...]) -> list[str]:
     for node in graph:
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             for i in slots:
-                if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].is_initializer():
-                    names.append(node.inputs[i].name)
+                v = node.inputs[i] if i < len(node.inputs) else None
+                if v is not None and v.is_initializer() and not is_constant(v):
+                    names.append(v.name)
     return names
 
 

@@ -65,6 +65,7 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
     norms = methods.norm_params(irm.graph)
+    ShapeInferencePass()(irm)
     for p in methods.forward_passes(method):
         p(irm)
     RemoveUnusedNodesPass()(irm)

@@ -1,9 +1,10 @@
 """Forward-graph passes: they run before ORT builds the backward graph."""
 
 from tinytlc.passes.forward.add_zero_bias import AddZeroBiasPass
+from tinytlc.passes.forward.avgpool_to_conv import AveragePoolToConvPass
 from tinytlc.passes.forward.batchnorm_to_affine import BatchNormToAffinePass
 from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 
-__all__ = ["AddZeroBiasPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass", "ReplaceClassifierPass",
+__all__ = ["AddZeroBiasPass", "AveragePoolToConvPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass", "ReplaceClassifierPass",
            "find_classifier"]

@@ -24,15 +24,26 @@ def fresh_name(graph: ir.Graph, wanted: str) -> str:
     return name
 
 
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """A new initializer under a fresh name; floating arrays are stored as float32."""
+CONSTANT = "tinytlc.constant"  # Value.meta key: an initializer a pass made that is no parameter
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, constant: bool = False) -> ir.Value:
+    """A new initializer under a fresh name; floating arrays are stored as float32.
+
+    `constant=True` marks it as part of how an op is written (pooling weights, frozen
+    statistics), never a parameter a method may train."""
     name = fresh_name(graph, name)
     if np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)
     tensor = ir.tensor(array, name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    value.meta[CONSTANT] = constant
     graph.register_initializer(value)
     return value
+
+
+def is_constant(value: ir.Value) -> bool:
+    return bool(value.meta.get(CONSTANT, False))
 
 
 def set_initializer(value: ir.Value, array: np.ndarray) -> None:

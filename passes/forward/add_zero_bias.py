@@ -1,4 +1,4 @@
-"""Give every Conv and Gemm without a bias a zero bias initializer.
+"""Give every Conv and Gemm without a bias a zero bias initializer (not a pooling written as a conv).
 
 Why: TinyTL-B trains biases; a conv exported without one (its BN not folded, or no BN at all)
 would otherwise have nothing to train. Exact: adding zero changes no output. Memory: one vector per
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer, const_array
+from tinytlc.passes.forward._values import add_initializer, const_array, is_constant
 
 
 def bias_name(weight: ir.Value) -> str:
@@ -24,7 +24,7 @@ class AddZeroBiasPass(ir.passes.InPlacePass):
             if node.op_type not in ("Conv", "Gemm") or (len(node.inputs) > 2 and node.inputs[2] is not None):
                 continue
             w = const_array(node.inputs[1])
-            if w is None:
+            if w is None or is_constant(node.inputs[1]):  # e.g. a pooling written as a conv
                 continue
             if node.op_type == "Conv":
                 width = w.shape[0]

@@ -29,10 +29,11 @@ class BatchNormToAffinePass(ir.passes.InPlacePass):
             eps = bn.attributes.get_float("epsilon", 1e-5)
             rank = len(x.shape) if x.shape is not None else 4
             prefix = bn.name or gamma.name
-            inv_std = add_initializer(graph, f"{prefix}.inv_std", 1.0 / np.sqrt(var + eps))
-            neg_mean = add_initializer(graph, f"{prefix}.neg_mean", -mean)
+            inv_std = add_initializer(graph, f"{prefix}.inv_std", 1.0 / np.sqrt(var + eps), constant=True)
+            neg_mean = add_initializer(graph, f"{prefix}.neg_mean", -mean, constant=True)
             # (C,) -> (C, 1, 1) to broadcast over NCHW
-            bshape = add_initializer(graph, f"{prefix}.bshape", np.array([-1] + [1] * (rank - 2), np.int64))
+            bshape = add_initializer(graph, f"{prefix}.bshape", np.array([-1] + [1] * (rank - 2), np.int64),
+                                    constant=True)
             tape = ir.tape.Tape(graph)
             scale = tape.op("Mul", [gamma, inv_std])
             shift = tape.op("Add", [beta, tape.op("Mul", [neg_mean, scale])])

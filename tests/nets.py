@@ -1,0 +1,67 @@
+"""Small nets for tests, importable as `tests/nets.py:function` model sources."""
+
+import torch
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    """Inverted bottleneck with a residual add, depthwise conv, ReLU6, and a dilated conv."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(2 * c, 2 * c, 3, padding=2, dilation=2, groups=2 * c, bias=False),
+                                nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.1))
+        self.project = nn.Sequential(nn.Conv2d(2 * c, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.project(self.dw(self.expand(x)))
+
+
+class SmallNet(nn.Module):
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU())  # has a bias, no BN
+        self.block = Block(8)
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        return self.head(self.pool(self.block(self.grouped(self.stem(x)))))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so BN rewrites are really tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+def small_net():
+    torch.manual_seed(0)
+    return randomize_bn(SmallNet())
+
+
+def tiny_net():
+    """For training tests: quick to train on synthetic data."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+
+
+def group_norm_net():
+    """GroupNorm exports as InstanceNormalization, which ORT 1.19.2 cannot differentiate."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3))
+
+
+def not_a_module():
+    return 42

@@ -1,0 +1,69 @@
+"""One ORT training step (loss, logits, gradients) equals PyTorch autograd on the same batch."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import NETS
+from nets import small_net
+
+from tinytlc.pipeline import compile_model
+from tinytlc.runtime.session import open_session
+
+RES, BATCH = 15, 4  # odd size: stride-2 convs and pooling see odd inputs
+
+
+def fold_all_bn(model: nn.Module) -> nn.Module:
+    """What FoldBatchNormIntoConvPass does, done in torch: conv + BN -> conv with a bias."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = nn.Identity()
+    return model
+
+
+def torch_reference(method: str):
+    model = small_net()
+    if method in ("last", "bias"):
+        model = fold_all_bn(model)
+    named = dict(model.named_parameters())
+    if method == "full":
+        train = set(named)
+    elif method == "last":
+        train = {"head.2.weight", "head.2.bias"}
+    elif method == "norm+last":
+        train = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) for n in (n + ".weight", n + ".bias")}
+        train |= {"head.2.weight", "head.2.bias"}
+    else:
+        train = {n for n in named if n.endswith(".bias")} | {"head.2.weight"}
+    for n, p in named.items():
+        p.requires_grad_(n in train)
+    return model, train
+
+
+@pytest.mark.parametrize("method,smoothing", [("full", 0.0), ("full", 0.1), ("last", 0.0), ("norm+last", 0.0),
+                                              ("bias", 0.0), ("bias", 0.2)])
+def test_one_step_matches_torch_autograd(tmp_path, method, smoothing):
+    art = compile_model(f"{NETS}:small_net", method, tmp_path / "a", resolution=RES, batch_size=BATCH)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 5, BATCH)
+
+    model, train = torch_reference(method)
+    assert set(art.manifest["trainable"]) == train
+
+    logits_t = model(torch.from_numpy(x))
+    loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
+    loss_t.backward()
+
+    sess = open_session(art.path, art.manifest, with_eval=False, with_optimizer=False)
+    sess.module.train()
+    loss, logits = sess.module(*sess.feeds(x, y, smoothing))
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+    params = dict(model.named_parameters())
+    for name in train:
+        np.testing.assert_allclose(sess.state.parameters[name].grad, params[name].grad.numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=f"{method}: gradient of {name}")
