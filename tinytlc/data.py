@@ -65,7 +65,7 @@ class Preprocess:
         return out
 
     def _resize(self, batch: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255)
+        t = torch.from_numpy(np.array(batch, dtype=np.float32)).div_(255)  # a copy: sources may be read-only
         t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2)  # grayscale NHW or NHWC -> NCHW
         if t.shape[1] == 1:
             t = t.expand(-1, 3, -1, -1)
@@ -184,9 +184,11 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0) -> Data:
 
 
 def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
-    """Separable images: each class is a fixed random colour pattern plus noise."""
+    """Separable images: each class has its own colour and a smooth pattern; plus pixel noise."""
     rng = np.random.default_rng(seed)
-    protos = rng.uniform(40, 215, (num_classes, size, size, 3))
+    colours = rng.uniform(60, 195, (num_classes, 1, 1, 3))
+    coarse = rng.uniform(-40, 40, (num_classes, 4, 4, 3))
+    protos = colours + np.repeat(np.repeat(coarse, size // 4, 1), size // 4, 2)
 
     def make(count: int, offset: int) -> Split:
         labels = np.arange(count) % num_classes

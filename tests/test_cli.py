@@ -1,0 +1,78 @@
+"""End to end through the `tinytlc` command: compile, train, resume, eval, export, memory."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import NETS
+
+from tinytlc.data import Preprocess, load_data
+from tinytlc.pipeline import load_artifact
+from tinytlc.runtime.session import open_session
+
+RES = 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """tiny_net compiled for `full` and trained 2 epochs on separable synthetic data."""
+    from tinytlc.cli import main
+    d = tmp_path_factory.mktemp("art") / "tiny"
+    assert main(["compile", f"{NETS}:tiny_net", "--method", "full", "--num-classes", "4", "--resolution", str(RES),
+                 "--batch-size", "16", "--out", str(d)]) == 0
+    assert main(["train", str(d), "--data", "synthetic:240", "--epochs", "1", "--lr", "0.01"]) == 0
+    return d
+
+
+def test_train_reaches_high_accuracy_and_resumes(trained, cli):
+    code, out, _ = cli("train", trained, "--data", "synthetic:240", "--epochs", "6", "--lr", "0.01", "--resume", "--json")
+    assert code == 0, out
+    record = json.loads(out)
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5, 6]  # epoch 1 from the first run, kept
+    assert record["history"][-1]["test_accuracy"] > 0.9
+    assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
+
+    code, out, _ = cli("eval", trained, "--data", "synthetic:240", "--json")
+    assert code == 0
+    assert json.loads(out)["accuracy"] == pytest.approx(record["history"][-1]["test_accuracy"])
+
+
+def test_export_round_trip_matches_eval_model(trained, cli, tmp_path):
+    out = tmp_path / "model.onnx"
+    code, _, err = cli("export", trained, out)
+    assert code == 0, err
+    art = load_artifact(trained)
+    data = load_data("synthetic:240", 4)
+    pre = Preprocess.from_manifest(art.manifest)
+    x = pre([data.test.load(i) for i in range(8)])
+    sess = open_session(art.path, art.manifest, with_optimizer=False)
+    sess.module.eval()
+    _, expected = sess.eval_step(x, data.test.labels[:8])
+    inference = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in inference.get_inputs()] == ["input"]
+    got = inference.run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # trained weights, not the compiled ones
+    fresh = open_session(art.path, art.manifest, art.path / "checkpoint", with_optimizer=False)
+    fresh.module.eval()
+    assert not np.allclose(fresh.eval_step(x, data.test.labels[:8])[1], got, atol=1e-3)
+
+
+def test_memory_json_and_methods_ordering(tmp_path, cli):
+    """Measured in subprocesses: classifier-only training needs less than full fine-tuning."""
+    figures = {}
+    for method in ("full", "last"):
+        d = tmp_path / method
+        assert cli("compile", f"{NETS}:small_net", "--method", method, "--resolution", 32, "--out", d)[0] == 0
+        code, out, err = cli("memory", d, "--steps", 2, "--warmup", 1, "--json")
+        assert code == 0, err
+        figures[method] = json.loads(out)
+    for r in figures.values():
+        assert {"param_bytes", "step_peak_bytes", "total_bytes", "step_seconds"} <= set(r)
+        assert r["step_peak_bytes"] > 0 and r["step_seconds"] > 0
+        assert r["total_bytes"] == r["param_bytes"] + r["step_peak_bytes"]
+    assert figures["last"]["step_peak_bytes"] < figures["full"]["step_peak_bytes"]
+    assert figures["last"]["param_bytes"] < figures["full"]["param_bytes"]
+    code, out, _ = cli("memory", tmp_path / "last", "--steps", 1, "--warmup", 0)
+    assert code == 0 and "training step peak" in out

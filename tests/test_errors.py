@@ -1,0 +1,127 @@
+"""Bad input: one clear line on stderr, exit status 2, nothing the user had is destroyed."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from conftest import NETS
+from PIL import Image
+
+from tinytlc.export import export_module
+
+
+def one_line_error(result, *phrases):
+    code, out, err = result
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinytlc: error: "), err
+    for p in phrases:
+        assert p in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from tinytlc.cli import main
+    d = tmp_path_factory.mktemp("e") / "art"
+    assert main(["compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", "16", "--out", str(d)]) == 0
+    return d
+
+
+def test_model_errors(tmp_path, cli):
+    out = tmp_path / "out"
+    one_line_error(cli("compile", tmp_path / "missing.onnx", "--method", "full", "--out", out), "no such file")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    one_line_error(cli("compile", bad, "--method", "full", "--out", out), "not a valid ONNX model")
+    one_line_error(cli("compile", "resnet9000", "--method", "full", "--out", out), "unknown model 'resnet9000'")
+    one_line_error(cli("compile", f"{NETS}:nope", "--method", "full", "--out", out), "no function 'nope'")
+    one_line_error(cli("compile", f"{NETS}:not_a_module", "--method", "full", "--out", out), "expected a torch.nn.Module")
+    assert not out.exists()
+
+
+def test_method_errors(tmp_path, cli):
+    one_line_error(cli("compile", "mobilenetv2", "--method", "everything", "--out", tmp_path / "o"), "unknown method")
+    one_line_error(cli("compile", "mobilenetv2", "--method", "lite+bias", "--out", tmp_path / "o"),
+                   "lite residual modules")
+
+
+def test_op_without_gradient(tmp_path, cli):
+    one_line_error(cli("compile", f"{NETS}:group_norm_net", "--method", "full", "--resolution", 8,
+                       "--out", tmp_path / "o"), "InstanceNormalization", "has no gradient")
+    assert not (tmp_path / "o").exists()
+
+
+def test_onnx_resolution_mismatch(tmp_path, cli):
+    path = tmp_path / "fixed.onnx"
+    model = export_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 2)), 32)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    import onnx
+    onnx.save(model, path)
+    one_line_error(cli("compile", path, "--method", "full", "--resolution", 64, "--out", tmp_path / "o"),
+                   "shape mismatch")
+
+
+def test_existing_output_is_kept(tmp_path, cli, artifact):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep), "not empty")
+    assert (keep / "notes.txt").read_text() == "precious"
+    # --force with a compile that fails leaves the old directory as it was
+    before = sorted(p.name for p in artifact.iterdir())
+    one_line_error(cli("compile", f"{NETS}:group_norm_net", "--method", "full", "--force", "--out", artifact),
+                   "has no gradient")
+    assert sorted(p.name for p in artifact.iterdir()) == before
+
+
+def write_images(root, classes, size=(20, 20), n=3):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((*size, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_data_errors(tmp_path, cli, artifact):
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir(parents=True)
+    one_line_error(cli("train", artifact, "--data", empty), "no images found")
+    single = tmp_path / "single"
+    write_images(single, ["only"])
+    one_line_error(cli("train", artifact, "--data", single), "only 1 class")
+    many = tmp_path / "many"
+    write_images(many, [f"c{i}" for i in range(7)])
+    one_line_error(cli("train", artifact, "--data", many), "7 classes", "--num-classes 7")
+    corrupt = tmp_path / "corrupt"
+    write_images(corrupt, ["a", "b"])
+    (corrupt / "a" / "9.jpg").write_bytes(b"not a jpeg")
+    one_line_error(cli("train", artifact, "--data", corrupt), "9.jpg", "cannot read image")
+    one_line_error(cli("train", artifact, "--data", tmp_path / "nowhere"), "no such directory")
+    one_line_error(cli("train", artifact, "--data", "synthetic:lots"), "synthetic:N")
+
+
+def test_idx_with_wrong_image_sizes(tmp_path, cli, artifact):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for prefix, n in (("train", 6), ("t10k", 2)):
+        # header says 28x28 but the body holds 20x20 images
+        body = np.zeros((n, 20, 20), np.uint8).tobytes()
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBB3I", 0, 8, 3, n, 28, 28) + body)
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBBI", 0, 8, 1, n) + bytes([0, 1] * (n // 2)))
+    one_line_error(cli("train", artifact, "--data", folder), "wrong image sizes")
+
+
+def test_checkpoint_errors(tmp_path, cli, artifact):
+    one_line_error(cli("train", artifact, "--data", "synthetic:8", "--resume"), "--resume", "no earlier training")
+    assert cli("train", artifact, "--data", "synthetic:8")[0] == 0
+    ckpt = artifact / "trained" / "checkpoint"
+    ckpt.write_bytes(b"\x01\x02corrupt")
+    one_line_error(cli("eval", artifact, "--data", "synthetic:8"), "corrupt or unreadable checkpoint")
+    one_line_error(cli("train", artifact, "--data", "synthetic:8", "--epochs", 2, "--resume"),
+                   "corrupt or unreadable checkpoint")
+    one_line_error(cli("memory", tmp_path), "not a tinytlc artifact directory")
