@@ -56,6 +56,7 @@ def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> N
     if not trainable:
         raise TinyTLError("no trainable parameters: nothing to compile")
     logits = model.graph.output[0].name
+    directory = Path(directory).resolve()  # we chdir below
     cwd = os.getcwd()
     try:
         os.chdir(directory)  # onnxblock may write temporary files to the working directory

@@ -125,3 +125,10 @@ def test_checkpoint_errors(tmp_path, cli, artifact):
     one_line_error(cli("train", artifact, "--data", "synthetic:8", "--epochs", 2, "--resume"),
                    "corrupt or unreadable checkpoint")
     one_line_error(cli("memory", tmp_path), "not a tinytlc artifact directory")
+
+
+def test_relative_output_directory(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", 16, "--out", "rel/art")
+    assert code == 0, err
+    assert (tmp_path / "rel" / "art" / "training_model.onnx").is_file()

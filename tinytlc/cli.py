@@ -11,13 +11,10 @@ from pathlib import Path
 
 from tinytlc.errors import TinyTLError
 from tinytlc.methods import METHODS
+from tinytlc.report import mib
 
 DEFAULT_LR = {"full": 5e-4}  # fine-tuning every weight wants a smaller step than the rest
 OTHER_LR = 3e-3
-
-
-def mib(n: int | float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def cmd_compile(a) -> dict:
@@ -83,10 +80,10 @@ def cmd_memory(a) -> dict:
     if not a.json:
         print(f"{r['model']} ({r['method']}), batch {r['batch_size']}, {r['resolution']} px, "
               f"passes: {', '.join(r['passes']) or 'none'}")
-        rows = [("parameters + optimizer state", mib(r["param_bytes"])),
-                ("training step peak (memray)", mib(r["step_peak_bytes"])),
-                ("  cross-check: VmHWM rise", mib(r["hwm_rise_bytes"])),
-                ("total", mib(r["total_bytes"])),
+        rows = [("parameters + optimizer state", mib(r["param_bytes"]) + " MiB"),
+                ("training step peak (memray)", mib(r["step_peak_bytes"]) + " MiB"),
+                ("  cross-check: VmHWM rise", mib(r["hwm_rise_bytes"]) + " MiB"),
+                ("total", mib(r["total_bytes"]) + " MiB"),
                 ("step time", f"{r['step_seconds'] * 1000:.1f} ms")]
         for k, v in rows:
             print(f"  {k:<30} {v:>12}")

@@ -202,8 +202,10 @@ def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
                 f"synthetic, {n} train images")
 
 
-def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int = 0) -> Data:
-    """Resolve --data. `limit` keeps a fixed, class-balanced subset of the training split."""
+def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int = 0,
+              test_limit: int | None = None) -> Data:
+    """Resolve --data. `limit` (`test_limit`) keeps a fixed random subset of the training (held-out)
+    split."""
     if spec.startswith("synthetic:"):
         try:
             n = int(spec.split(":", 1)[1])
@@ -223,6 +225,8 @@ def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int =
                           f"{num_classes} (compile with --num-classes {len(data.classes)})")
     if limit is not None and limit < len(data.train):
         data.train = subset(data.train, limit, seed)
+    if test_limit is not None and test_limit < len(data.test):
+        data.test = subset(data.test, test_limit, seed)
     return data
 
 
