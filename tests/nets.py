@@ -21,7 +21,9 @@ class Block(nn.Module):
 class SmallNet(nn.Module):
     def __init__(self, num_classes=5):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        # TF-style asymmetric 'SAME' padding before a stride-2 conv
+        self.stem = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 8, 3, stride=2, bias=False),
+                                  nn.BatchNorm2d(8), nn.ReLU())
         self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU())  # has a bias, no BN
         self.block = Block(8)
         self.pool = nn.AvgPool2d(2)

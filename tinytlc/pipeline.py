@@ -19,7 +19,7 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import INPUT, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
-from tinytlc.passes.forward import ReplaceClassifierPass, find_classifier
+from tinytlc.passes.forward import FusePadIntoConvPass, ReplaceClassifierPass, find_classifier
 from tinytlc.runtime import artifacts
 
 MANIFEST = "tinytlc.json"
@@ -60,6 +60,7 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
     source = load_source(model, resolution, pretrained)
     irm = ir.serde.deserialize_model(source.model)
     IdentityEliminationPass()(irm)
+    irm = FusePadIntoConvPass()(irm).model
     _, weight, _, out_by_in = find_classifier(irm.graph)
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]
     if num_classes is not None and num_classes != head_classes:
