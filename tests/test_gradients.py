@@ -1,4 +1,5 @@
-"""One ORT training step (loss, logits, gradients) equals PyTorch autograd on the same batch."""
+"""One ORT training step (loss, logits, gradients) equals PyTorch autograd on the same batch, for
+ORT's unmodified training graph and for the graph after tinytlc's memory passes."""
 
 import numpy as np
 import pytest
@@ -43,27 +44,38 @@ def torch_reference(method: str):
     return model, train
 
 
+def ort_step(art, x, y, smoothing):
+    sess = open_session(art.path, art.manifest, with_eval=False, with_optimizer=False)
+    sess.module.train()
+    loss, logits = sess.module(*sess.feeds(x, y, smoothing))
+    return loss, logits, {n: sess.state.parameters[n].grad.copy() for n in art.manifest["trainable"]}
+
+
 @pytest.mark.parametrize("method,smoothing", [("full", 0.0), ("full", 0.1), ("last", 0.0), ("norm+last", 0.0),
                                               ("bias", 0.0), ("bias", 0.2)])
 def test_one_step_matches_torch_autograd(tmp_path, method, smoothing):
-    art = compile_model(f"{NETS}:small_net", method, tmp_path / "a", resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:small_net", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
+                          passes=[])
+    lean = compile_model(f"{NETS}:small_net", method, tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    assert lean.manifest["passes"], "compile runs the memory passes by default"
     rng = np.random.default_rng(1)
     x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
     y = rng.integers(0, 5, BATCH)
 
     model, train = torch_reference(method)
-    assert set(art.manifest["trainable"]) == train
-
+    assert set(plain.manifest["trainable"]) == train == set(lean.manifest["trainable"])
     logits_t = model(torch.from_numpy(x))
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
     loss_t.backward()
-
-    sess = open_session(art.path, art.manifest, with_eval=False, with_optimizer=False)
-    sess.module.train()
-    loss, logits = sess.module(*sess.feeds(x, y, smoothing))
-    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
     params = dict(model.named_parameters())
-    for name in train:
-        np.testing.assert_allclose(sess.state.parameters[name].grad, params[name].grad.numpy(),
-                                   rtol=1e-4, atol=1e-6, err_msg=f"{method}: gradient of {name}")
+
+    ref_loss, ref_logits, ref_grads = ort_step(plain, x, y, smoothing)
+    for art in (plain, lean):
+        loss, logits, grads = ort_step(art, x, y, smoothing)
+        np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+        for name in train:
+            np.testing.assert_allclose(grads[name], params[name].grad.numpy(), rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{method} {art.manifest['passes']}: gradient of {name} vs torch")
+            np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{method} {art.manifest['passes']}: gradient of {name} vs plain ORT")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tinytlc.errors import TinyTLError
 from tinytlc.methods import METHODS
+from tinytlc.passes.training import PASSES
 from tinytlc.report import mib
 
 DEFAULT_LR = {"full": 5e-4}  # fine-tuning every weight wants a smaller step than the rest
@@ -19,8 +20,9 @@ OTHER_LR = 3e-3
 
 def cmd_compile(a) -> dict:
     from tinytlc.pipeline import compile_model
+    passes = [] if a.no_passes else (a.passes.split(",") if a.passes else None)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
-                        resolution=a.resolution, force=a.force, pretrained=not a.random_init)
+                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes)
     m = art.manifest
     if not a.json:
         print(f"compiled {m['source']} for method {m['method']} -> {art.path}")
@@ -102,8 +104,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=8, help="batch the step is measured with (default 8)")
     c.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
     c.add_argument("--out", required=True, help="artifact directory to write")
-    c.add_argument("--no-passes", action="store_true",
-                   help="keep ORT's training graph unmodified (the only mode in this release)")
+    c.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
+    c.add_argument("--passes", default=None,
+                   help=f"comma-separated training-graph passes to run (default: all: {','.join(PASSES)})")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)

@@ -20,6 +20,7 @@ from tinytlc.errors import TinyTLError
 from tinytlc.export import INPUT, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
 from tinytlc.passes.forward import FusePadIntoConvPass, ReplaceClassifierPass, find_classifier
+from tinytlc.passes.training import PASSES
 from tinytlc.runtime import artifacts
 
 MANIFEST = "tinytlc.json"
@@ -77,20 +78,44 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
     return proto, trainable, source, (num_classes or head_classes)
 
 
+def resolve_passes(passes: list[str] | None) -> list[str]:
+    """None: every training-graph pass, in order; otherwise the named ones, checked."""
+    if passes is None:
+        return list(PASSES)
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown:
+        raise TinyTLError(f"unknown pass '{unknown[0]}': choose from {', '.join(PASSES)}")
+    return [p for p in PASSES if p in passes]
+
+
+def run_training_passes(path: Path, names: list[str]) -> None:
+    """Rewrite the training model at `path` in place with the named passes."""
+    if not names:
+        return
+    model = ir.load(path)
+    for name in names:
+        model = PASSES[name]()(model).model
+    ir.save(model, path)
+
+
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
-                  pretrained: bool = True) -> Artifact:
-    """Compile MODEL for METHOD into the artifact directory OUT (written atomically)."""
+                  pretrained: bool = True, passes: list[str] | None = None) -> Artifact:
+    """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
+
+    `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TinyTLError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     if batch_size < 1 or resolution < 8:
         raise TinyTLError("--batch-size must be >= 1 and --resolution >= 8")
+    passes = resolve_passes(passes)
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained)
     with atomic_path(out, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, tmp / "forward_model.onnx")
         artifacts.generate(proto, trainable, tmp)
+        run_training_passes(tmp / "training_model.onnx", passes)
         manifest = {
             "model": model,
             "source": source.description,
@@ -104,7 +129,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "trainable_elements": _count(proto, set(trainable)),
             "total_elements": _count(proto, None),
             "preprocess": {**source.preprocess, "resolution": resolution, "channels": 3},
-            "passes": [],
+            "passes": passes,
             "versions": _versions(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,9 @@
+"""Training-graph passes: they run on the graph ORT's autodiff generated, in this order."""
+
+from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
+
+PASSES = {
+    "frozen-conv": FrozenConvBackwardPass,
+}
+
+__all__ = ["PASSES", "FrozenConvBackwardPass"]

@@ -1,0 +1,62 @@
+"""Frozen conv backward: input and bias gradients from dY and W alone.
+
+What it removes: ORT's ConvGrad(dY, X, W) reads the conv input X even when the weight gradient is
+not wanted, so every frozen conv's input stays alive from the forward until its backward runs.
+Where dW is not requested, this pass replaces ConvGrad with
+    dX = ConvTranspose(dY, W)   (same strides, pads, dilations, groups; output_padding restores
+                                 the input size that strided convs round away)
+    dB = ReduceSum(dY, axes=[0, 2, 3])
+Exact: dX of a convolution is the transposed convolution of dY with the same weights; the bias
+gradient is dY summed over batch and space. Neither reads X, so X dies after its forward users.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.training._graph import replace_node_outputs, wanted as _wanted
+
+
+class FrozenConvBackwardPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        axes = None
+        for grad in list(graph):
+            if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft":
+                continue
+            dy, x, w = grad.inputs[:3]
+            dx, dw, db = (list(grad.outputs) + [None, None, None])[:3]
+            if _wanted(dw) or x.shape is None or w.shape is None or len(x.shape) != 4:
+                continue
+            a = grad.attributes
+            kernel = list(a.get_ints("kernel_shape", list(w.shape[2:])))
+            strides = list(a.get_ints("strides", [1, 1]))
+            dilations = list(a.get_ints("dilations", [1, 1]))
+            pads = list(a.get_ints("pads", [0, 0, 0, 0]))
+            tape, replacements = ir.tape.Tape(graph), []
+            if _wanted(dx):
+                out_pad = []
+                for i in range(2):
+                    size = x.shape[2 + i]
+                    if not isinstance(size, int):
+                        break
+                    y = (size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                    natural = strides[i] * (y - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + 2]
+                    out_pad.append(size - natural)
+                if len(out_pad) != 2:
+                    continue  # spatial size unknown: keep ConvGrad
+                tape.op("ConvTranspose", [dy, w], attributes={
+                    "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
+                    "group": a.get_int("group", 1), "output_padding": out_pad})
+                replacements.append((dx, tape.nodes[-1].outputs[0]))
+            if _wanted(db):
+                if axes is None:
+                    axes = add_initializer(graph, "tinytlc.conv_bias_grad_axes", np.array([0, 2, 3], np.int64), True)
+                tape.op("ReduceSum", [dy, axes], attributes={"keepdims": 0})
+                replacements.append((db, tape.nodes[-1].outputs[0]))
+            graph.insert_before(grad, tape.nodes)
+            replace_node_outputs(graph, grad, replacements)
+            modified = True
+        return ir.passes.PassResult(model, modified)
