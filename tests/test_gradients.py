@@ -79,3 +79,17 @@ def test_one_step_matches_torch_autograd(tmp_path, method, smoothing):
                                        err_msg=f"{method} {art.manifest['passes']}: gradient of {name} vs torch")
             np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{method} {art.manifest['passes']}: gradient of {name} vs plain ORT")
+
+
+def test_passes_rewrite_what_they_claim(tmp_path):
+    """For bias-only training no ConvGrad (it reads the conv input) and no float-reading activation
+    gradient survives; every mask is bool."""
+    import onnx
+    lean = compile_model(f"{NETS}:small_net", "bias", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:small_net", "bias", tmp_path / "plain", resolution=RES, batch_size=BATCH,
+                          passes=[])
+    ops = lambda art: [n.op_type for n in onnx.load(art.path / "training_model.onnx").graph.node]  # noqa: E731
+    before, after = ops(plain), ops(lean)
+    assert before.count("ConvGrad") == 6 and before.count("ReluGrad") == 2 and "LeakyReluGrad" in before
+    assert not {"ConvGrad", "ReluGrad", "LeakyReluGrad", "LessOrEqual"} & set(after)
+    assert after.count("ConvTranspose") == 5  # 5 convs + the pooling conv; the first needs no dX

@@ -1,0 +1,102 @@
+"""Activation masks: ReLU, LeakyReLU and Clip (ReLU6) backward from a 1-byte mask made in the forward.
+
+What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float output Y, and its
+Clip gradient compares the float input X with min/max inside the backward, so a 4-byte-per-element
+tensor per activation lives until backward. This pass computes the mask m in the forward
+(Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds), stores it as bool (1 byte per
+element), and writes the backward as Where(m, dY, 0) (LeakyReLU: Where(m, dY, alpha * dY)).
+Why the float tensor really dies: ORT orders nodes itself and would run a mask node whenever it
+likes, possibly just before backward. So the activation's output is rebuilt from the mask,
+Y = Where(m, X, f(X)), which is f(X) exactly; the forward cannot go on without m, and X's last
+reader runs in the forward.
+Exact: m is the same predicate ORT's gradient uses (X > 0 iff Relu(X) > 0 or LeakyRelu(X) > 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.training._graph import replace_node_outputs
+
+
+class ActivationMaskPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        zero = None
+
+        def scalar_zero() -> ir.Value:
+            nonlocal zero
+            if zero is None:
+                zero = add_initializer(graph, "tinytlc.zero", np.array(0.0, np.float32), constant=True)
+            return zero
+
+        for node in list(graph):
+            if node.domain == "com.microsoft" and node.op_type in ("ReluGrad", "LeakyReluGrad"):
+                act = node.inputs[1].producer()
+                if act is None or act.op_type != node.op_type[:-4]:
+                    continue
+                mask = self._forward(graph, act, scalar_zero)
+                tape = ir.tape.Tape(graph)
+                dy = node.inputs[0]
+                if act.op_type == "LeakyRelu":
+                    alpha = add_initializer(graph, f"{act.name}.alpha",
+                                            np.array(act.attributes.get_float("alpha", 0.01), np.float32), True)
+                    neg = tape.op("Mul", [dy, alpha])
+                    dx = tape.op("Where", [mask, dy, neg])
+                else:
+                    dx = tape.op("Where", [mask, dy, scalar_zero()])
+                graph.insert_before(node, tape.nodes)
+                replace_node_outputs(graph, node, [(node.outputs[0], dx)])
+                modified = True
+            elif node.op_type == "Cast" and node.domain == "":
+                modified |= self._clip_backward(graph, node, scalar_zero)
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _forward(graph: ir.Graph, act: ir.Node, scalar_zero) -> ir.Value:
+        """Insert m = predicate(X) and Y = Where(m, X, f(X)) after `act`; return m."""
+        x, y = act.inputs[0], act.outputs[0]
+        tape = ir.tape.Tape(graph)
+        if act.op_type == "Clip":
+            lo, hi = (list(act.inputs[1:3]) + [None, None])[:2]
+            parts = ([tape.op("GreaterOrEqual", [x, lo])] if lo is not None else []) + \
+                    ([tape.op("LessOrEqual", [x, hi])] if hi is not None else [])
+            mask = parts[0] if len(parts) == 1 else tape.op("And", parts)
+        else:
+            mask = tape.op("Greater", [x, scalar_zero()])
+        mask.name = f"{y.name}.mask"
+        graph.insert_after(act, tape.nodes)
+        # Readers of Y now read Where(m, X, Y): the same values, but only once m exists.
+        readers = list(y.uses())
+        rebuilt = ir.tape.Tape(graph)
+        y2 = rebuilt.op("Where", [mask, x, y])
+        graph.insert_after(tape.nodes[-1], rebuilt.nodes)
+        for user, index in readers:
+            user.replace_input_with(index, y2)
+        y2.shape, y2.type = y.shape, y.type
+        return mask
+
+    def _clip_backward(self, graph: ir.Graph, cast: ir.Node, scalar_zero) -> bool:
+        """ORT's Clip gradient: Cast(And(X >= min, X <= max)) -> Mul(dY, .). Match and replace."""
+        both = cast.inputs[0].producer()
+        if both is None or both.op_type != "And" or len(cast.outputs[0].uses()) != 1:
+            return False
+        mul, _ = next(iter(cast.outputs[0].uses()))
+        cmp = [v.producer() for v in both.inputs]
+        if mul.op_type != "Mul" or any(c is None or c.op_type not in ("GreaterOrEqual", "LessOrEqual") for c in cmp):
+            return False
+        x = cmp[0].inputs[0]
+        clip = next((u for u, i in x.uses() if u.op_type == "Clip" and i == 0), None)
+        if clip is None or any(c.inputs[0] is not x for c in cmp):
+            return False
+        mask = self._forward(graph, clip, scalar_zero)
+        dy = next(v for v in mul.inputs if v is not cast.outputs[0])
+        tape = ir.tape.Tape(graph)
+        dx = tape.op("Where", [mask, dy, scalar_zero()])
+        graph.insert_before(mul, tape.nodes)
+        replace_node_outputs(graph, mul, [(mul.outputs[0], dx)])
+        for dead in (cast, both, *cmp):
+            graph.remove(dead, safe=True)
+        return True
