@@ -14,9 +14,19 @@ from tinytlc.errors import TinyTLError
 TRAINED = "trained"  # subdirectory written by `tinytlc train`
 
 
-def session_options(measure: bool = False) -> ort.SessionOptions:
+ORDERS = {"default": ort.ExecutionOrder.DEFAULT, "priority": ort.ExecutionOrder.PRIORITY_BASED,
+          "memory": ort.ExecutionOrder.MEMORY_EFFICIENT}
+
+
+def session_options(settings: dict | None = None, measure: bool = False) -> ort.SessionOptions:
+    """ORT options for a training session; `settings` is the manifest's "session" entry
+    (mem_pattern, mem_reuse, execution_order), chosen at compile time."""
+    settings = settings or {}
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_mem_pattern = settings.get("mem_pattern", True)
+    opts.enable_mem_reuse = settings.get("mem_reuse", True)
+    opts.execution_order = ORDERS[settings.get("execution_order", "default")]
     if measure:
         # The arena keeps freed blocks: with it on, the process footprint hides what a step needs.
         opts.enable_cpu_mem_arena = False
@@ -66,7 +76,7 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
     try:
         module = Module(str(directory / "training_model.onnx"), state,
                         str(directory / "eval_model.onnx") if with_eval else None,
-                        session_options=session_options(measure))
+                        session_options=session_options(manifest.get("session"), measure))
         optimizer = Optimizer(str(directory / "optimizer_model.onnx"), module) if with_optimizer else None
     except Exception as e:
         raise TinyTLError(f"{directory}: ONNX Runtime cannot load the artifacts "

@@ -1,7 +1,8 @@
-"""`make bench`: measured training-step memory of every method, at real sizes.
+"""`make bench`: measured training-step memory of every method at real sizes, without and with
+tinytlc's memory passes, and the targets the passes are held to.
 
-Each figure comes from `tinytlc memory` (a fresh process per artifact, ORT arena off, memray peak
-of a training step). Methods that this release cannot compile are listed with the reason.
+Every figure comes from `tinytlc memory` (a fresh process per artifact, ORT arena off, memray
+peak of a training step; step time from a second, untracked process).
 """
 
 from __future__ import annotations
@@ -19,42 +20,74 @@ from tinytlc.report import mib, table
 from tinytlc.runtime.memory import measure
 
 
-def memory_table(model: str, resolution: int, batch_size: int, methods=METHODS, num_classes: int = 10,
-                 steps: int = 3, log=print) -> list[dict]:
+def measure_methods(model: str, resolution: int, batch_size: int, methods=METHODS, steps: int = 3,
+                    log=print) -> list[dict]:
+    """Every method, compiled without passes (ORT's graph) and with them."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
-            try:
-                art = compile_model(model, method, Path(tmp) / method.replace("+", "_"), num_classes=num_classes,
-                                    batch_size=batch_size, resolution=resolution)
-            except TinyTLError as e:
-                results.append({"model": model, "method": method, "error": str(e)})
-                log(f"  {method}: not compiled ({e})")
-                continue
-            r = measure(art.path, steps=steps)
-            r["trainable_elements"] = art.manifest["trainable_elements"]
-            results.append(r)
-            log(f"  {method}: step peak {mib(r['step_peak_bytes'])} MiB, total {mib(r['total_bytes'])} MiB")
+            for passes in ([], None):
+                tag = "passes" if passes is None else "plain"
+                try:
+                    art = compile_model(model, method, Path(tmp) / f"{method.replace('+', '_')}-{tag}",
+                                        num_classes=10, batch_size=batch_size, resolution=resolution, passes=passes)
+                except TinyTLError as e:
+                    results.append({"model": model, "method": method, "with_passes": passes is None, "error": str(e)})
+                    log(f"  {method} ({tag}): not compiled ({e})")
+                    break
+                r = measure(art.path, steps=steps)
+                r.update(trainable_elements=art.manifest["trainable_elements"], with_passes=passes is None)
+                results.append(r)
+                log(f"  {method} ({tag}): step peak {mib(r['step_peak_bytes'])} MiB, "
+                    f"{r['step_seconds'] * 1000:.0f} ms")
     return results
 
 
 def render(results: list[dict]) -> str:
-    full = next((r for r in results if r["method"] == "full" and "error" not in r), None)
+    plain_full = next((r for r in results if r["method"] == "full" and not r["with_passes"] and "error" not in r), None)
     rows = []
     for r in results:
         if "error" in r:
             rows.append([r["method"], "-", "-", "-", "-", "-", "-", "not in this release"])
             continue
-        ratio = f"{full['total_bytes'] / r['total_bytes']:.2f}x" if full else "-"
-        rows.append([r["method"], f"{r['trainable_elements']:,}", mib(r["param_bytes"]), mib(r["step_peak_bytes"]),
-                     mib(r["hwm_rise_bytes"]), mib(r["total_bytes"]), f"{r['step_seconds'] * 1000:.0f}", ratio])
-    return table(["method", "trained params", "params+optim MiB", "step peak MiB", "VmHWM rise MiB", "total MiB",
-                  "step ms", "full / this (total)"], rows)
+        rows.append([r["method"], "yes" if r["with_passes"] else "no", f"{r['trainable_elements']:,}",
+                     mib(r["param_bytes"]), mib(r["step_peak_bytes"]), mib(r["total_bytes"]),
+                     f"{r['step_seconds'] * 1000:.0f}",
+                     f"{plain_full['total_bytes'] / r['total_bytes']:.2f}x" if plain_full else "-"])
+    return table(["method", "passes", "trained params", "params+optim MiB", "step peak MiB", "total MiB", "step ms",
+                  "plain full / this (total)"], rows)
+
+
+def targets(results: list[dict]) -> list[str]:
+    """The memory passes' targets (issue: bias <= 0.25 x plain bias and <= 2 x last; no slower;
+    full and last no worse), each with its measured figure."""
+    get = {(r["method"], r["with_passes"]): r for r in results if "error" not in r}
+    out = []
+
+    def check(name, ok, detail):
+        out.append(f"[{'met' if ok else 'MISSED'}] {name}: {detail}")
+    bias, plain_bias = get.get(("bias", True)), get.get(("bias", False))
+    last = get.get(("last", True))
+    if bias and plain_bias:
+        ratio = bias["step_peak_bytes"] / plain_bias["step_peak_bytes"]
+        check("bias step peak <= 0.25 x bias without passes", ratio <= 0.25, f"{ratio:.3f}")
+        t = bias["step_seconds"] / plain_bias["step_seconds"]
+        check("bias step time no slower than without passes", t <= 1.0, f"{t:.2f}x the time")
+    if bias and last:
+        ratio = bias["step_peak_bytes"] / last["step_peak_bytes"]
+        check("bias step peak <= 2 x last", ratio <= 2.0, f"{ratio:.2f}x")
+    for m in ("full", "last"):
+        a, b = get.get((m, True)), get.get((m, False))
+        if a and b:
+            ratio = a["step_peak_bytes"] / b["step_peak_bytes"]
+            check(f"{m} step peak no worse with passes", ratio <= 1.0, f"{ratio:.3f}x")
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mobilenetv2,efficientnet-lite0")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -63,12 +96,12 @@ def main(argv=None) -> int:
     for model in a.models.split(","):
         print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)
         try:
-            results = memory_table(model, a.resolution, a.batch_size)
+            results = measure_methods(model, a.resolution, a.batch_size, a.methods.split(","))
         except TinyTLError as e:
             print(f"tinytlc: error: {e}", file=sys.stderr)
             return 2
         everything[model] = results
-        print("\n" + render(results) + "\n", flush=True)
+        print("\n" + render(results) + "\n\n" + "\n".join(targets(results)) + "\n", flush=True)
     if a.json:
         a.json.write_text(json.dumps(everything, indent=2))
     return 0

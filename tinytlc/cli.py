@@ -92,6 +92,17 @@ def cmd_memory(a) -> dict:
     return r
 
 
+def cmd_diff(a) -> list:
+    from tinytlc.diff import diff, render
+    log = (lambda s: print(s, file=sys.stderr)) if a.json else (lambda s: print("  " + s, flush=True))
+    rows = diff(a.model, a.method, num_classes=a.num_classes, batch_size=a.batch_size, resolution=a.resolution,
+                measure_steps=a.steps, log=log)
+    if not a.json:
+        print(f"\n{a.model} ({a.method}), batch {a.batch_size}, {a.resolution} px\n")
+        print(render(rows))
+    return rows
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinytlc", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -143,7 +154,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, default=None, help="default: the compiled batch size")
     m.set_defaults(func=cmd_memory)
 
-    for s in (c, t, e, x, m):
+    d = sub.add_parser("diff", help="planned and measured step memory after each pass")
+    d.add_argument("model")
+    d.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    d.add_argument("--num-classes", type=int, default=None)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--resolution", type=int, default=224)
+    d.add_argument("--steps", type=int, default=3, help="training steps measured per row")
+    d.set_defaults(func=cmd_diff)
+
+    for s in (c, t, e, x, m, d):
         s.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return p
 

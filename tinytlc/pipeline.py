@@ -98,18 +98,28 @@ def run_training_passes(path: Path, names: list[str]) -> None:
     ir.save(model, path)
 
 
+# ORT session settings for graphs the passes rewrote. Measured (README, `tinytlc diff`): ORT's
+# memory pattern and buffer reuse hold buffers past the last use the plan gives them; with both
+# off every tensor is freed at its last reader and the measured peak equals the planned one.
+LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "default"}
+
+
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
-                  pretrained: bool = True, passes: list[str] | None = None) -> Artifact:
+                  pretrained: bool = True, passes: list[str] | None = None,
+                  session: dict | None = None) -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
 
-    `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified)."""
+    `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
+    `session`: ORT session settings to train with (None: LEAN_SESSION after passes, else ORT's)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TinyTLError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     if batch_size < 1 or resolution < 8:
         raise TinyTLError("--batch-size must be >= 1 and --resolution >= 8")
     passes = resolve_passes(passes)
+    if session is None:
+        session = dict(LEAN_SESSION) if passes else {}
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained)
     with atomic_path(out, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -130,6 +140,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "total_elements": _count(proto, None),
             "preprocess": {**source.preprocess, "resolution": resolution, "channels": 3},
             "passes": passes,
+            "session": session,
             "versions": _versions(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

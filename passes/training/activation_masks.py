@@ -4,12 +4,16 @@ What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float ou
 Clip gradient compares the float input X with min/max inside the backward, so a 4-byte-per-element
 tensor per activation lives until backward. This pass computes the mask m in the forward
 (Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds), stores it as bool (1 byte per
-element), and writes the backward as Where(m, dY, 0) (LeakyReLU: Where(m, dY, alpha * dY)).
+element), and writes the backward as dX = DropoutGrad(dY, m) (LeakyReLU: dY * (alpha + (1 - alpha) m)).
+DropoutGrad multiplies by a bool mask without a float copy of it (Mul needs Cast(m) to float, a
+temporary as large as dY; ORT's CPU Where allocates one too). Its ratio is 2**-25, for which
+1 / (1 - ratio) rounds to exactly 1.0 in float32 (ratio 0 would skip the mask).
 Why the float tensor really dies: ORT orders nodes itself and would run a mask node whenever it
-likes, possibly just before backward. So the activation's output is rebuilt from the mask,
-Y = Where(m, X, f(X)), which is f(X) exactly; the forward cannot go on without m, and X's last
-reader runs in the forward.
-Exact: m is the same predicate ORT's gradient uses (X > 0 iff Relu(X) > 0 or LeakyRelu(X) > 0).
+likes, possibly just before backward. So the readers of Y read Y + 0 * float(m[0, ..., 0]): the
+same values, but the forward cannot go on before m exists, so X's last reader runs in the forward.
+The Add works in place; Where would be simpler but ORT's CPU Where allocates a full-size temporary.
+Exact: m is the predicate ORT's gradient uses (X > 0 iff Relu(X) > 0 or LeakyRelu(X) > 0), and
+adding 0 changes no finite value.
 """
 
 from __future__ import annotations
@@ -19,6 +23,26 @@ import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_initializer
 from tinytlc.passes.training._graph import replace_node_outputs
+
+
+def scalar(graph: ir.Graph, value: float) -> ir.Value:
+    return add_initializer(graph, "tinytlc.scalar", np.array(value, np.float32), constant=True)
+
+
+def _ints(graph: ir.Graph, values: list[int]) -> ir.Value:
+    return add_initializer(graph, "tinytlc.ints", np.array(values, np.int64), constant=True)
+
+
+# 1 - 2**-25 rounds to 1.0f, so DropoutGrad's scale 1 / (1 - ratio) is exactly 1.
+_RATIO = np.float32(2.0 ** -25)
+assert np.float32(1) - _RATIO == np.float32(1)
+
+
+def masked(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, mask: ir.Value) -> ir.Value:
+    """dY * m for a bool mask m, with no float copy of m."""
+    ratio = add_initializer(graph, "tinytlc.mask_ratio", np.array(_RATIO), constant=True)
+    training = add_initializer(graph, "tinytlc.true", np.array(True), constant=True)
+    return tape.op("DropoutGrad", [dy, mask, ratio, training], domain="com.microsoft")
 
 
 class ActivationMaskPass(ir.passes.InPlacePass):
@@ -41,12 +65,12 @@ class ActivationMaskPass(ir.passes.InPlacePass):
                 tape = ir.tape.Tape(graph)
                 dy = node.inputs[0]
                 if act.op_type == "LeakyRelu":
-                    alpha = add_initializer(graph, f"{act.name}.alpha",
-                                            np.array(act.attributes.get_float("alpha", 0.01), np.float32), True)
-                    neg = tape.op("Mul", [dy, alpha])
-                    dx = tape.op("Where", [mask, dy, neg])
+                    alpha = act.attributes.get_float("alpha", 0.01)
+                    scale = tape.op("Cast", [mask], attributes={"to": ir.DataType.FLOAT})
+                    scale = tape.op("Add", [tape.op("Mul", [scale, scalar(graph, 1 - alpha)]), scalar(graph, alpha)])
+                    dx = tape.op("Mul", [dy, scale])
                 else:
-                    dx = tape.op("Where", [mask, dy, scalar_zero()])
+                    dx = masked(graph, tape, dy, mask)
                 graph.insert_before(node, tape.nodes)
                 replace_node_outputs(graph, node, [(node.outputs[0], dx)])
                 modified = True
@@ -56,7 +80,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
 
     @staticmethod
     def _forward(graph: ir.Graph, act: ir.Node, scalar_zero) -> ir.Value:
-        """Insert m = predicate(X) and Y = Where(m, X, f(X)) after `act`; return m."""
+        """Insert m = predicate(X) after `act` and make Y's readers wait for it; return m."""
         x, y = act.inputs[0], act.outputs[0]
         tape = ir.tape.Tape(graph)
         if act.op_type == "Clip":
@@ -67,11 +91,13 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         else:
             mask = tape.op("Greater", [x, scalar_zero()])
         mask.name = f"{y.name}.mask"
+        rank = len(x.shape) if x.shape is not None else 4
+        first = tape.op("Slice", [mask, _ints(graph, [0] * rank), _ints(graph, [1] * rank)])
+        dep = tape.op("Mul", [tape.op("Cast", [first], attributes={"to": ir.DataType.FLOAT}), scalar_zero()])
         graph.insert_after(act, tape.nodes)
-        # Readers of Y now read Where(m, X, Y): the same values, but only once m exists.
         readers = list(y.uses())
         rebuilt = ir.tape.Tape(graph)
-        y2 = rebuilt.op("Where", [mask, x, y])
+        y2 = rebuilt.op("Add", [y, dep])
         graph.insert_after(tape.nodes[-1], rebuilt.nodes)
         for user, index in readers:
             user.replace_input_with(index, y2)
@@ -79,7 +105,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         return mask
 
     def _clip_backward(self, graph: ir.Graph, cast: ir.Node, scalar_zero) -> bool:
-        """ORT's Clip gradient: Cast(And(X >= min, X <= max)) -> Mul(dY, .). Match and replace."""
+        """ORT's Clip gradient: Mul(dY, Cast(And(X >= min, X <= max))). Match and replace."""
         both = cast.inputs[0].producer()
         if both is None or both.op_type != "And" or len(cast.outputs[0].uses()) != 1:
             return False
@@ -94,7 +120,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         mask = self._forward(graph, clip, scalar_zero)
         dy = next(v for v in mul.inputs if v is not cast.outputs[0])
         tape = ir.tape.Tape(graph)
-        dx = tape.op("Where", [mask, dy, scalar_zero()])
+        dx = masked(graph, tape, dy, mask)
         graph.insert_before(mul, tape.nodes)
         replace_node_outputs(graph, mul, [(mul.outputs[0], dx)])
         for dead in (cast, both, *cmp):
