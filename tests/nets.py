@@ -67,3 +67,12 @@ def group_norm_net():
 
 def not_a_module():
     return 42
+
+
+def odd_net():
+    """Activation sizes that are not multiples of 8 (mask packing pads them)."""
+    torch.manual_seed(1)
+    return randomize_bn(nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU6(),
+        nn.Conv2d(5, 7, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 3)))

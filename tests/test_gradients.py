@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import small_net
+from nets import odd_net, small_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -25,20 +25,21 @@ def fold_all_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def torch_reference(method: str):
-    model = small_net()
+def torch_reference(method: str, build=small_net):
+    model = build()
     if method in ("last", "bias"):
         model = fold_all_bn(model)
     named = dict(model.named_parameters())
+    head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     if method == "full":
         train = set(named)
     elif method == "last":
-        train = {"head.2.weight", "head.2.bias"}
+        train = {f"{head}.weight", f"{head}.bias"}
     elif method == "norm+last":
         train = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) for n in (n + ".weight", n + ".bias")}
-        train |= {"head.2.weight", "head.2.bias"}
+        train |= {f"{head}.weight", f"{head}.bias"}
     else:
-        train = {n for n in named if n.endswith(".bias")} | {"head.2.weight"}
+        train = {n for n in named if n.endswith(".bias")} | {f"{head}.weight"}
     for n, p in named.items():
         p.requires_grad_(n in train)
     return model, train
@@ -51,18 +52,20 @@ def ort_step(art, x, y, smoothing):
     return loss, logits, {n: sess.state.parameters[n].grad.copy() for n in art.manifest["trainable"]}
 
 
-@pytest.mark.parametrize("method,smoothing", [("full", 0.0), ("full", 0.1), ("last", 0.0), ("norm+last", 0.0),
-                                              ("bias", 0.0), ("bias", 0.2)])
-def test_one_step_matches_torch_autograd(tmp_path, method, smoothing):
-    plain = compile_model(f"{NETS}:small_net", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
+@pytest.mark.parametrize("net,method,smoothing", [
+    ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
+    ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
+    ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0)])
+def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
+    plain = compile_model(f"{NETS}:{net}", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
-    lean = compile_model(f"{NETS}:small_net", method, tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    lean = compile_model(f"{NETS}:{net}", method, tmp_path / "lean", resolution=RES, batch_size=BATCH)
     assert lean.manifest["passes"], "compile runs the memory passes by default"
     rng = np.random.default_rng(1)
     x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
-    y = rng.integers(0, 5, BATCH)
+    y = rng.integers(0, 3, BATCH)
 
-    model, train = torch_reference(method)
+    model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net}[net])
     assert set(plain.manifest["trainable"]) == train == set(lean.manifest["trainable"])
     logits_t = model(torch.from_numpy(x))
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
@@ -95,3 +98,21 @@ def test_passes_rewrite_what_they_claim(tmp_path):
     assert after.count("DropoutGrad") == 3  # 2 ReLU + 1 ReLU6 backward from bool masks (LeakyReLU: Mul)
     assert "Where" not in after  # ORT's CPU Where allocates a full-size temporary
     assert after.count("ConvTranspose") == 5  # 5 convs + the pooling conv; the first needs no dX
+
+
+@pytest.mark.parametrize("net", ["small_net", "odd_net"])
+def test_packed_masks_keep_training_exact(tmp_path, net):
+    """The optional pack-masks pass (1 bit per mask element) against ORT's own graph."""
+    plain = compile_model(f"{NETS}:{net}", "bias", tmp_path / "plain", resolution=RES, batch_size=BATCH, passes=[])
+    packed = compile_model(f"{NETS}:{net}", "bias", tmp_path / "packed", resolution=RES, batch_size=BATCH,
+                           passes=["frozen-conv", "activation-masks", "pack-masks", "dce"])
+    import onnx
+    assert "MatMulInteger" in [n.op_type for n in onnx.load(packed.path / "training_model.onnx").graph.node]
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    _, ref_logits, ref = ort_step(plain, x, y, 0.0)
+    _, logits, got = ort_step(packed, x, y, 0.0)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)

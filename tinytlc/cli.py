@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tinytlc.errors import TinyTLError
 from tinytlc.methods import METHODS
-from tinytlc.passes.training import PASSES
+from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.report import mib
 
 DEFAULT_LR = {"full": 5e-4}  # fine-tuning every weight wants a smaller step than the rest
@@ -117,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
     c.add_argument("--passes", default=None,
-                   help=f"comma-separated training-graph passes to run (default: all: {','.join(PASSES)})")
+                   help=f"comma-separated training-graph passes to run, from {','.join(PASSES)} "
+                        f"(default: {','.join(DEFAULT_PASSES)})")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)

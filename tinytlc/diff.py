@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tinytlc.passes.training import PASSES
+from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.pipeline import LEAN_SESSION, compile_model
 from tinytlc.report import mib, table
 from tinytlc.runtime.memory import measure
@@ -20,10 +20,14 @@ from tinytlc.runtime.plan import plan
 
 
 def steps() -> list[tuple[str, list[str], dict]]:
-    names = list(PASSES)
+    """(label, passes, session) per row: the default passes one by one, the session settings
+    compile picks (= what `tinytlc compile` builds), then each optional pass on top."""
     rows = [("ORT training graph (no passes)", [], {})]
-    rows += [(f"+ {name}", names[: i + 1], {}) for i, name in enumerate(names)]
-    rows.append(("+ session: no memory pattern, no buffer reuse", names, dict(LEAN_SESSION)))
+    rows += [(f"+ {name}", DEFAULT_PASSES[: i + 1], {}) for i, name in enumerate(DEFAULT_PASSES)]
+    rows.append(("+ session: no memory pattern, no buffer reuse (compile's default)", DEFAULT_PASSES,
+                 dict(LEAN_SESSION)))
+    for name in (p for p in PASSES if p not in DEFAULT_PASSES):
+        rows.append((f"+ {name} (optional)", DEFAULT_PASSES + [name], dict(LEAN_SESSION)))
     return rows
 
 

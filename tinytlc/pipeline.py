@@ -20,7 +20,7 @@ from tinytlc.errors import TinyTLError
 from tinytlc.export import INPUT, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
 from tinytlc.passes.forward import FusePadIntoConvPass, ReplaceClassifierPass, find_classifier
-from tinytlc.passes.training import PASSES
+from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.runtime import artifacts
 
 MANIFEST = "tinytlc.json"
@@ -79,9 +79,9 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
 
 
 def resolve_passes(passes: list[str] | None) -> list[str]:
-    """None: every training-graph pass, in order; otherwise the named ones, checked."""
+    """None: the default training-graph passes; otherwise the named ones, checked, in pass order."""
     if passes is None:
-        return list(PASSES)
+        return list(DEFAULT_PASSES)
     unknown = [p for p in passes if p not in PASSES]
     if unknown:
         raise TinyTLError(f"unknown pass '{unknown[0]}': choose from {', '.join(PASSES)}")

@@ -33,6 +33,9 @@ def _ints(graph: ir.Graph, values: list[int]) -> ir.Value:
     return add_initializer(graph, "tinytlc.ints", np.array(values, np.int64), constant=True)
 
 
+MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
+MASK_DEPENDENCY = "tinytlc.mask_dependency"  # Node.meta: the forward's read that waits for the mask
+
 # 1 - 2**-25 rounds to 1.0f, so DropoutGrad's scale 1 / (1 - ratio) is exactly 1.
 _RATIO = np.float32(2.0 ** -25)
 assert np.float32(1) - _RATIO == np.float32(1)
@@ -91,8 +94,11 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         else:
             mask = tape.op("Greater", [x, scalar_zero()])
         mask.name = f"{y.name}.mask"
+        mask.shape, mask.type = x.shape, ir.TensorType(ir.DataType.BOOL)
+        mask.meta[MASK] = True
         rank = len(x.shape) if x.shape is not None else 4
         first = tape.op("Slice", [mask, _ints(graph, [0] * rank), _ints(graph, [1] * rank)])
+        first.producer().meta[MASK_DEPENDENCY] = True
         dep = tape.op("Mul", [tape.op("Cast", [first], attributes={"to": ir.DataType.FLOAT}), scalar_zero()])
         graph.insert_after(act, tape.nodes)
         readers = list(y.uses())
