@@ -95,7 +95,7 @@ def test_passes_rewrite_what_they_claim(tmp_path):
     before, after = ops(plain), ops(lean)
     assert before.count("ConvGrad") == 6 and before.count("ReluGrad") == 2 and "LeakyReluGrad" in before
     assert not {"ConvGrad", "ReluGrad", "LeakyReluGrad"} & set(after)
-    assert after.count("DropoutGrad") == 3  # 2 ReLU + 1 ReLU6 backward from bool masks (LeakyReLU: Mul)
+    assert after.count("DropoutGrad") == 4  # 2 ReLU, 1 ReLU6, 1 LeakyReLU backward from bool masks
     assert "Where" not in after  # ORT's CPU Where allocates a full-size temporary
     assert after.count("ConvTranspose") == 5  # 5 convs + the pooling conv; the first needs no dX
 
@@ -116,3 +116,26 @@ def test_packed_masks_keep_training_exact(tmp_path, net):
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
     for name in ref:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_bias_backward_reads_no_float_activation(tmp_path):
+    """After the passes, bias-only training reads from the forward only the classifier's input (its
+    weight trains) and 1-byte masks; BatchNorm never becomes training-mode BatchNormInternal."""
+    import onnx
+    art = compile_model(f"{NETS}:small_net", "bias", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    graph = onnx.load(art.path / "training_model.onnx").graph
+    for plain in (False, True):
+        g = graph if not plain else onnx.load(compile_model(
+            f"{NETS}:small_net", "norm+last", tmp_path / "n", resolution=RES, batch_size=BATCH).path
+            / "training_model.onnx").graph
+        assert not any("BatchNorm" in n.op_type for n in g.node)
+    is_backward = lambda n: "grad" in n.name.lower() or any("grad" in o.lower() for o in n.output)  # noqa: E731
+    backward = [n for n in graph.node if is_backward(n)]
+    # activations: what the forward's spatial ops make (the loss's small tensors are not in question)
+    spatial = {"Conv", "Relu", "Clip", "LeakyRelu", "Add", "GlobalAveragePool", "Flatten"}
+    activations = {o for n in graph.node if not is_backward(n) and n.op_type in spatial for o in n.output}
+    read = {i for n in backward for i in n.input if i in activations}
+    classifier_input = next(n.input[0] for n in graph.node if n.op_type == "Gemm" and not is_backward(n))
+    assert read == {classifier_input}
+    masks = {i for n in backward for i in n.input if i.endswith(".mask")}
+    assert len(masks) == 4

@@ -5,17 +5,20 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
+from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
 PASSES = {
     "frozen-conv": FrozenConvBackwardPass,
     "activation-masks": ActivationMaskPass,
     "pack-masks": PackMasksPass,
+    "shapes-from-input": ShapesFromInputPass,
     # Dead code: nodes whose results nothing reads (onnx_ir's pass; the others leave some behind).
     "dce": RemoveUnusedNodesPass,
 }
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "activation-masks", "dce"]
+DEFAULT_PASSES = ["frozen-conv", "activation-masks", "shapes-from-input", "dce"]
 
-__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "FrozenConvBackwardPass", "PackMasksPass"]
+__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "FrozenConvBackwardPass", "PackMasksPass",
+           "ShapesFromInputPass"]

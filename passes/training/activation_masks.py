@@ -4,7 +4,8 @@ What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float ou
 Clip gradient compares the float input X with min/max inside the backward, so a 4-byte-per-element
 tensor per activation lives until backward. This pass computes the mask m in the forward
 (Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds), stores it as bool (1 byte per
-element), and writes the backward as dX = DropoutGrad(dY, m) (LeakyReLU: dY * (alpha + (1 - alpha) m)).
+element), and writes the backward as dX = DropoutGrad(dY, m)
+(LeakyReLU: (1 - alpha) DropoutGrad(dY, m) + alpha dY).
 DropoutGrad multiplies by a bool mask without a float copy of it (Mul needs Cast(m) to float, a
 temporary as large as dY; ORT's CPU Where allocates one too). Its ratio is 2**-25, for which
 1 / (1 - ratio) rounds to exactly 1.0 in float32 (ratio 0 would skip the mask).
@@ -67,13 +68,11 @@ class ActivationMaskPass(ir.passes.InPlacePass):
                 mask = self._forward(graph, act, scalar_zero)
                 tape = ir.tape.Tape(graph)
                 dy = node.inputs[0]
-                if act.op_type == "LeakyRelu":
+                dx = masked(graph, tape, dy, mask)
+                if act.op_type == "LeakyRelu":  # dY * (alpha + (1 - alpha) m); every term waits for dY
                     alpha = act.attributes.get_float("alpha", 0.01)
-                    scale = tape.op("Cast", [mask], attributes={"to": ir.DataType.FLOAT})
-                    scale = tape.op("Add", [tape.op("Mul", [scale, scalar(graph, 1 - alpha)]), scalar(graph, alpha)])
-                    dx = tape.op("Mul", [dy, scale])
-                else:
-                    dx = masked(graph, tape, dy, mask)
+                    dx = tape.op("Add", [tape.op("Mul", [dx, scalar(graph, 1 - alpha)]),
+                                         tape.op("Mul", [dy, scalar(graph, alpha)])])
                 graph.insert_before(node, tape.nodes)
                 replace_node_outputs(graph, node, [(node.outputs[0], dx)])
                 modified = True

@@ -1,0 +1,49 @@
+"""Shapes from the input: a backward Shape(X) of a forward activation keeps X alive for its shape.
+
+What it removes: ORT's gradients of GlobalAveragePool, Flatten and similar ops read Shape(X) of
+their forward input, and ORT may run that Shape late, in the backward, so X (a 4-D activation)
+lives until then. X's shape is static but for the batch, so the pass writes it as
+Concat(Shape(model input)[0:1], [C, H, W]); the model input is held by the caller anyway.
+Exact: every activation of an image classifier has the input's batch size, and the rest of the
+shape is fixed at compile time (shape inference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from tinytlc.passes.forward._values import add_initializer
+
+
+def _is_backward(node: ir.Node) -> bool:
+    return "grad" in (node.name or "").lower() or any("grad" in (o.name or "").lower() for o in node.outputs)
+
+
+class ShapesFromInputPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        image = graph.inputs[0]
+        batch = None
+        for node in list(graph):
+            if node.op_type != "Shape" or not _is_backward(node) or node.attributes.get_int("start", 0) != 0:
+                continue
+            x = node.inputs[0]
+            producer = x.producer()
+            if x is image or producer is None or _is_backward(producer) or x.shape is None or len(x.shape) != 4:
+                continue
+            rest = list(x.shape)[1:]
+            if isinstance(x.shape[0], int) or not all(isinstance(d, int) for d in rest):
+                continue
+            tape = ir.tape.Tape(graph)
+            if batch is None:
+                start = add_initializer(graph, "tinytlc.batch_start", np.array([0], np.int64), True)
+                end = add_initializer(graph, "tinytlc.batch_end", np.array([1], np.int64), True)
+                batch = tape.op("Slice", [tape.op("Shape", [image]), start, end])
+            dims = add_initializer(graph, f"{x.name}.static_dims", np.array(rest, np.int64), True)
+            shape = tape.op("Concat", [batch, dims], attributes={"axis": 0})
+            graph.insert_before(node, tape.nodes)
+            ir.convenience.replace_all_uses_with(node.outputs[0], shape)
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
