@@ -76,3 +76,52 @@ def odd_net():
         nn.Conv2d(3, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU6(),
         nn.Conv2d(5, 7, 3, stride=2, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 3)))
+
+
+class IRBlock(nn.Module):
+    """Inverted bottleneck: 1x1 expand, 3x3 depthwise, 1x1 project (+ skip when shapes allow)."""
+
+    def __init__(self, cin, cout, stride, expand=2):
+        super().__init__()
+        mid = cin * expand
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.skip else self.conv(x)
+
+
+class LiteNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.blocks = nn.Sequential(IRBlock(8, 8, 1), IRBlock(8, 16, 2), IRBlock(16, 16, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def lite_net():
+    torch.manual_seed(2)
+    return randomize_bn(LiteNet())
+
+
+class BasicBlock(nn.Module):
+    """A plain residual block with no depthwise conv (ResNet-style)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1))
+
+    def forward(self, x):
+        return torch.relu(x + self.f(x))
+
+
+def resnet_like():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), BasicBlock(8), BasicBlock(8), BasicBlock(8),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()

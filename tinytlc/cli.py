@@ -20,15 +20,25 @@ OTHER_LR = 3e-3
 
 def cmd_compile(a) -> dict:
     from tinytlc.pipeline import compile_model
+    from tinytlc.passes.forward import LiteOptions
     passes = [] if a.no_passes else (a.passes.split(",") if a.passes else None)
+    if a.lite_norm not in ("group", "affine"):
+        raise TinyTLError(f"--lite-norm {a.lite_norm}: choose group or affine")
+    lite = LiteOptions(downsample=a.lite_downsample, kernel=a.lite_kernel, groups=a.lite_groups,
+                       expand=a.lite_expand, norm=a.lite_norm)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
-                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes)
+                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes, lite=lite)
     m = art.manifest
     if not a.json:
         print(f"compiled {m['source']} for method {m['method']} -> {art.path}")
         print(f"  input {m['input']['name']} {m['input']['shape']}, {m['num_classes']} classes")
         print(f"  trains {len(m['trainable'])} tensors, {m['trainable_elements']:,} of "
               f"{m['total_elements']:,} parameters; memory passes: {', '.join(m['passes']) or 'none'}")
+        if m.get("lite_modules"):
+            mods = m["lite_modules"]
+            print(f"  lite residual modules: {len(mods)} ({sum(x['params'] for x in mods):,} parameters), e.g. "
+                  f"{mods[0]['block']} {mods[0]['input']} -> {mods[0]['output']}, stride {mods[0]['stride']}, "
+                  f"kernel {mods[0]['kernel']}")
     return m
 
 
@@ -120,6 +130,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated training-graph passes to run, from {','.join(PASSES)} "
                         f"(default: {','.join(DEFAULT_PASSES)})")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
+    c.add_argument("--lite-downsample", type=int, default=2, help="lite modules: input pooling (default 2)")
+    c.add_argument("--lite-kernel", type=int, default=5, help="lite modules: group conv kernel (default 5)")
+    c.add_argument("--lite-groups", type=int, default=2, help="lite modules: conv groups (default 2)")
+    c.add_argument("--lite-expand", type=int, default=1, help="lite modules: width multiplier (default 1)")
+    c.add_argument("--lite-norm", default="group", help="lite modules: group (GroupNorm, 8 channels a group) "
+                                                        "or affine")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)
 

@@ -7,8 +7,8 @@ train. Parameters are found from the graph's structure, so any ONNX CNN works, n
 | last      | classifier                                          | folded into the conv         |
 | norm+last | norm scale and shift, classifier                    | affine over frozen stats     |
 | bias      | every bias (conv bias after folding BN), classifier | folded into the conv         |
-| lite      | lite residual modules, classifier                   | (next release)               |
-| lite+bias | both                                                | (next release)               |
+| lite      | lite residual modules, classifier                   | folded into the conv         |
+| lite+bias | lite residual modules, every bias, classifier       | folded into the conv         |
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
-                                    FoldBatchNormIntoConvPass, find_classifier)
+                                    FoldBatchNormIntoConvPass, LiteOptions, LiteResidualPass, find_classifier)
+from tinytlc.passes.forward.lite_residual import LITE
 from tinytlc.passes.forward._values import is_constant
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
@@ -27,9 +28,6 @@ TRAINS_NORMS = {"full", "norm+last"}
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise TinyTLError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
-    if method.startswith("lite"):
-        raise TinyTLError(f"method '{method}' needs lite residual modules, which this tinytlc release "
-                          "does not build yet; use full, last, norm+last or bias")
 
 
 def norm_params(graph: ir.Graph) -> list[str]:
@@ -38,14 +36,16 @@ def norm_params(graph: ir.Graph) -> list[str]:
             if v is not None and v.is_initializer()]
 
 
-def forward_passes(method: str) -> list[ir.passes.PassBase]:
+def forward_passes(method: str, lite: LiteOptions | None = None) -> list[ir.passes.PassBase]:
     """Passes that shape the forward graph for `method` before autodiff (shapes must be inferred)."""
     if method in TRAINS_NORMS:
         passes = [BatchNormToAffinePass()]
     else:
         passes = [FoldBatchNormIntoConvPass(), BatchNormToAffinePass()]  # BN with no conv before it
+    if method.startswith("lite"):
+        passes.append(LiteResidualPass(lite or LiteOptions()))
     passes.append(AveragePoolToConvPass())
-    if method == "bias":
+    if method.endswith("bias"):
         passes.append(AddZeroBiasPass())
     return passes
 
@@ -73,6 +73,9 @@ def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str
         names = norms + classifier
     elif method == "bias":
         names = _layer_params(graph, (2,)) + classifier
+    elif method in ("lite", "lite+bias"):
+        lite = [name for name, v in graph.initializers.items() if v.meta.get(LITE)]
+        names = lite + (_layer_params(graph, (2,)) if method == "lite+bias" else []) + classifier
     else:
         check_method(method)
         raise AssertionError(method)

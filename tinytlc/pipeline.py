@@ -19,7 +19,8 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import INPUT, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
-from tinytlc.passes.forward import FusePadIntoConvPass, ReplaceClassifierPass, find_classifier
+from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, ReplaceClassifierPass,
+                                    find_classifier)
 from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.runtime import artifacts
 
@@ -55,8 +56,10 @@ def _versions() -> dict:
     return {p: metadata.version(p) for p in ("tinytlc", "torch", "onnx", "onnxruntime-training-cpu", "onnx-ir")}
 
 
-def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True):
-    """Forward ONNX ready for autodiff, the trainable names, and the source's description."""
+def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
+                  lite: LiteOptions | None = None, report: dict | None = None):
+    """Forward ONNX ready for autodiff, the trainable names, and the source's description.
+    `report`, if given, receives what the passes inserted (lite residual modules)."""
     methods.check_method(method)
     source = load_source(model, resolution, pretrained)
     irm = ir.serde.deserialize_model(source.model)
@@ -68,8 +71,10 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
         ReplaceClassifierPass(num_classes)(irm)
     norms = methods.norm_params(irm.graph)
     ShapeInferencePass()(irm)
-    for p in methods.forward_passes(method):
+    for p in methods.forward_passes(method, lite):
         p(irm)
+        if isinstance(p, LiteResidualPass) and report is not None:
+            report["lite_modules"] = p.report
     RemoveUnusedNodesPass()(irm)
     ShapeInferencePass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)
@@ -107,7 +112,7 @@ LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "de
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
                   pretrained: bool = True, passes: list[str] | None = None,
-                  session: dict | None = None) -> Artifact:
+                  session: dict | None = None, lite: LiteOptions | None = None) -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
 
     `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
@@ -120,7 +125,9 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
     passes = resolve_passes(passes)
     if session is None:
         session = dict(LEAN_SESSION) if passes else {}
-    proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained)
+    report: dict = {}
+    proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained, lite,
+                                                      report)
     with atomic_path(out, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, tmp / "forward_model.onnx")
@@ -141,6 +148,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "preprocess": {**source.preprocess, "resolution": resolution, "channels": 3},
             "passes": passes,
             "session": session,
+            **report,
             "versions": _versions(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

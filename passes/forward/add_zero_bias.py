@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_initializer, const_array, is_constant
+from tinytlc.passes.forward.lite_residual import LITE
 
 
 def bias_name(weight: ir.Value) -> str:
@@ -24,7 +25,8 @@ class AddZeroBiasPass(ir.passes.InPlacePass):
             if node.op_type not in ("Conv", "Gemm") or (len(node.inputs) > 2 and node.inputs[2] is not None):
                 continue
             w = const_array(node.inputs[1])
-            if w is None or is_constant(node.inputs[1]):  # e.g. a pooling written as a conv
+            # not a pooling written as a conv, nor a lite-module conv (a norm follows it)
+            if w is None or is_constant(node.inputs[1]) or node.inputs[1].meta.get(LITE):
                 continue
             if node.op_type == "Conv":
                 width = w.shape[0]

@@ -1,0 +1,129 @@
+"""Lite residual modules: found from graph structure, output unchanged at start, gradients equal to
+a PyTorch model carrying the same modules, on zoo models and an unseen residual CNN."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import NETS
+from nets import lite_net, resnet_like
+from test_gradients import fold_all_bn, ort_step
+
+from tinytlc.export import export_module
+from tinytlc.passes.forward import LiteOptions
+from tinytlc.pipeline import compile_model
+
+RES, BATCH = 13, 4
+
+
+class LiteRef(nn.Module):
+    """The lite residual branch in PyTorch, with weights taken from the compiled graph."""
+
+    def __init__(self, block, params, name, stride, out_size, groups=2, group_channels=8):
+        super().__init__()
+        self.block, self.stride, self.out_size = block, stride, out_size
+        get = lambda n: nn.Parameter(torch.from_numpy(params[f"{name}.{n}"].copy()))  # noqa: E731
+        self.w1, self.w2 = get("conv1.weight"), get("conv2.weight")
+        self.g1, self.b1 = get("norm1.weight"), get("norm1.bias")
+        self.g2, self.b2 = get("norm2.weight"), get("norm2.bias")
+        self.groups, self.gc = groups, group_channels
+
+    def norm(self, x, g, b):
+        c = x.shape[1]
+        return F.group_norm(x, max(1, c // self.gc), eps=1e-5) * g + b
+
+    def forward(self, x):
+        y = F.avg_pool2d(x, 2)
+        k = self.w1.shape[-1]
+        y = F.conv2d(y, self.w1, stride=self.stride, padding=k // 2, groups=self.groups)
+        y = F.conv2d(F.relu(self.norm(y, self.g1, self.b1)), self.w2)
+        y = self.norm(y, self.g2, self.b2)
+        if tuple(y.shape[-2:]) != tuple(self.out_size):
+            y = F.interpolate(y, size=self.out_size, mode="bilinear", align_corners=False)
+        return self.block(x) + y
+
+
+def initializers(art):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(art.path / "forward_model.onnx").graph.initializer}
+
+
+@pytest.mark.parametrize("method", ["lite", "lite+bias"])
+def test_lite_gradients_match_torch(tmp_path, method):
+    opts = LiteOptions(final_scale=0.5)  # a nonzero start, so every lite parameter gets a gradient
+    plain = compile_model(f"{NETS}:lite_net", method, tmp_path / "p", resolution=RES, batch_size=BATCH, lite=opts,
+                          passes=[])
+    lean = compile_model(f"{NETS}:lite_net", method, tmp_path / "l", resolution=RES, batch_size=BATCH, lite=opts)
+    report = lean.manifest["lite_modules"]
+    assert [m["stride"] for m in report] == [2, 1]  # blocks 2 and 3; the first block gets none
+    params = initializers(lean)
+
+    model = fold_all_bn(lite_net())
+    for i, r in enumerate(report, start=1):
+        model.blocks[i] = LiteRef(model.blocks[i], params, f"lite{i}", r["stride"], tuple(r["output"][1:]))
+    trainable = lean.manifest["trainable"]
+    lite = [n for n in trainable if n.startswith("lite")]
+    assert len(lite) == 2 * 6  # two convs and two norms (scale, shift) per module
+    assert {"head.2.weight", "head.2.bias"} <= set(trainable)
+    others = set(trainable) - set(lite) - {"head.2.weight", "head.2.bias"}
+    assert others == (set() if method == "lite" else {n for n in others if n.endswith(".bias")}) and \
+        (method == "lite" or len(others) == 10)  # lite+bias: the biases of the 10 folded convs
+    torch_names = {n: p.requires_grad_(True) for n, p in model.named_parameters()}  # fusing may turn it off
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    logits_t = model(torch.from_numpy(x))
+    F.cross_entropy(logits_t, torch.from_numpy(y)).backward()
+
+    # map ONNX names to the torch reference's
+    def torch_grad(name):
+        if name.startswith("lite"):
+            i, rest = name[4:].split(".", 1)
+            attr = {"conv1.weight": "w1", "conv2.weight": "w2", "norm1.weight": "g1", "norm1.bias": "b1",
+                    "norm2.weight": "g2", "norm2.bias": "b2"}[rest]
+            return getattr(model.blocks[int(i)], attr).grad.numpy()
+        n = name.replace(f"blocks.{1}.conv", "blocks.1.block.conv").replace("blocks.2.conv", "blocks.2.block.conv")
+        return torch_names[n].grad.numpy()
+
+    for art in (plain, lean):
+        _, logits, grads = ort_step(art, x, y, 0.0)
+        np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+        for name in art.manifest["trainable"]:
+            np.testing.assert_allclose(grads[name], torch_grad(name), rtol=1e-3, atol=1e-5,
+                                       err_msg=f"{method} {art.manifest['passes']}: {name}")
+
+
+def test_output_unchanged_before_training(tmp_path):
+    art = compile_model(f"{NETS}:lite_net", "lite+bias", tmp_path / "a", resolution=RES, batch_size=BATCH)
+    assert len(art.manifest["lite_modules"]) == 2
+    x = np.random.default_rng(4).standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    _, logits, _ = ort_step(art, x, np.zeros(BATCH, np.int64), 0.0)
+    with torch.no_grad():
+        expected = lite_net()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unseen_residual_onnx_model(tmp_path, cli):
+    path = tmp_path / "resnet_like.onnx"
+    onnx.save(export_module(resnet_like(), 32), path)
+    code, out, err = cli("compile", path, "--method", "lite", "--resolution", 32, "--out", tmp_path / "a", "--json")
+    assert code == 0, err
+    import json
+    manifest = json.loads(out)
+    assert [m["block"] for m in manifest["lite_modules"]] == ["residual", "residual"]  # 3 blocks, first skipped
+    code, _, err = cli("train", tmp_path / "a", "--data", "synthetic:16", "--epochs", 1)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("model,blocks", [("mobilenetv2", 17), ("proxylessnas-mobile", 20),
+                                          ("efficientnet-lite0", 16)])
+def test_zoo_models_get_a_module_per_block_but_the_first(tmp_path, model, blocks):
+    art = compile_model(model, "lite+bias", tmp_path / "a", num_classes=5, resolution=64, batch_size=2)
+    report = art.manifest["lite_modules"]
+    assert len(report) == blocks - 1
+    assert sum(m["stride"] == 2 for m in report) == 4
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    loss, _, grads = ort_step(art, x, np.array([0, 1]), 0.0)
+    assert np.isfinite(loss)
+    assert all(np.isfinite(g).all() for g in grads.values())
