@@ -133,7 +133,9 @@ def test_bias_backward_reads_no_float_activation(tmp_path):
     backward = [n for n in graph.node if is_backward(n)]
     # activations: what the forward's spatial ops make (the loss's small tensors are not in question)
     spatial = {"Conv", "Relu", "Clip", "LeakyRelu", "Add", "GlobalAveragePool", "Flatten"}
-    activations = {o for n in graph.node if not is_backward(n) and n.op_type in spatial for o in n.output}
+    weights = {t.name for t in graph.initializer}
+    activations = {o for n in graph.node if not is_backward(n) and n.op_type in spatial
+                   and not weights & set(n.input[:1]) for o in n.output}  # (W + 0 * dB[0] is no activation)
     read = {i for n in backward for i in n.input if i in activations}
     classifier_input = next(n.input[0] for n in graph.node if n.op_type == "Gemm" and not is_backward(n))
     assert read == {classifier_input}

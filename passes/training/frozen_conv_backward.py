@@ -8,6 +8,9 @@ Where dW is not requested, this pass replaces ConvGrad with
     dB = ReduceSum(dY, axes=[0, 2, 3])
 Exact: dX of a convolution is the transposed convolution of dY with the same weights; the bias
 gradient is dY summed over batch and space. Neither reads X, so X dies after its forward users.
+Order: ORT may run the bias ReduceSum long after the ConvTranspose (it is only needed at the
+optimizer), keeping dY alive meanwhile. When both exist, the ConvTranspose reads W + 0 * dB[0], a
+copy of the (small) weight that waits for dB, so dY's last reader is the ConvTranspose.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_initializer
 from tinytlc.passes.training._graph import replace_node_outputs, wanted as _wanted
+
+
+def _const(graph: ir.Graph, value) -> ir.Value:
+    array = np.asarray(value, np.int64 if isinstance(value, list) else None)
+    return add_initializer(graph, "tinytlc.const", array, constant=True)
 
 
 class FrozenConvBackwardPass(ir.passes.InPlacePass):
@@ -35,27 +43,31 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
             strides = list(a.get_ints("strides", [1, 1]))
             dilations = list(a.get_ints("dilations", [1, 1]))
             pads = list(a.get_ints("pads", [0, 0, 0, 0]))
+            out_pad = []  # what strided convs round away from the input size
+            for i in range(2):
+                size = x.shape[2 + i]
+                if not isinstance(size, int):
+                    break
+                y = (size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                natural = strides[i] * (y - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + 2]
+                out_pad.append(size - natural)
+            if _wanted(dx) and len(out_pad) != 2:
+                continue  # spatial size unknown: keep ConvGrad
             tape, replacements = ir.tape.Tape(graph), []
+            db_value = None
+            if _wanted(db):
+                if axes is None:
+                    axes = add_initializer(graph, "tinytlc.conv_bias_grad_axes", np.array([0, 2, 3], np.int64), True)
+                db_value = tape.op("ReduceSum", [dy, axes], attributes={"keepdims": 0})
+                replacements.append((db, db_value))
             if _wanted(dx):
-                out_pad = []
-                for i in range(2):
-                    size = x.shape[2 + i]
-                    if not isinstance(size, int):
-                        break
-                    y = (size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
-                    natural = strides[i] * (y - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + 2]
-                    out_pad.append(size - natural)
-                if len(out_pad) != 2:
-                    continue  # spatial size unknown: keep ConvGrad
+                if db_value is not None:  # W + 0 * dB[0]: the weight, once dB exists
+                    first = tape.op("Slice", [db_value, _const(graph, [0]), _const(graph, [1])])
+                    w = tape.op("Add", [w, tape.op("Mul", [first, _const(graph, np.float32(0))])])
                 tape.op("ConvTranspose", [dy, w], attributes={
                     "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
                     "group": a.get_int("group", 1), "output_padding": out_pad})
                 replacements.append((dx, tape.nodes[-1].outputs[0]))
-            if _wanted(db):
-                if axes is None:
-                    axes = add_initializer(graph, "tinytlc.conv_bias_grad_axes", np.array([0, 2, 3], np.int64), True)
-                tape.op("ReduceSum", [dy, axes], attributes={"keepdims": 0})
-                replacements.append((db, tape.nodes[-1].outputs[0]))
             graph.insert_before(grad, tape.nodes)
             replace_node_outputs(graph, grad, replacements)
             modified = True
