@@ -125,3 +125,47 @@ def resnet_like():
     torch.manual_seed(3)
     return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), BasicBlock(8), BasicBlock(8), BasicBlock(8),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def one_conv_net():
+    """Conv 3->4 (1x1) + ReLU + pool + Linear 4->2: small enough to account by hand."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+
+
+class _Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.Conv2d(2, 2, 1))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+def residual_net():
+    """stem conv 3->2, then x + conv(relu(conv(x))), pool, Linear 2->2: a residual block to account."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(3, 2, 1), _Res(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+
+
+class WrittenGroupNorm(nn.Module):
+    """GroupNorm written with elementary ops, as tinytlc's lite modules write it."""
+
+    def __init__(self, groups, channels):
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.ones(channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, 1, 1))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        g = x.reshape(n, self.groups, -1)
+        d = g - g.mean(-1, keepdim=True)
+        y = (d / torch.sqrt((d * d).mean(-1, keepdim=True) + 1e-5)).reshape(n, c, h, w)
+        return y * self.weight + self.bias
+
+
+def group_norm_written_net():
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Conv2d(3, 4, 1), WrittenGroupNorm(2, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 2)).eval()

@@ -113,6 +113,24 @@ def cmd_diff(a) -> list:
     return rows
 
 
+def cmd_analyze(a) -> dict:
+    from tinytlc.analyze import analyze
+    if a.accounting not in ("paper", "exact"):
+        raise TinyTLError(f"--accounting {a.accounting}: choose paper or exact")
+    r = analyze(a.model, a.method, resolution=a.resolution, batch_size=a.batch_size, num_classes=a.num_classes,
+                accounting=a.accounting)
+    if not a.json:
+        print(f"{r['model']} ({r['method']}), {r['resolution']} px, batch {r['batch_size']}, "
+              f"{r['accounting']} accounting")
+        rows = [("parameters", mib(r["param_bytes"]) + " MiB"),
+                ("peak activations per sample", mib(r["activation_bytes_per_sample"]) + " MiB"),
+                ("  of which stored for backward", mib(r["stored_bytes_per_sample"]) + " MiB"),
+                (f"total (batch {r['batch_size']})", mib(r["total_bytes"]) + " MiB")]
+        for k, v in rows:
+            print(f"  {k:<32} {v:>12}")
+    return r
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinytlc", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -180,7 +198,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=3, help="training steps measured per row")
     d.set_defaults(func=cmd_diff)
 
-    for s in (c, t, e, x, m, d):
+    an = sub.add_parser("analyze", help="memory by the paper's accounting (or an exact one), from the graph")
+    an.add_argument("model")
+    an.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    an.add_argument("--num-classes", type=int, default=None)
+    an.add_argument("--batch-size", type=int, default=8)
+    an.add_argument("--resolution", type=int, default=224)
+    an.add_argument("--accounting", default="paper", help="paper (TinyTL's rules) or exact")
+    an.set_defaults(func=cmd_analyze)
+
+    for s in (c, t, e, x, m, d, an):
         s.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return p
 

@@ -56,10 +56,10 @@ def _versions() -> dict:
     return {p: metadata.version(p) for p in ("tinytlc", "torch", "onnx", "onnxruntime-training-cpu", "onnx-ir")}
 
 
-def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
+def forward_graph(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None):
-    """Forward ONNX ready for autodiff, the trainable names, and the source's description.
-    `report`, if given, receives what the passes inserted (lite residual modules)."""
+    """The forward graph (onnx_ir, shapes inferred) ready for autodiff, the trainable names, the
+    source and the class count. `report`, if given, receives what the passes inserted."""
     methods.check_method(method)
     source = load_source(model, resolution, pretrained)
     irm = ir.serde.deserialize_model(source.model)
@@ -78,9 +78,16 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
     RemoveUnusedNodesPass()(irm)
     ShapeInferencePass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)
+    return irm, trainable, source, (num_classes or head_classes)
+
+
+def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
+                  lite: LiteOptions | None = None, report: dict | None = None):
+    """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
+    irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report)
     proto = ir.serde.serialize_model(irm)
     proto.ir_version = min(proto.ir_version, MAX_IR)
-    return proto, trainable, source, (num_classes or head_classes)
+    return proto, trainable, source, classes
 
 
 def resolve_passes(passes: list[str] | None) -> list[str]:
