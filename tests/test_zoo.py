@@ -60,3 +60,15 @@ def test_mobilenetv2_loads_keras_imagenet_backbone():
         f = loaded.head(loaded.blocks(loaded.stem(x))).mean((2, 3))
     f = torch.nn.functional.normalize(f, dim=1)
     assert (f[0] @ f[1]) > (f[0] @ f[2]) + 0.1  # random init: within 0.02 of each other
+
+
+def test_proxylessnas_group_norm_compiles_with_per_layer_norm_params(tmp_path):
+    """--norm group (the paper's GroupNorm, 8 channels a group) trains through ONNX Runtime, and
+    freshly initialised norms keep one scale and shift per layer (the exporter does not merge
+    parameters with equal values)."""
+    from tinytlc.pipeline import compile_model
+    art = compile_model("proxylessnas-mobile", "bias", tmp_path / "a", num_classes=4, resolution=32, batch_size=2,
+                        norm="group")
+    convs = 1 + 19 * 3 + 2 + 1  # stem, 19 blocks with expansion, the first without, head
+    assert len(art.manifest["trainable"]) == 2 * convs + 2  # conv biases, norm shifts, classifier
+    assert len(set(art.manifest["trainable"])) == len(art.manifest["trainable"])

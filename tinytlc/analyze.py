@@ -143,9 +143,9 @@ def _is_group_norm(div: ir.Node) -> bool:
 
 
 def analyze(model: str, method: str, *, resolution: int = 224, batch_size: int = 8, num_classes: int | None = None,
-            accounting: str = "paper", pretrained: bool = False, lite=None) -> dict:
+            accounting: str = "paper", pretrained: bool = False, lite=None, norm: str = "batch") -> dict:
     from tinytlc.pipeline import forward_graph
-    irm, trainable, _, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite)
+    irm, trainable, _, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, norm=norm)
     result = account(irm.graph, set(trainable), accounting)
     result.update(model=model, method=method, resolution=resolution, batch_size=batch_size, num_classes=classes,
                   total_bytes=int(result["activation_bytes_per_sample"] * batch_size + result["param_bytes"]))

@@ -27,7 +27,8 @@ def cmd_compile(a) -> dict:
     lite = LiteOptions(downsample=a.lite_downsample, kernel=a.lite_kernel, groups=a.lite_groups,
                        expand=a.lite_expand, norm=a.lite_norm)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
-                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes, lite=lite)
+                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes, lite=lite,
+                        norm=a.norm)
     m = art.manifest
     if not a.json:
         print(f"compiled {m['source']} for method {m['method']} -> {art.path}")
@@ -118,7 +119,7 @@ def cmd_analyze(a) -> dict:
     if a.accounting not in ("paper", "exact"):
         raise TinyTLError(f"--accounting {a.accounting}: choose paper or exact")
     r = analyze(a.model, a.method, resolution=a.resolution, batch_size=a.batch_size, num_classes=a.num_classes,
-                accounting=a.accounting)
+                accounting=a.accounting, norm=a.norm)
     if not a.json:
         print(f"{r['model']} ({r['method']}), {r['resolution']} px, batch {r['batch_size']}, "
               f"{r['accounting']} accounting")
@@ -207,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     an.add_argument("--accounting", default="paper", help="paper (TinyTL's rules) or exact")
     an.set_defaults(func=cmd_analyze)
 
+    for s in (c, an):
+        s.add_argument("--norm", default="batch", help="norm layers of a zoo model: batch, or group (GroupNorm, "
+                                                       "8 channels a group; proxylessnas-mobile)")
     for s in (c, t, e, x, m, d, an):
         s.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return p

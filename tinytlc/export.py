@@ -4,6 +4,9 @@ nn.Module) becomes a forward ONNX model with one image input and one logits outp
 Export uses torch's TorchScript-based exporter with constant folding off: it keeps every parameter
 under its state_dict name and every BatchNormalization as its own node, so tinytlc's passes decide
 what is folded and what trains (the dynamo exporter folds BN into convs and drops zero biases).
+Initializers are exported as inputs too, which turns off the exporter's merging of parameters
+with equal values (freshly initialised norms would otherwise share one scale); they are taken out
+of the inputs again right after.
 """
 
 from __future__ import annotations
@@ -45,10 +48,16 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int = 3) -
         try:
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=False,
                               training=torch.onnx.TrainingMode.EVAL, input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                              keep_initializers_as_inputs=True)
         except Exception as e:  # torch raises many types; the user needs the first line
             raise TinyTLError(f"cannot export {type(module).__name__} to ONNX: {str(e).splitlines()[0]}") from e
-    return onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    params = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in params]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model
 
 
 def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
@@ -102,8 +111,12 @@ def load_function(spec: str) -> torch.nn.Module:
     return net
 
 
-def load_source(spec: str, resolution: int, pretrained: bool = True) -> Source:
-    """Resolve MODEL as given on the command line."""
+def load_source(spec: str, resolution: int, pretrained: bool = True, norm: str = "batch") -> Source:
+    """Resolve MODEL as given on the command line. `norm` picks a zoo model's norm layers."""
+    if norm not in ("batch", "group"):
+        raise TinyTLError(f"--norm {norm}: choose batch or group")
+    if norm != "batch" and (spec.endswith(".onnx") or ":" in spec):
+        raise TinyTLError("--norm applies to zoo models only")
     if spec.endswith(".onnx") or Path(spec).suffix == ".onnx":
         if not Path(spec).is_file():
             raise TinyTLError(f"{spec}: no such file")
@@ -111,6 +124,8 @@ def load_source(spec: str, resolution: int, pretrained: bool = True) -> Source:
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return Source(export_module(load_function(spec), resolution), IMAGENET, f"PyTorch module {spec}")
     entry = zoo.get(spec)
-    net = entry.build(resolution=resolution, pretrained=pretrained)
+    if norm != "batch" and "norm" not in entry.build.__code__.co_varnames:
+        raise TinyTLError(f"--norm {norm}: {spec} is built with BatchNorm only (proxylessnas-mobile takes --norm group)")
+    net = entry.build(resolution=resolution, pretrained=pretrained, **({"norm": norm} if norm != "batch" else {}))
     weights = entry.weights if pretrained and getattr(net, "pretrained", True) else "random init"
     return Source(export_module(net, resolution), entry.preprocess, f"{spec} ({weights})")

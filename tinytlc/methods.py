@@ -31,9 +31,19 @@ def check_method(method: str) -> None:
 
 
 def norm_params(graph: ir.Graph) -> list[str]:
-    """Scale and shift of every BatchNormalization (names survive BatchNormToAffinePass)."""
-    return [v.name for n in graph if n.op_type == "BatchNormalization" for v in n.inputs[1:3]
-            if v is not None and v.is_initializer()]
+    """Scale and shift of every norm: BatchNormalization (names survive BatchNormToAffinePass) and
+    a norm written out as Add(Mul(x, scale), shift) with per-channel parameters (e.g. GroupNorm)."""
+    names = [v.name for n in graph if n.op_type == "BatchNormalization" for v in n.inputs[1:3]
+             if v is not None and v.is_initializer()]
+    for add in graph:
+        if add.op_type != "Add" or len(add.inputs) != 2:
+            continue
+        mul = next((v.producer() for v in add.inputs if v.producer() is not None and v.producer().op_type == "Mul"), None)
+        shift = next((v for v in add.inputs if v.is_initializer()), None)
+        scale = next((v for v in mul.inputs if v.is_initializer()), None) if mul is not None else None
+        if shift is not None and scale is not None and shift.shape is not None and len(shift.shape) == 3:
+            names += [scale.name, shift.name]
+    return names
 
 
 def forward_passes(method: str, lite: LiteOptions | None = None) -> list[ir.passes.PassBase]:
@@ -71,11 +81,11 @@ def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str
         names = classifier
     elif method == "norm+last":
         names = norms + classifier
-    elif method == "bias":
-        names = _layer_params(graph, (2,)) + classifier
+    elif method == "bias":  # conv biases, norm shifts (scales and shifts alternate in `norms`)
+        names = _layer_params(graph, (2,)) + norms[1::2] + classifier
     elif method in ("lite", "lite+bias"):
         lite = [name for name, v in graph.initializers.items() if v.meta.get(LITE)]
-        names = lite + (_layer_params(graph, (2,)) if method == "lite+bias" else []) + classifier
+        names = lite + (_layer_params(graph, (2,)) + norms[1::2] if method == "lite+bias" else []) + classifier
     else:
         check_method(method)
         raise AssertionError(method)

@@ -57,11 +57,11 @@ def _versions() -> dict:
 
 
 def forward_graph(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
-                  lite: LiteOptions | None = None, report: dict | None = None):
+                  lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch"):
     """The forward graph (onnx_ir, shapes inferred) ready for autodiff, the trainable names, the
     source and the class count. `report`, if given, receives what the passes inserted."""
     methods.check_method(method)
-    source = load_source(model, resolution, pretrained)
+    source = load_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
     IdentityEliminationPass()(irm)
     irm = FusePadIntoConvPass()(irm).model
@@ -82,9 +82,10 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
 
 
 def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
-                  lite: LiteOptions | None = None, report: dict | None = None):
+                  lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch"):
     """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
-    irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report)
+    irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report,
+                                                    norm)
     proto = ir.serde.serialize_model(irm)
     proto.ir_version = min(proto.ir_version, MAX_IR)
     return proto, trainable, source, classes
@@ -119,7 +120,7 @@ LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "de
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
                   pretrained: bool = True, passes: list[str] | None = None,
-                  session: dict | None = None, lite: LiteOptions | None = None) -> Artifact:
+                  session: dict | None = None, lite: LiteOptions | None = None, norm: str = "batch") -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
 
     `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
@@ -134,7 +135,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         session = dict(LEAN_SESSION) if passes else {}
     report: dict = {}
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained, lite,
-                                                      report)
+                                                      report, norm)
     with atomic_path(out, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, tmp / "forward_model.onnx")
