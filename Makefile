@@ -34,6 +34,8 @@ test: $(STAMP)
 
 bench: $(STAMP) fashion-mnist
 	$(PY) -m tinytlc.bench
+	$(PY) -m tinytlc.bench --paper
+	$(PY) -m tinytlc bench
 
 clean:
 	rm -rf $(VENV) .demo out

@@ -66,6 +66,12 @@ def probe(directory: Path, steps: int, warmup: int, batch_size: int | None, what
             sess.train_step(x, y)
         return {"step_seconds": (time.perf_counter() - t0) / steps}
 
+    return {"batch_size": shape[0], "resolution": shape[-1], **peak_during(lambda: sess.train_step(x, y), steps)}
+
+
+def peak_during(step, steps: int) -> dict:
+    """memray's peak of native allocations made while `step()` runs `steps` times, and the rise of
+    the process high-water mark over the resident size before (None where it cannot be reset)."""
     import memray
     rss_before = _proc_status("VmRSS")
     hwm_ok = _reset_hwm()
@@ -73,17 +79,22 @@ def probe(directory: Path, steps: int, warmup: int, batch_size: int | None, what
         capture = Path(tmp) / "step.bin"
         with memray.Tracker(capture, native_traces=False, trace_python_allocators=False):
             for _ in range(steps):
-                sess.train_step(x, y)
+                step()
         peak = memray.FileReader(capture).metadata.peak_memory
-    return {"batch_size": shape[0], "resolution": shape[-1], "step_peak_bytes": int(peak),
+    return {"step_peak_bytes": int(peak),
             "hwm_rise_bytes": _proc_status("VmHWM") - rss_before if hwm_ok else None}
 
 
 def _child(directory, steps, warmup, batch_size, what: str, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "tinytlc.runtime.memory", str(directory), "--steps", str(steps),
            "--warmup", str(warmup), "--what", what] + (["--batch-size", str(batch_size)] if batch_size else [])
+    return run_child(cmd, what == "memory", timeout)
+
+
+def run_child(cmd: list[str], track_memory: bool, timeout: float = 1800) -> dict:
+    """Run a measuring Python process; its last stdout line is JSON."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    if what == "memory":
+    if track_memory:
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:

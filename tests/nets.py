@@ -148,24 +148,8 @@ def residual_net():
     return nn.Sequential(nn.Conv2d(3, 2, 1), _Res(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
 
 
-class WrittenGroupNorm(nn.Module):
-    """GroupNorm written with elementary ops, as tinytlc's lite modules write it."""
-
-    def __init__(self, groups, channels):
-        super().__init__()
-        self.groups = groups
-        self.weight = nn.Parameter(torch.ones(channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(channels, 1, 1))
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        g = x.reshape(n, self.groups, -1)
-        d = g - g.mean(-1, keepdim=True)
-        y = (d / torch.sqrt((d * d).mean(-1, keepdim=True) + 1e-5)).reshape(n, c, h, w)
-        return y * self.weight + self.bias
-
-
 def group_norm_written_net():
     torch.manual_seed(6)
-    return nn.Sequential(nn.Conv2d(3, 4, 1), WrittenGroupNorm(2, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    from tinytlc.zoo.layers import GroupNorm  # written with elementary ops, 2 groups of 2 channels here
+    return nn.Sequential(nn.Conv2d(3, 4, 1), GroupNorm(4, channels_per_group=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, 2)).eval()

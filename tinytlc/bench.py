@@ -102,6 +102,34 @@ def targets(results: list[dict]) -> list[str]:
     return out
 
 
+def paper_table(model: str = "proxylessnas-mobile", norm: str = "group", resolution: int = 224,
+                batch_size: int = 8, methods=METHODS, log=print) -> list[dict]:
+    """Each method: the paper's accounting and the exact one (tinytlc analyze) beside the measured
+    training step (with passes) of the same compiled network."""
+    from tinytlc.analyze import analyze
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            paper, exact = (analyze(model, method, resolution=resolution, batch_size=batch_size, num_classes=10,
+                                    accounting=acc, norm=norm) for acc in ("paper", "exact"))
+            art = compile_model(model, method, Path(tmp) / method.replace("+", "_"), num_classes=10,
+                                batch_size=batch_size, resolution=resolution, norm=norm, pretrained=False)
+            measured = measure(art.path)
+            rows.append({"method": method, "paper": paper, "exact": exact, "measured": measured})
+            log(f"  {method}: paper {mib(paper['total_bytes'])} MiB, exact {mib(exact['total_bytes'])} MiB, "
+                f"measured {mib(measured['total_bytes'])} MiB")
+    return rows
+
+
+def render_paper(rows: list[dict]) -> str:
+    return table(["method", "paper: params", "paper: act/sample", "paper: total", "exact: total",
+                  "measured: params+optim", "measured: step peak", "measured: total"],
+                 [[r["method"], mib(r["paper"]["param_bytes"]), mib(r["paper"]["activation_bytes_per_sample"]),
+                   mib(r["paper"]["total_bytes"]), mib(r["exact"]["total_bytes"]),
+                   mib(r["measured"]["param_bytes"]), mib(r["measured"]["step_peak_bytes"]),
+                   mib(r["measured"]["total_bytes"])] for r in rows])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mobilenetv2,efficientnet-lite0")
@@ -109,7 +137,16 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--paper", action="store_true",
+                    help="instead: ProxylessNAS-Mobile (GroupNorm) by the paper's accounting beside measured")
     a = ap.parse_args(argv)
+    if a.paper:
+        rows = paper_table(resolution=a.resolution, batch_size=a.batch_size, methods=a.methods.split(","))
+        print(f"\nproxylessnas-mobile --norm group, {a.resolution} px, batch {a.batch_size}, 10 classes (MiB)\n")
+        print(render_paper(rows))
+        if a.json:
+            a.json.write_text(json.dumps(rows, indent=2))
+        return 0
     everything = {}
     for model in a.models.split(","):
         print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)

@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 from tinytlc.errors import TinyTLError
-from tinytlc.methods import METHODS
+from tinytlc.methods import METHODS, default_lr
 from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.report import mib
 
-DEFAULT_LR = {"full": 5e-4}  # fine-tuning every weight wants a smaller step than the rest
-OTHER_LR = 3e-3
 
 
 def cmd_compile(a) -> dict:
@@ -54,7 +52,7 @@ def cmd_train(a) -> dict:
     art = _load(a)
     m = art.manifest
     data = load_data(a.data, m["num_classes"], limit=a.limit, seed=a.seed)
-    lr = a.lr or DEFAULT_LR.get(m["method"], OTHER_LR)
+    lr = a.lr or default_lr(m["method"])
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
                       label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume)
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
@@ -132,9 +130,20 @@ def cmd_analyze(a) -> dict:
     return r
 
 
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """MODEL and the options that say which network and step: shared by diff and analyze."""
+    p.add_argument("model", help="zoo name, a .onnx file, or path/to/file.py:function")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=224)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinytlc", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("bench", help="accuracy against measured memory for every method (tinytlc bench --help)",
+                   add_help=False)
 
     c = sub.add_parser("compile", help="compile a model into ORT training artifacts for a method")
     c.add_argument("model", help="zoo name (efficientnet-lite0, mobilenetv2, proxylessnas-mobile), "
@@ -163,8 +172,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="image folder (class per subfolder), idx folder, or synthetic:N")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=None, help="default: the compiled batch size")
-    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR['full']:g} "
-                                                          f"for full, {OTHER_LR:g} otherwise); cosine decay")
+    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {default_lr('full'):g} "
+                                                          f"for full, {default_lr('bias'):g} otherwise); cosine decay")
     t.add_argument("--label-smoothing", type=float, default=0.0)
     t.add_argument("--limit", type=int, default=None, help="train on a fixed random subset of N images")
     t.add_argument("--seed", type=int, default=0)
@@ -191,20 +200,12 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_memory)
 
     d = sub.add_parser("diff", help="planned and measured step memory after each pass")
-    d.add_argument("model")
-    d.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    d.add_argument("--num-classes", type=int, default=None)
-    d.add_argument("--batch-size", type=int, default=8)
-    d.add_argument("--resolution", type=int, default=224)
+    _model_arguments(d)
     d.add_argument("--steps", type=int, default=3, help="training steps measured per row")
     d.set_defaults(func=cmd_diff)
 
     an = sub.add_parser("analyze", help="memory by the paper's accounting (or an exact one), from the graph")
-    an.add_argument("model")
-    an.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    an.add_argument("--num-classes", type=int, default=None)
-    an.add_argument("--batch-size", type=int, default=8)
-    an.add_argument("--resolution", type=int, default=224)
+    _model_arguments(an)
     an.add_argument("--accounting", default="paper", help="paper (TinyTL's rules) or exact")
     an.set_defaults(func=cmd_analyze)
 
@@ -217,6 +218,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own options; see tinytlc/transfer_bench.py
+        from tinytlc import transfer_bench
+        return transfer_bench.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         result = args.func(args)

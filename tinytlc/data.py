@@ -75,14 +75,32 @@ class Preprocess:
         return t.contiguous().numpy()
 
 
+def random_resized_crop(img: np.ndarray, rng: np.random.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
+    """A random crop covering `scale` of the area with aspect ratio in `ratio` (as torchvision's
+    RandomResizedCrop draws it); the whole image when no draw fits."""
+    h, w = img.shape[:2]
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            return img[top:top + ch, left:left + cw]
+    return img
+
+
 def batches(split: Split, batch_size: int, pre: Preprocess, rng: np.random.Generator | None = None,
             augment: bool = False):
-    """Yield (x, y); shuffled and randomly flipped when `rng` is given and `augment` is set."""
+    """Yield (x, y); shuffled when `rng` is given; with `augment`, random resized crops and flips."""
     order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        flip = rng.random(len(idx)) < 0.5 if (augment and rng is not None) else None
-        yield pre([split.load(int(i)) for i in idx], flip), split.labels[idx].astype(np.int64)
+        images = [split.load(int(i)) for i in idx]
+        flip = None
+        if augment and rng is not None:
+            images = [random_resized_crop(img, rng) for img in images]
+            flip = rng.random(len(idx)) < 0.5
+        yield pre(images, flip), split.labels[idx].astype(np.int64)
 
 
 # ---- sources ---------------------------------------------------------------------------------

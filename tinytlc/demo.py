@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tinytlc.data import load_data
 from tinytlc.errors import TinyTLError
+from tinytlc.methods import default_lr
 from tinytlc.pipeline import compile_model
 from tinytlc.report import mib, table
 from tinytlc.runtime.memory import measure
 from tinytlc.runtime.train import TrainConfig, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-LR = {"full": 5e-4}
 
 
 def main(argv=None) -> int:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             data = load_data(spec, 10, limit=a.train_images, test_limit=a.test_images)
             print(f"[{method}] compiled in {time.perf_counter() - t0:.1f}s; training {len(data.train)} images")
             record = train(art.path, art.manifest, data,
-                           TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=LR.get(method, 3e-3)))
+                           TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=default_lr(method)))
             mem = measure(art.path)
             plain = compile_model(a.model, method, a.out / f"{method}-plain", num_classes=10,
                                   batch_size=a.batch_size, resolution=a.resolution, force=True, passes=[])

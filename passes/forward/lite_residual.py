@@ -170,7 +170,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
         _, cout, hout, wout = block.output.shape
         t = ir.tape.Tape(graph)
         c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
-        d = o.downsample
+        d = o.downsample if min(hin, win) >= o.downsample else 1  # a 1x1 input cannot be pooled further
         x = block.input
         h, w = hin, win
         if d > 1:
