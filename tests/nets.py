@@ -153,3 +153,10 @@ def group_norm_written_net():
     from tinytlc.zoo.layers import GroupNorm  # written with elementary ops, 2 groups of 2 channels here
     return nn.Sequential(nn.Conv2d(3, 4, 1), GroupNorm(4, channels_per_group=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, 2)).eval()
+
+
+def mlp_head_net():
+    """Two linear layers after the pool: the first one's weight is frozen under bias-only training."""
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()

@@ -141,3 +141,21 @@ def test_bias_backward_reads_no_float_activation(tmp_path):
     assert read == {classifier_input}
     masks = {i for n in backward for i in n.input if i.endswith(".mask")}
     assert len(masks) == 4
+
+
+def test_frozen_linear_backward_reads_no_input(tmp_path):
+    """ORT's own Gemm gradient needs only W for dX when W is frozen (and dY alone for the bias), so a
+    frozen linear layer's input is not kept; the trained classifier's input is."""
+    import onnx
+    art = compile_model(f"{NETS}:mlp_head_net", "bias", tmp_path / "a", resolution=RES, batch_size=BATCH)
+    graph = onnx.load(art.path / "training_model.onnx").graph
+    gemms = [n for n in graph.node if n.op_type == "Gemm" and "grad" not in n.name.lower()]
+    frozen_in, head_in = gemms[0].input[0], gemms[1].input[0]
+    readers = lambda v: [n for n in graph.node if v in n.input and "grad" in n.name.lower()]  # noqa: E731
+    assert readers(frozen_in) == [] and readers(head_in) != []
+    x = np.random.default_rng(3).standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = np.array([0, 1, 2, 0])
+    plain = compile_model(f"{NETS}:mlp_head_net", "bias", tmp_path / "p", resolution=RES, batch_size=BATCH, passes=[])
+    ref, got = ort_step(plain, x, y, 0.0)[2], ort_step(art, x, y, 0.0)[2]
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)

@@ -114,6 +114,8 @@ def test_unseen_residual_onnx_model(tmp_path, cli):
     assert [m["block"] for m in manifest["lite_modules"]] == ["residual", "residual"]  # 3 blocks, first skipped
     code, _, err = cli("train", tmp_path / "a", "--data", "synthetic:16", "--epochs", 1)
     assert code == 0, err
+    code, _, err = cli("export", tmp_path / "a", tmp_path / "model.onnx")  # checked against the eval model
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("model,blocks", [("mobilenetv2", 17), ("proxylessnas-mobile", 20),

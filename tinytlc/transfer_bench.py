@@ -113,6 +113,7 @@ def plot(report: dict, path: Path) -> None:
                     fontsize=8, color="gray", xytext=(3, 5), textcoords="offset points")
     s = report["setting"]
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([10, 20, 50, 100, 200, 500, 1000, 2000]))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("measured training memory, MiB (params + optimizer + step peak; log scale)")
