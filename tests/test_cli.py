@@ -76,3 +76,12 @@ def test_memory_json_and_methods_ordering(tmp_path, cli):
     assert figures["last"]["param_bytes"] < figures["full"]["param_bytes"]
     code, out, _ = cli("memory", tmp_path / "last", "--steps", 1, "--warmup", 0)
     assert code == 0 and "training step peak" in out
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    import tinytlc
+    art = tinytlc.compile_model(f"{NETS}:tiny_net", "bias", tmp_path / "a", resolution=RES, batch_size=4)
+    data = tinytlc.load_data("synthetic:8", art.manifest["num_classes"])
+    record = tinytlc.train(art.path, art.manifest, data, tinytlc.TrainConfig(epochs=1, batch_size=4), log=lambda s: None)
+    assert record["epoch"] == 1
+    assert tinytlc.export_inference(art.path, art.manifest, tmp_path / "m.onnx")["max_abs_diff"] < 1e-4

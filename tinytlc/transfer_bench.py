@@ -37,12 +37,12 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
         train_images: int, test_images: int, label_smoothing: float, seed: int, lr: dict[str, float],
         log=print) -> dict:
     results = []
+    d = load_data(data, 10, limit=train_images, test_limit=test_images, seed=seed)  # the same images for all
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             t0 = time.perf_counter()
             art = compile_model(model, method, Path(tmp) / method.replace("+", "_"), num_classes=10,
                                 batch_size=batch_size, resolution=resolution)
-            d = load_data(data, 10, limit=train_images, test_limit=test_images, seed=seed)
             record = train(art.path, art.manifest, d, TrainConfig(
                 epochs=epochs, batch_size=batch_size, lr=lr.get(method, default_lr(method)),
                 label_smoothing=label_smoothing, seed=seed), log=lambda s: log(f"  [{method}] {s}"))
