@@ -42,6 +42,12 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, constant: boo
     return value
 
 
+def add_constant(graph: ir.Graph, name: str, array) -> ir.Value:
+    """add_initializer(..., constant=True) for any array-like (lists of ints become int64)."""
+    array = np.asarray(array, np.int64) if isinstance(array, list) else np.asarray(array)
+    return add_initializer(graph, name, array, constant=True)
+
+
 def is_constant(value: ir.Value) -> bool:
     return bool(value.meta.get(CONSTANT, False))
 

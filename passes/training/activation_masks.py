@@ -22,16 +22,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.forward._values import add_constant
 from tinytlc.passes.training._graph import replace_node_outputs
 
 
 def scalar(graph: ir.Graph, value: float) -> ir.Value:
-    return add_initializer(graph, "tinytlc.scalar", np.array(value, np.float32), constant=True)
-
-
-def _ints(graph: ir.Graph, values: list[int]) -> ir.Value:
-    return add_initializer(graph, "tinytlc.ints", np.array(values, np.int64), constant=True)
+    return add_constant(graph, "tinytlc.scalar", np.float32(value))
 
 
 MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
@@ -44,8 +40,8 @@ assert np.float32(1) - _RATIO == np.float32(1)
 
 def masked(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, mask: ir.Value) -> ir.Value:
     """dY * m for a bool mask m, with no float copy of m."""
-    ratio = add_initializer(graph, "tinytlc.mask_ratio", np.array(_RATIO), constant=True)
-    training = add_initializer(graph, "tinytlc.true", np.array(True), constant=True)
+    ratio = add_constant(graph, "tinytlc.mask_ratio", _RATIO)
+    training = add_constant(graph, "tinytlc.true", True)
     return tape.op("DropoutGrad", [dy, mask, ratio, training], domain="com.microsoft")
 
 
@@ -57,7 +53,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         def scalar_zero() -> ir.Value:
             nonlocal zero
             if zero is None:
-                zero = add_initializer(graph, "tinytlc.zero", np.array(0.0, np.float32), constant=True)
+                zero = add_constant(graph, "tinytlc.zero", np.float32(0))
             return zero
 
         for node in list(graph):
@@ -96,7 +92,8 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         mask.shape, mask.type = x.shape, ir.TensorType(ir.DataType.BOOL)
         mask.meta[MASK] = True
         rank = len(x.shape) if x.shape is not None else 4
-        first = tape.op("Slice", [mask, _ints(graph, [0] * rank), _ints(graph, [1] * rank)])
+        first = tape.op("Slice", [mask, add_constant(graph, "tinytlc.ints", [0] * rank),
+                                       add_constant(graph, "tinytlc.ints", [1] * rank)])
         first.producer().meta[MASK_DEPENDENCY] = True
         dep = tape.op("Mul", [tape.op("Cast", [first], attributes={"to": ir.DataType.FLOAT}), scalar_zero()])
         graph.insert_after(act, tape.nodes)

@@ -18,13 +18,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.forward._values import add_constant
 from tinytlc.passes.training._graph import replace_node_outputs, wanted as _wanted
-
-
-def _const(graph: ir.Graph, value) -> ir.Value:
-    array = np.asarray(value, np.int64 if isinstance(value, list) else None)
-    return add_initializer(graph, "tinytlc.const", array, constant=True)
 
 
 class FrozenConvBackwardPass(ir.passes.InPlacePass):
@@ -57,13 +52,15 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
             db_value = None
             if _wanted(db):
                 if axes is None:
-                    axes = add_initializer(graph, "tinytlc.conv_bias_grad_axes", np.array([0, 2, 3], np.int64), True)
+                    axes = add_constant(graph, "tinytlc.conv_bias_grad_axes", [0, 2, 3])
                 db_value = tape.op("ReduceSum", [dy, axes], attributes={"keepdims": 0})
                 replacements.append((db, db_value))
             if _wanted(dx):
                 if db_value is not None:  # W + 0 * dB[0]: the weight, once dB exists
-                    first = tape.op("Slice", [db_value, _const(graph, [0]), _const(graph, [1])])
-                    w = tape.op("Add", [w, tape.op("Mul", [first, _const(graph, np.float32(0))])])
+                    first = tape.op("Slice", [db_value, add_constant(graph, "tinytlc.const", [0]),
+                                              add_constant(graph, "tinytlc.const", [1])])
+                    zero = add_constant(graph, "tinytlc.const", np.float32(0))
+                    w = tape.op("Add", [w, tape.op("Mul", [first, zero])])
                 tape.op("ConvTranspose", [dy, w], attributes={
                     "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
                     "group": a.get_int("group", 1), "output_padding": out_pad})

@@ -15,12 +15,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.forward._values import add_constant as _const
 from tinytlc.passes.training.activation_masks import MASK, MASK_DEPENDENCY
-
-
-def _const(graph, name, array):
-    return add_initializer(graph, name, np.asarray(array), constant=True)
 
 
 class PackMasksPass(ir.passes.InPlacePass):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.forward._values import add_constant
 
 
 def _is_backward(node: ir.Node) -> bool:
@@ -37,10 +37,10 @@ class ShapesFromInputPass(ir.passes.InPlacePass):
                 continue
             tape = ir.tape.Tape(graph)
             if batch is None:
-                start = add_initializer(graph, "tinytlc.batch_start", np.array([0], np.int64), True)
-                end = add_initializer(graph, "tinytlc.batch_end", np.array([1], np.int64), True)
+                start = add_constant(graph, "tinytlc.batch_start", [0])
+                end = add_constant(graph, "tinytlc.batch_end", [1])
                 batch = tape.op("Slice", [tape.op("Shape", [image]), start, end])
-            dims = add_initializer(graph, f"{x.name}.static_dims", np.array(rest, np.int64), True)
+            dims = add_constant(graph, f"{x.name}.static_dims", rest)
             shape = tape.op("Concat", [batch, dims], attributes={"axis": 0})
             graph.insert_before(node, tape.nodes)
             ir.convenience.replace_all_uses_with(node.outputs[0], shape)
