@@ -94,7 +94,7 @@ def account(graph: ir.Graph, trainable: set[str], accounting: str = "paper") -> 
     order = {id(n): i for i, n in enumerate(nodes)}
     spans = []
     for b in find_blocks(graph):
-        add = b.output.producer()
+        add = b.merge
         if add is not None and add.op_type == "Add" and b.input in add.inputs:
             first = min((order[id(u)] for u, _ in b.input.uses() if id(u) in order), default=None)
             if first is not None:

@@ -46,11 +46,12 @@ class Preprocess:
     resolution: int
     mean: list[float]
     std: list[float]
+    channels: int = 3  # 1: the model takes grayscale images (RGB is averaged)
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Preprocess":
         p = manifest["preprocess"]
-        return cls(p["resolution"], p["mean"], p["std"])
+        return cls(p["resolution"], p["mean"], p["std"], p.get("channels", 3))
 
     def __call__(self, images: list[np.ndarray], flip: np.ndarray | None = None) -> np.ndarray:
         """uint8 images of any size -> float32 NCHW at the model's resolution, normalised."""
@@ -60,8 +61,11 @@ class Preprocess:
             out = np.concatenate([self._resize(img[None]) for img in images])
         if flip is not None:
             out[flip] = out[flip, :, :, ::-1]
-        out -= np.asarray(self.mean, np.float32)[:, None, None]
-        out /= np.asarray(self.std, np.float32)[:, None, None]
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        if self.channels == 1:
+            out, mean, std = out.mean(1, keepdims=True), mean.mean(keepdims=True), std.mean(keepdims=True)
+        out -= mean[:, None, None]
+        out /= std[:, None, None]
         return out
 
     def _resize(self, batch: np.ndarray) -> np.ndarray:

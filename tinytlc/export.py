@@ -60,27 +60,57 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int = 3) -
     return model
 
 
+MIN_OPSET = 13  # older files are converted up (onnx's version converter) before anything else
+
+
+def _convert_opset(model: onnx.ModelProto, path: Path, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+    target = OPSET if opset < MIN_OPSET else MAX_OPSET
+    try:
+        return version_converter.convert_version(model, target)
+    except Exception as e:
+        raise TinyTLError(f"{path}: opset {opset} cannot be converted to opset {target} "
+                          f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                          f"export it at an opset from {MIN_OPSET} to {MAX_OPSET}") from e
+
+
 def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
-    """Load a user's .onnx file and check that ORT 1.19.2 can train it at this resolution."""
+    """Load a user's .onnx file (external data beside it is read too) and check that ORT 1.19.2 can
+    train it at this resolution: opset brought into 13..21, initializers taken out of the graph
+    inputs (files written for IR < 4 list them there), the batch made symbolic, the image size fixed."""
     try:
         model = onnx.load(os.fspath(path))
         onnx.checker.check_model(model)
     except Exception as e:
         raise TinyTLError(f"{path}: not a valid ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset > MAX_OPSET:
-        raise TinyTLError(f"{path}: opset {opset} is not supported (onnxruntime-training 1.19.2 runs opset <= {MAX_OPSET})")
+    if opset is None:
+        raise TinyTLError(f"{path}: the model imports no ai.onnx opset")
+    if opset < MIN_OPSET or opset > MAX_OPSET:
+        model = _convert_opset(model, path, opset)
     model.ir_version = min(model.ir_version, MAX_IR)
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    params = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in params]
+    if len(inputs) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise TinyTLError(f"{path}: expected one image input and one logits output, found "
-                          f"{len(inputs)} inputs and {len(model.graph.output)} outputs")
-    dims = inputs[0].type.tensor_type.shape.dim
+                          f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}) and "
+                          f"{len(model.graph.output)} outputs")
+    image = inputs[0]
+    if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise TinyTLError(f"{path}: input '{image.name}' is {onnx.TensorProto.DataType.Name(image.type.tensor_type.elem_type)}, "
+                          "expected float32 images")
+    dims = image.type.tensor_type.shape.dim
     if len(dims) != 4:
-        raise TinyTLError(f"{path}: input '{inputs[0].name}' has rank {len(dims)}, expected NCHW images")
+        raise TinyTLError(f"{path}: input '{image.name}' has rank {len(dims)}, expected NCHW images")
+    if not dims[1].HasField("dim_value") or dims[1].dim_value not in (1, 3):
+        raise TinyTLError(f"{path}: input '{image.name}' has {dims[1].dim_value or dims[1].dim_param or '?'} "
+                          "channels, expected 1 (grayscale) or 3 (RGB) in NCHW order")
     for axis in (2, 3):
         if dims[axis].HasField("dim_value") and dims[axis].dim_value != resolution:
-            raise TinyTLError(f"{path}: input '{inputs[0].name}' is {dims[axis].dim_value} pixels, "
+            raise TinyTLError(f"{path}: input '{image.name}' is {dims[axis].dim_value} pixels, "
                               f"--resolution is {resolution} (shape mismatch)")
         dims[axis].dim_value = resolution
     dims[0].dim_param = "batch"

@@ -17,7 +17,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import INPUT, MAX_IR, load_source
+from tinytlc.export import MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
 from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, ReplaceClassifierPass,
                                     find_classifier)
@@ -136,6 +136,8 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
     report: dict = {}
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained, lite,
                                                       report, norm)
+    image = proto.graph.input[0]
+    channels = image.type.tensor_type.shape.dim[1].dim_value
     with atomic_path(out, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, tmp / "forward_model.onnx")
@@ -146,14 +148,14 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "source": source.description,
             "method": method,
             "num_classes": classes,
-            "input": {"name": INPUT, "shape": [batch_size, 3, resolution, resolution], "dtype": "float32"},
+            "input": {"name": image.name, "shape": [batch_size, channels, resolution, resolution], "dtype": "float32"},
             "labels": {"name": artifacts.LABELS, "dtype": "int64"},
             "label_smoothing_input": artifacts.SMOOTHING,
             "logits": proto.graph.output[0].name,
             "trainable": trainable,
             "trainable_elements": _count(proto, set(trainable)),
             "total_elements": _count(proto, None),
-            "preprocess": {**source.preprocess, "resolution": resolution, "channels": 3},
+            "preprocess": {**source.preprocess, "resolution": resolution, "channels": channels},
             "passes": passes,
             "session": session,
             **report,

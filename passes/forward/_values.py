@@ -56,3 +56,8 @@ def set_initializer(value: ir.Value, array: np.ndarray) -> None:
     """Give an initializer new contents (same name, so it stays addressable as a parameter)."""
     value.const_value = ir.tensor(array.astype(np.float32), name=value.name)
     value.shape = ir.Shape(array.shape)
+
+
+def opset(graph: ir.Graph) -> int:
+    """The graph's ai.onnx opset (new nodes must be written for it)."""
+    return graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 17))

@@ -1,9 +1,6 @@
 """Lite residual modules (TinyTL-L): a small trainable side branch beside each block but the first.
 
-Blocks are found from the graph's structure (networkx over the ONNX graph), not from names:
-- an inverted bottleneck: [1x1 conv, activation,] depthwise conv, activation, 1x1 conv
-  [+ the block input]; its stride is the depthwise conv's;
-- a plain residual block: Add(x, f(x)) where x reaches f(x) through the graph.
+Blocks come from the graph's structure (blocks.py: cut points of the dataflow graph, any CNN).
 Beside each block B with input x (C_in, H, W) and output y (C_out, H', W') the pass adds
     y + up(norm2(conv1x1(relu(norm1(gconv_kxk(avgpool2x2(x)))))))
 with a k x k group conv (groups 2, width C_in * expand, the block's stride, k = 5 shrunk by 2 while it
@@ -12,6 +9,10 @@ so the network computes exactly what it did before training starts. Everything i
 written with ops ONNX Runtime 1.19.2 differentiates on the CPU: average pooling as a constant
 depthwise conv, GroupNorm as Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilinear upsampling
 (torch's align_corners=False) as two MatMuls with fixed interpolation matrices.
+Beside a transformer block (tokens x of shape (T, D_in), output (T, D_out)) the same idea over the
+token sequence: y + norm2(relu(norm1(x W1)) W2), W1 of width D_in * expand, both norms LayerNorms
+written out, the last one's scale 0 at start. There is no pooling: tokens have no grid to pool
+(the class token), so this module stores its input at full size, like any adapter.
 Memory: what backward keeps is the branch's own (small, pooled) activations.
 """
 
@@ -19,22 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer, const_array
+from tinytlc.passes.forward._values import add_initializer, opset
+from tinytlc.passes.forward.blocks import Block, find_blocks
 
 LITE = "tinytlc.lite"  # Value.meta: a parameter of a lite residual module
-ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "Sigmoid"}
-
-
-@dataclass
-class Block:
-    input: ir.Value
-    output: ir.Value
-    stride: int
-    kind: str
 
 
 @dataclass
@@ -47,65 +39,6 @@ class LiteOptions:
     group_channels: int = 8
     final_scale: float = 0.0     # 0: the branch outputs zeros until it trains
     seed: int = 0
-
-
-def _conv(node: ir.Node | None, kernel: int | None = None, depthwise: bool | None = None) -> bool:
-    if node is None or node.op_type != "Conv":
-        return False
-    w = node.inputs[1]
-    if w is None or w.shape is None:
-        return False
-    group = node.attributes.get_int("group", 1)
-    is_dw = group > 1 and w.shape[1] == 1
-    if depthwise is not None and is_dw != depthwise:
-        return False
-    return kernel is None or list(w.shape[2:]) == [kernel, kernel]
-
-
-def _skip_activation(v: ir.Value) -> ir.Value:
-    node = v.producer()
-    return node.inputs[0] if node is not None and node.op_type in ACTIVATIONS else v
-
-
-def find_blocks(graph: ir.Graph) -> list[Block]:
-    """Blocks in graph order: inverted bottlenecks and plain residual blocks."""
-    g = nx.DiGraph()
-    for node in graph:
-        for i in node.inputs:
-            if i is not None:
-                for o in node.outputs:
-                    g.add_edge(i.name, o.name)
-    blocks, covered = [], set()
-    for dw in graph:
-        if not _conv(dw, depthwise=True):
-            continue
-        expand = _skip_activation(dw.inputs[0]).producer()
-        x = expand.inputs[0] if _conv(expand, kernel=1, depthwise=False) else dw.inputs[0]  # else expand 1
-        post = dw.outputs[0]
-        act = next((u for u, _ in post.uses() if u.op_type in ACTIVATIONS), None)
-        post = act.outputs[0] if act is not None else post
-        project = next((u for u, _ in post.uses() if _conv(u, kernel=1, depthwise=False)), None)
-        if project is None:
-            continue
-        y = project.outputs[0]
-        add = next((u for u, _ in y.uses() if u.op_type == "Add" and x in u.inputs), None)
-        if add is not None:
-            y = add.outputs[0]
-            covered.add(add.name)
-        strides = dw.attributes.get_ints("strides", [1, 1])
-        blocks.append(Block(x, y, int(strides[0]), "inverted-bottleneck"))
-    for add in graph:
-        if add.op_type != "Add" or add.name in covered or len(add.inputs) != 2:
-            continue
-        a, b = add.inputs
-        if a is None or b is None or a.name not in g or b.name not in g:
-            continue
-        for x, fx in ((a, b), (b, a)):
-            if x.producer() is not None and nx.has_path(g, x.name, fx.name) and x.shape == add.outputs[0].shape:
-                blocks.append(Block(x, add.outputs[0], 1, "residual"))
-                break
-    order = {n.outputs[0].name: i for i, n in enumerate(graph) if n.outputs}
-    return sorted(blocks, key=lambda b: order.get(b.output.name, 0))
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -125,7 +58,9 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
 @dataclass
 class LiteResidualPass(ir.passes.InPlacePass):
     options: LiteOptions = field(default_factory=LiteOptions)
-    report: list[dict] = field(default_factory=list)
+    report: list[dict] = field(default_factory=list)   # one entry per module inserted
+    blocks: int = 0                                     # blocks found (the first gets no module)
+    skipped: list[dict] = field(default_factory=list)   # blocks that got none, and why
 
     def __post_init__(self):
         super().__init__()
@@ -133,14 +68,20 @@ class LiteResidualPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         rng = np.random.default_rng(self.options.seed)
-        self.report = []
+        self.report, self.skipped = [], []
         blocks = find_blocks(graph)
+        self.blocks = len(blocks)
         spliced: dict[int, ir.Value] = {}  # a block output -> that output plus its lite branch
         for index, block in enumerate(blocks[1:], start=1):
             block.input = spliced.get(id(block.input), block.input)  # a later block reads the sum
-            report, out = self._splice(graph, block, f"lite{index}", rng)
+            why = _unsupported(block)
+            if why:
+                self.skipped.append({"block": index, "kind": block.kind, "reason": why})
+                continue
+            splice = self._splice if len(block.input.shape) == 4 else self._splice_tokens
+            report, out = splice(graph, block, f"lite{index}", rng)
             spliced[id(block.output)] = out
-            self.report.append(report)
+            self.report.append({"index": index, **report})
         return ir.passes.PassResult(model, bool(self.report))
 
     def _param(self, graph, name, array):
@@ -148,20 +89,26 @@ class LiteResidualPass(ir.passes.InPlacePass):
         v.meta[LITE] = True
         return v
 
-    def _norm(self, graph, t: ir.tape.Tape, x, channels, h, w, name, scale):
+    def _norm(self, graph, t: ir.tape.Tape, x, channels, h, w, name, scale, tokens: bool = False):
+        """GroupNorm over (C, H, W) images, or LayerNorm over the channels of (T, D) tokens."""
         o = self.options
-        gamma = self._param(graph, f"{name}.weight", np.full(channels, scale, np.float32).reshape(-1, 1, 1))
-        beta = self._param(graph, f"{name}.bias", np.zeros((channels, 1, 1), np.float32))
+        shape = (channels,) if tokens else (channels, 1, 1)
+        gamma = self._param(graph, f"{name}.weight", np.full(shape, scale, np.float32))
+        beta = self._param(graph, f"{name}.bias", np.zeros(shape, np.float32))
         if o.norm == "group":
-            groups = max(1, channels // o.group_channels) if channels % o.group_channels == 0 else 1
             c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
-            g = t.op("Reshape", [x, c("grouped", np.array([0, groups, -1], np.int64))])
-            # axes as an attribute: the graph is opset 17 (ReduceMean takes an axes input from 18)
-            mean = t.op("ReduceMean", [g], attributes={"axes": [2], "keepdims": 1})
+            if tokens:
+                g, axis = x, 2
+            else:
+                groups = max(1, channels // o.group_channels) if channels % o.group_channels == 0 else 1
+                g, axis = t.op("Reshape", [x, c("grouped", np.array([0, groups, -1], np.int64))]), 2
+            mean = reduce_mean(graph, t, g, axis)
             d = t.op("Sub", [g, mean])
-            var = t.op("ReduceMean", [t.op("Mul", [d, d])], attributes={"axes": [2], "keepdims": 1})
+            var = reduce_mean(graph, t, t.op("Mul", [d, d]), axis)
             std = t.op("Sqrt", [t.op("Add", [var, c("eps", np.array(1e-5, np.float32))])])
-            x = t.op("Reshape", [t.op("Div", [d, std]), c("shape", np.array([0, channels, h, w], np.int64))])
+            x = t.op("Div", [d, std])
+            if not tokens:
+                x = t.op("Reshape", [x, c("shape", np.array([0, channels, h, w], np.int64))])
         return t.op("Add", [t.op("Mul", [x, gamma]), beta])
 
     def _splice(self, graph: ir.Graph, block: Block, name: str, rng) -> tuple[dict, ir.Value]:
@@ -195,16 +142,57 @@ class LiteResidualPass(ir.passes.InPlacePass):
         if (h, w) != (hout, wout):
             x = t.op("MatMul", [x, c("up_w", bilinear_matrix(wout, w).T.copy())])
             x = t.op("MatMul", [c("up_h", bilinear_matrix(hout, h)), x])
-        readers = list(block.output.uses())
-        out = t.op("Add", [block.output, x])
-        out.shape, out.type = block.output.shape, block.output.type
-        producer = block.output.producer()
-        graph.insert_after(producer, t.nodes)
-        for user, i in readers:
-            user.replace_input_with(i, out)
-        for i, v in enumerate(graph.outputs):
-            if v is block.output:
-                graph.outputs[i] = out
+        out = _attach(graph, t, block.output, x)
         params = int(sum(np.prod(v.shape) for v in (w1, w2)) + 2 * (mid + cout))
         return {"block": block.kind, "input": [cin, hin, win], "output": [cout, hout, wout], "stride": block.stride,
                 "kernel": k, "pooled": [hin // d, win // d] if d > 1 else [hin, win], "params": params}, out
+
+    def _splice_tokens(self, graph: ir.Graph, block: Block, name: str, rng) -> tuple[dict, ir.Value]:
+        _, tokens, din = block.input.shape
+        _, _, dout = block.output.shape
+        mid = din * self.options.expand
+        t = ir.tape.Tape(graph)
+        w1 = self._param(graph, f"{name}.fc1.weight", rng.normal(0, np.sqrt(2.0 / din), (din, mid)).astype(np.float32))
+        x = t.op("Relu", [self._norm(graph, t, t.op("MatMul", [block.input, w1]), mid, 0, 0, f"{name}.norm1", 1.0,
+                                     tokens=True)])
+        w2 = self._param(graph, f"{name}.fc2.weight", rng.normal(0, np.sqrt(1.0 / mid), (mid, dout)).astype(np.float32))
+        x = self._norm(graph, t, t.op("MatMul", [x, w2]), dout, 0, 0, f"{name}.norm2", self.options.final_scale,
+                       tokens=True)
+        out = _attach(graph, t, block.output, x)
+        params = int(din * mid + mid * dout + 2 * (mid + dout))
+        return {"block": block.kind, "input": [tokens, din], "output": [tokens, dout], "stride": 1, "kernel": 1,
+                "pooled": [tokens], "params": params}, out
+
+
+def _unsupported(block: Block) -> str | None:
+    """Why no module fits beside this block, or None."""
+    x, y = block.input.shape, block.output.shape
+    if x is None or y is None or not all(isinstance(d, int) for d in list(x)[1:] + list(y)[1:]):
+        return "shapes unknown after shape inference"
+    if len(x) not in (3, 4) or len(x) != len(y):
+        return f"input rank {len(x)}, output rank {len(y)}: a module needs images (4-D) or tokens (3-D)"
+    if len(x) == 3 and x[1] != y[1]:
+        return f"{x[1]} tokens in, {y[1]} out"
+    return None
+
+
+def reduce_mean(graph: ir.Graph, t: ir.tape.Tape, x: ir.Value, axis: int) -> ir.Value:
+    """ReduceMean over one axis, keepdims, written for the graph's opset (axes an input from 18)."""
+    if opset(graph) >= 18:
+        axes = add_initializer(graph, "tinytlc.axes", np.array([axis], np.int64), constant=True)
+        return t.op("ReduceMean", [x, axes], attributes={"keepdims": 1})
+    return t.op("ReduceMean", [x], attributes={"axes": [axis], "keepdims": 1})
+
+
+def _attach(graph: ir.Graph, t: ir.tape.Tape, y: ir.Value, branch: ir.Value) -> ir.Value:
+    """y + branch in place of y for every reader of y (the graph output included)."""
+    readers = list(y.uses())
+    out = t.op("Add", [y, branch])
+    out.shape, out.type = y.shape, y.type
+    graph.insert_after(y.producer(), t.nodes)
+    for user, i in readers:
+        user.replace_input_with(i, out)
+    for i, v in enumerate(graph.outputs):
+        if v is y:
+            graph.outputs[i] = out
+    return out

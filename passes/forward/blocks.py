@@ -1,0 +1,253 @@
+"""Blocks of a network, found from its dataflow graph: no op patterns, no names.
+
+1. The data path: every float tensor computed from the image. Shape arithmetic is not data
+   (Shape and Size outputs carry no pixels), so a reshape to `x.size()` does not tie layers together.
+2. Cuts: the tensors every path from the image to the logits passes through (the dominators of the
+   logits in the data-path graph, from networkx). Between two consecutive cuts lies a segment: one
+   op of a plain chain, or a region where paths fork and join (a residual block with an identity or
+   projection shortcut, an Inception or dense block, a ShuffleNet unit, a transformer sub-block).
+3. Layers: ops whose weight is a parameter (Conv, Gemm, MatMul; the classifier excluded). A region
+   with a layer is a block. A region without one (a norm, SiLU or GELU written out as several ops)
+   and a gate (squeeze-and-excitation: a side path pooled to 1x1 that scales the main path) belong to
+   the block around them.
+4. Chains of single layers are grouped: a depthwise conv takes the plain conv before it (expand, or
+   the stem) and the 1x1 conv after it (project), an inverted bottleneck; any other layer is a block
+   of its own (a VGG conv, a DenseNet transition). Segments without a layer join the block before.
+5. The stem (single layers before the first block of several layers) joins that block, so "every
+   block but the first" skips the stem and the first block together, as the paper does; trailing
+   1x1 layers after the last spatial op are the head (MobileNet's 1x1 conv to 1280), not a block.
+A block ends at the last cut of its span with the rank of its input: never after a global pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import onnx_ir as ir
+
+from tinytlc.passes.forward._values import is_constant
+
+LAYERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+VIEWS = {"Transpose", "Reshape", "Slice", "Unsqueeze", "Squeeze", "Identity", "Cast", "Flatten", "Split"}
+POOLS = {"MaxPool", "AveragePool", "LpPool"}
+NOT_DATA = {"Shape", "Size"}
+HEAD_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Flatten", "Gather"}
+
+
+@dataclass
+class Block:
+    input: ir.Value
+    output: ir.Value
+    stride: int
+    kind: str               # residual, residual-projection, concat, inverted-bottleneck, conv, ...
+    merge: ir.Node | None = None    # where the paths of a fork-and-join block meet (the residual Add)
+    layers: list[ir.Node] = field(default_factory=list)
+
+
+def param_source(value: ir.Value | None) -> ir.Value | None:
+    """The parameter `value` is a view of (through Transpose, Reshape, Slice...), else None."""
+    while value is not None and not value.is_initializer():
+        node = value.producer()
+        if node is None or node.op_type not in VIEWS:
+            return None
+        value = node.inputs[0]
+    return value if value is not None and not is_constant(value) else None
+
+
+def is_layer(node: ir.Node) -> bool:
+    if node.op_type not in LAYERS:
+        return False
+    weights = node.inputs[1:2] if node.op_type != "MatMul" else node.inputs[:2]
+    return any(param_source(w) is not None for w in weights)
+
+
+def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
+    return list(node.attributes.get_ints(name, default))
+
+
+def is_spatial(node: ir.Node) -> bool:
+    """A conv with a kernel larger than 1x1 or a stride, or a pooling window."""
+    if node.op_type in ("Conv", "ConvTranspose") and node.inputs[1] is not None and node.inputs[1].shape is not None:
+        kernel = [d for d in node.inputs[1].shape[2:]]
+        return any(k != 1 for k in kernel) or any(s != 1 for s in _ints(node, "strides", [1]))
+    return node.op_type in POOLS
+
+
+def is_depthwise(node: ir.Node) -> bool:
+    w = node.inputs[1] if node.op_type == "Conv" else None
+    return w is not None and w.shape is not None and node.attributes.get_int("group", 1) > 1 and w.shape[1] == 1
+
+
+def _is_pointwise(node: ir.Node) -> bool:
+    return node.op_type in ("Gemm", "MatMul") or (node.op_type == "Conv" and not is_spatial(node)
+                                                  and node.attributes.get_int("group", 1) == 1)
+
+
+def _rank(v: ir.Value) -> int | None:
+    return len(v.shape) if v.shape is not None else None
+
+
+def _is_gate(node: ir.Node, data: set) -> bool:
+    """Mul(x, s) with s of spatial size 1 (squeeze-and-excitation)."""
+    if node.op_type != "Mul":
+        return False
+    for v in node.inputs:
+        if v in data and v.shape is not None and len(v.shape) == 4 and list(v.shape)[2:] == [1, 1]:
+            return True
+    return False
+
+
+@dataclass
+class _Segment:
+    start: int                    # index of the cut it starts at
+    nodes: list[ir.Node]
+    layers: list[ir.Node]
+    kind: str                     # "branch", "layer", or "other" (no layer, or a gate)
+    merge: ir.Node | None = None
+
+
+def _data_graph(graph: ir.Graph) -> tuple[nx.DiGraph, set]:
+    image = graph.inputs[0]
+    g, data = nx.DiGraph(), {image}
+    g.add_node(image)
+    for node in graph:
+        if node.op_type in NOT_DATA:
+            continue
+        ins = [i for i in node.inputs if i is not None and i in data]
+        if not ins:
+            continue
+        for o in node.outputs:
+            if o.dtype is not None and not o.dtype.is_floating_point():
+                continue
+            data.add(o)
+            for i in ins:
+                g.add_edge(i, o)
+    return g, data
+
+
+def _segments(graph: ir.Graph, classifier: ir.Node | None) -> tuple[list[ir.Value], list[_Segment]]:
+    g, data = _data_graph(graph)
+    image, logits = graph.inputs[0], graph.outputs[0]
+    if logits not in g:
+        return [], []
+    idom = nx.immediate_dominators(g, image)
+    chain = [logits]
+    while chain[-1] is not image:
+        chain.append(idom[chain[-1]])
+    cuts = chain[::-1]
+    index = {id(c): i for i, c in enumerate(cuts)}
+    on_path = nx.ancestors(g, logits) | {logits}
+    members: list[list[ir.Node]] = [[] for _ in cuts[1:]]
+    for node in graph:
+        out = next((o for o in node.outputs if o in on_path), None)
+        if out is None or node.op_type in NOT_DATA:
+            continue
+        if id(out) in index:
+            members[index[id(out)] - 1].append(node)
+            continue
+        v = out
+        while id(v) not in index:
+            v = idom[v]
+        members[index[id(v)]].append(node)
+    segments = []
+    for start, nodes in enumerate(members):
+        layers = [n for n in nodes if n is not classifier and is_layer(n)]
+        merges = [n for n in nodes if len({id(i) for i in n.inputs if i is not None and i in data}) >= 2]
+        if layers and merges and not all(_is_gate(m, data) for m in merges):
+            segments.append(_Segment(start, nodes, layers, "branch", merges[-1]))
+        elif layers and not merges and len(layers) == 1:
+            segments.append(_Segment(start, nodes, layers, "layer"))
+        elif layers and not merges:  # several layers with no fork: treat as a block
+            segments.append(_Segment(start, nodes, layers, "branch"))
+        else:
+            segments.append(_Segment(start, nodes, [], "other"))
+    return cuts, segments
+
+
+def _group(segments: list[_Segment]) -> list[list[_Segment]]:
+    """Blocks as lists of the segments that hold their layers (see the module docstring, step 4)."""
+    items = [s for s in segments if s.kind != "other"]
+    groups: list[list[_Segment]] = []
+    i = 0
+    while i < len(items):
+        s = items[i]
+        if s.kind == "layer" and is_depthwise(s.layers[0]):
+            group = [s]
+            prev = groups[-1] if groups else None
+            if prev is not None and len(prev) == 1 and prev[0].kind == "layer" and \
+                    prev[0].layers[0].op_type == "Conv" and not is_depthwise(prev[0].layers[0]):
+                group = groups.pop() + group  # expand conv (or the stem)
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            if nxt is not None and nxt.kind == "layer" and nxt.layers[0].op_type == "Conv" and \
+                    _is_pointwise(nxt.layers[0]):
+                group.append(nxt)  # project conv
+                i += 1
+            groups.append(group)
+        else:
+            groups.append([s])
+        i += 1
+    # the stem joins the first block of several layers
+    first_multi = next((k for k, grp in enumerate(groups) if len(grp) > 1 or grp[0].kind == "branch"), None)
+    if first_multi:
+        groups[: first_multi + 1] = [sum(groups[: first_multi + 1], [])]
+    return groups
+
+
+def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Block]:
+    """Blocks in graph order (module docstring). `classifier`: the node that is no block's layer."""
+    if classifier is None:
+        from tinytlc.passes.forward.replace_classifier import find_classifier
+        try:
+            classifier = find_classifier(graph)[0]
+        except Exception:  # no classifier: every layer may be a block's
+            classifier = None
+    cuts, segments = _segments(graph, classifier)
+    if not segments:
+        return []
+    groups = _group(segments)
+    nodes_of = lambda s, e: [n for seg in segments[s:e] for n in seg.nodes]  # noqa: E731
+    spans = []  # (first cut, cut after the group's trailing segments, group)
+    for k, grp in enumerate(groups):
+        start = 0 if k == 0 else grp[0].start
+        end = groups[k + 1][0].start if k + 1 < len(groups) else len(cuts) - 1
+        spans.append((start, end, grp))
+    # the head: trailing groups of 1x1 layers after the last spatial op
+    while len(spans) > 1:
+        s, e, grp = spans[-1]
+        if any(seg.kind == "branch" for seg in grp) or any(is_spatial(n) for n in nodes_of(grp[0].start, e)):
+            break
+        spans.pop()
+    blocks = []
+    for s, e, grp in spans:
+        x = cuts[s]
+        rank = _rank(x)
+        y = None
+        for c in cuts[s + 1: e + 1]:  # up to the head's global pool, flatten or token pick
+            if rank is None or rank < 3 or _rank(c) != rank or c.producer().op_type in HEAD_OPS:
+                break
+            y = c
+        if y is None:
+            continue
+        blocks.append(Block(x, y, _stride(x, y), _kind(grp, cuts[grp[-1].start]), grp[-1].merge if grp[-1].kind == "branch" else None,
+                            [n for seg in grp for n in seg.layers]))
+    return blocks
+
+
+def _stride(x: ir.Value, y: ir.Value) -> int:
+    if len(x.shape) != 4 or not all(isinstance(d, int) for d in (x.shape[2], y.shape[2])) or y.shape[2] == 0:
+        return 1
+    return max(1, round(x.shape[2] / y.shape[2]))
+
+
+def _kind(group: list[_Segment], x: ir.Value) -> str:
+    last = group[-1]
+    if last.kind == "branch" and last.merge is not None:
+        if last.merge.op_type == "Add":  # identity shortcut: x itself (or a view of it) is added
+            direct = any(i is x or (i.producer() is not None and i.producer().op_type in VIEWS
+                                    and i.producer().inputs[0] is x) for i in last.merge.inputs if i is not None)
+            return "residual" if direct else "residual-projection"
+        return last.merge.op_type.lower()
+    if any(is_depthwise(n) for seg in group for n in seg.layers):
+        return "inverted-bottleneck"
+    return "conv" if group[-1].layers and group[-1].layers[0].op_type == "Conv" else "linear"
