@@ -20,6 +20,7 @@ from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, Batc
                                     FoldBatchNormIntoConvPass, LiteOptions, LiteResidualPass, find_classifier)
 from tinytlc.passes.forward.lite_residual import LITE
 from tinytlc.passes.forward._values import is_constant
+from tinytlc.passes.forward.blocks import param_source
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
 TRAINS_NORMS = {"full", "norm+last"}
@@ -36,10 +37,13 @@ def check_method(method: str) -> None:
 
 
 def norm_params(graph: ir.Graph) -> list[str]:
-    """Scale and shift of every norm: BatchNormalization (names survive BatchNormToAffinePass) and
-    a norm written out as Add(Mul(x, scale), shift) with per-channel parameters (e.g. GroupNorm)."""
-    names = [v.name for n in graph if n.op_type == "BatchNormalization" for v in n.inputs[1:3]
-             if v is not None and v.is_initializer()]
+    """Scale and shift of every norm, scale first: BatchNormalization and LayerNormalization
+    (names survive the passes that rewrite them), and a norm written out as Add(Mul(x, scale), shift)
+    with per-channel parameters (GroupNorm; torch's GroupNorm export ends that way too)."""
+    names = []
+    for n in graph:
+        if n.op_type in ("BatchNormalization", "LayerNormalization"):
+            names += [v.name for v in n.inputs[1:3] if v is not None and v.is_initializer()]
     for add in graph:
         if add.op_type != "Add" or len(add.inputs) != 2:
             continue
@@ -65,32 +69,46 @@ def forward_passes(method: str, lite: LiteOptions | None = None) -> list[ir.pass
     return passes
 
 
-def _layer_params(graph: ir.Graph, slots: tuple[int, ...]) -> list[str]:
+def parameters(graph: ir.Graph) -> list[str]:
+    """Every float initializer that is a parameter (not a constant a pass wrote), in graph order."""
+    return [name for name, v in graph.initializers.items() if not is_constant(v) and v.dtype is not None
+            and v.dtype.is_floating_point() and v.shape is not None and len(v.shape) > 0]
+
+
+def _is_bias(v: ir.Value) -> bool:
+    return v.shape is not None and sum(d != 1 for d in v.shape) <= 1
+
+
+def bias_params(graph: ir.Graph) -> list[str]:
+    """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output
+    (Add(MatMul(x, W), b), as torch exports a Linear on tokens; views such as Slice are followed)."""
     names = []
     for node in graph:
-        if node.op_type in ("Conv", "Gemm", "MatMul"):
-            for i in slots:
-                v = node.inputs[i] if i < len(node.inputs) else None
-                if v is not None and v.is_initializer() and not is_constant(v):
-                    names.append(v.name)
-    return names
+        if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2:
+            names.append(param_source(node.inputs[2]))
+        elif node.op_type == "Add" and len(node.inputs) == 2:
+            for i, v in enumerate(node.inputs):
+                other = node.inputs[1 - i].producer()
+                if other is not None and other.op_type in ("MatMul", "Gemm", "Conv"):
+                    names.append(param_source(v))
+    return [v.name for v in names if v is not None and _is_bias(v)]
 
 
 def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str]:
     """Names of the initializers `method` trains, in graph order, each once."""
     _, weight, bias, _ = find_classifier(graph)
     classifier = [weight.name] + ([bias.name] if bias is not None else [])
+    lite = [name for name, v in graph.initializers.items() if v.meta.get(LITE)]
     if method == "full":
-        names = _layer_params(graph, (1, 2)) + norms
+        names = parameters(graph)
     elif method == "last":
         names = classifier
     elif method == "norm+last":
         names = norms + classifier
-    elif method == "bias":  # conv biases, norm shifts (scales and shifts alternate in `norms`)
-        names = _layer_params(graph, (2,)) + norms[1::2] + classifier
+    elif method == "bias":  # biases, norm shifts (scales and shifts alternate in `norms`)
+        names = bias_params(graph) + norms[1::2] + classifier
     elif method in ("lite", "lite+bias"):
-        lite = [name for name, v in graph.initializers.items() if v.meta.get(LITE)]
-        names = lite + (_layer_params(graph, (2,)) + norms[1::2] if method == "lite+bias" else []) + classifier
+        names = lite + (bias_params(graph) + norms[1::2] if method == "lite+bias" else []) + classifier
     else:
         check_method(method)
         raise AssertionError(method)

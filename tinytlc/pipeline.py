@@ -19,7 +19,8 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
-from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, ReplaceClassifierPass,
+from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
+                                    ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.runtime import artifacts
@@ -65,16 +66,20 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     irm = ir.serde.deserialize_model(source.model)
     IdentityEliminationPass()(irm)
     irm = FusePadIntoConvPass()(irm).model
+    ShapeInferencePass()(irm)
+    StaticReshapesPass()(irm)
     _, weight, _, out_by_in = find_classifier(irm.graph)
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
     norms = methods.norm_params(irm.graph)
     ShapeInferencePass()(irm)
+    if LowerForAutodiffPass()(irm).modified:
+        ShapeInferencePass()(irm)
     for p in methods.forward_passes(method, lite):
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
-            report["lite_modules"] = p.report
+            report.update(lite_modules=p.report, lite_blocks=p.blocks, lite_skipped=p.skipped)
     RemoveUnusedNodesPass()(irm)
     ShapeInferencePass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)

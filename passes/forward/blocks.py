@@ -187,6 +187,14 @@ def _group(segments: list[_Segment]) -> list[list[_Segment]]:
         else:
             groups.append([s])
         i += 1
+    # a lone pointwise layer right before a fork-and-join block is that block's (SqueezeNet's squeeze)
+    k = 0
+    while k + 1 < len(groups):
+        g, nxt = groups[k], groups[k + 1]
+        if len(g) == 1 and g[0].kind == "layer" and _is_pointwise(g[0].layers[0]) and nxt[0].kind == "branch" and \
+                not any(is_spatial(n) for seg in segments[g[0].start: nxt[0].start] for n in seg.nodes):
+            groups[k: k + 2] = [g + nxt]
+        k += 1
     # the stem joins the first block of several layers
     first_multi = next((k for k, grp in enumerate(groups) if len(grp) > 1 or grp[0].kind == "branch"), None)
     if first_multi:
@@ -224,7 +232,11 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
         rank = _rank(x)
         y = None
         for c in cuts[s + 1: e + 1]:  # up to the head's global pool, flatten or token pick
-            if rank is None or rank < 3 or _rank(c) != rank or c.producer().op_type in HEAD_OPS:
+            if rank is None or rank < 3 or c.producer().op_type in HEAD_OPS or c.producer() is classifier:
+                break
+            if _rank(c) is None:
+                continue
+            if _rank(c) != rank:
                 break
             y = c
         if y is None:

@@ -13,23 +13,48 @@ from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import add_initializer, const_array, set_initializer
 
 
+# Between a conv classifier and the logits (SqueezeNet: Conv 1x1 -> ReLU -> global pool -> flatten)
+_PER_CLASS = {"Flatten", "Reshape", "Squeeze", "GlobalAveragePool", "ReduceMean", "Relu", "Identity", "Dropout"}
+
+
+def _weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
+    """(initializer, transposed): a weight given directly or as Transpose(W) of a 2-D W."""
+    if v.is_initializer():
+        return v, False
+    node = v.producer()
+    if node is not None and node.op_type == "Transpose" and node.inputs[0].is_initializer() and \
+            len(node.inputs[0].shape or []) == 2:
+        return node.inputs[0], True
+    return None, False
+
+
 def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None, bool]:
-    """(node, weight, bias, weight_is_out_by_in) of the layer producing the single graph output."""
+    """(node, weight, bias, weight_is_out_by_in) of the layer producing the logits: a Gemm, a MatMul
+    (+ Add), or a 1x1 Conv followed only by per-class ops (ReLU, global pooling, flatten)."""
     out = graph.outputs[0]
     node = out.producer()
     if node is not None and node.op_type == "Add":
         matmul = next((v.producer() for v in node.inputs if v.producer() is not None
                        and v.producer().op_type == "MatMul"), None)
         bias = next((v for v in node.inputs if v.is_initializer()), None)
-        if matmul is not None and matmul.inputs[1].is_initializer():
-            return matmul, matmul.inputs[1], bias, False
+        weight, transposed = _weight(matmul.inputs[1]) if matmul is not None else (None, False)
+        if weight is not None:
+            return matmul, weight, bias, transposed
     if node is not None and node.op_type == "Gemm" and node.inputs[1].is_initializer():
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return node, node.inputs[1], bias, bool(node.attributes.get_int("transB", 0))
-    if node is not None and node.op_type == "MatMul" and node.inputs[1].is_initializer():
-        return node, node.inputs[1], None, False
-    raise TinyTLError("no classifier found: the graph output must come from a Gemm or MatMul(+Add) "
-                      "with constant weights")
+    if node is not None and node.op_type == "MatMul":
+        weight, transposed = _weight(node.inputs[1])
+        if weight is not None:
+            return node, weight, None, transposed
+    while node is not None and node.op_type in _PER_CLASS:
+        node = node.inputs[0].producer()
+    if node is not None and node.op_type == "Conv" and node.inputs[1].is_initializer() and \
+            list(node.inputs[1].shape or [])[2:] == [1, 1] and node.attributes.get_int("group", 1) == 1:
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        return node, node.inputs[1], bias, True
+    raise TinyTLError("no classifier found: the logits must come from a Gemm, a MatMul(+Add) or a 1x1 Conv "
+                      "(then global pooling) with constant weights")
 
 
 class ReplaceClassifierPass(ir.passes.InPlacePass):
@@ -45,14 +70,21 @@ class ReplaceClassifierPass(ir.passes.InPlacePass):
         rng = np.random.default_rng(self.seed)
         bound = 1.0 / np.sqrt(in_features)
         new_w = rng.uniform(-bound, bound, (self.num_classes, in_features)).astype(np.float32)
+        if node.op_type == "Conv":  # (classes, C, 1, 1)
+            new_w = new_w.reshape(self.num_classes, in_features, 1, 1)
         set_initializer(weight, new_w if out_by_in else new_w.T.copy())
         new_b = rng.uniform(-bound, bound, self.num_classes).astype(np.float32)
         if bias is not None and const_array(bias) is not None:
             set_initializer(bias, new_b)
-        elif node.op_type == "Gemm":
+        elif node.op_type in ("Gemm", "Conv"):
             node.resize_inputs(3)
             node.replace_input_with(2, add_initializer(graph, "classifier.bias", new_b))
+        v = node.outputs[0]  # shapes from the classifier to the logits change: infer them anew
+        while True:
+            v.shape = None
+            if v is graph.outputs[0] or len(v.uses()) != 1:
+                break
+            v = next(iter(v.uses()))[0].outputs[0]
         out = graph.outputs[0]
-        if out.shape is not None and len(out.shape) == 2:
-            out.shape = ir.Shape([out.shape[0], self.num_classes])
+        out.shape = ir.Shape([out.shape[0] if out.shape is not None else "batch", self.num_classes])
         return ir.passes.PassResult(model, True)

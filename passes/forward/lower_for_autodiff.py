@@ -1,0 +1,126 @@
+"""Write ops that ONNX Runtime 1.19.2 cannot differentiate on the CPU with ops that it can.
+
+| op                    | why                                     | written as                               |
+|-----------------------|-----------------------------------------|------------------------------------------|
+| HardSwish             | no gradient builder                     | x * Clip(x + 3, 0, 6) / 6 (torch's form)  |
+| HardSigmoid           | no gradient builder                     | Clip(alpha x + beta, 0, 1)               |
+| Gelu (opset 20)       | no gradient builder for the ONNX op     | 0.5 x (1 + erf(x / sqrt 2)), or the tanh form |
+| LayerNormalization    | the builder needs the Mean and InvStdDev outputs, which exporters leave off | the same node with them declared |
+| InstanceNormalization | no gradient builder (torch's GroupNorm exports through it) | (x - mean) / sqrt(var + eps) * scale + bias |
+| GroupNormalization    | no gradient builder                     | the same, over groups                    |
+
+Exact: each is the op's definition, written with the same float operations the reference uses
+where it matters (HardSwish as torch computes it). Memory: the written-out forms keep what their
+parts' gradients need (a Clip keeps a mask once the activation-mask pass has run).
+Parameter names are kept: scale and bias initializers feed the new Mul and Add.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from tinytlc.passes.forward._values import add_constant, opset
+
+
+def _scalar(graph: ir.Graph, value: float) -> ir.Value:
+    return add_constant(graph, "tinytlc.scalar", np.float32(value))
+
+
+def _mean(graph, t, x, axes: list[int]) -> ir.Value:
+    if opset(graph) >= 18:
+        return t.op("ReduceMean", [x, add_constant(graph, "tinytlc.axes", axes)], attributes={"keepdims": 1})
+    return t.op("ReduceMean", [x], attributes={"axes": axes, "keepdims": 1})
+
+
+def _normalize(graph, t, x, axes: list[int], eps: float) -> ir.Value:
+    """(x - mean) / sqrt(var + eps) over `axes`, as GroupNorm written out (zoo/layers.py)."""
+    d = t.op("Sub", [x, _mean(graph, t, x, axes)])
+    var = _mean(graph, t, t.op("Mul", [d, d]), axes)
+    return t.op("Div", [d, t.op("Sqrt", [t.op("Add", [var, _scalar(graph, eps)])])])
+
+
+def _per_channel(graph, t, v: ir.Value, rank: int) -> ir.Value:
+    """A (C,) parameter as (C, 1, ..., 1) to broadcast over (N, C, ...)."""
+    return t.op("Reshape", [v, add_constant(graph, "tinytlc.channel_shape", [-1] + [1] * (rank - 2))])
+
+
+def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
+    a = node.attributes
+    x = node.inputs[0]
+    if node.op_type == "HardSwish":
+        relu6 = t.op("Clip", [t.op("Add", [x, _scalar(graph, 3)]), _scalar(graph, 0), _scalar(graph, 6)])
+        return t.op("Div", [t.op("Mul", [x, relu6]), _scalar(graph, 6)])
+    if node.op_type == "HardSigmoid":
+        alpha, beta = a.get_float("alpha", 0.2), a.get_float("beta", 0.5)
+        if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:  # torch's: relu6(x + 3) / 6
+            relu6 = t.op("Clip", [t.op("Add", [x, _scalar(graph, 3)]), _scalar(graph, 0), _scalar(graph, 6)])
+            return t.op("Div", [relu6, _scalar(graph, 6)])
+        return t.op("Clip", [t.op("Add", [t.op("Mul", [x, _scalar(graph, alpha)]), _scalar(graph, beta)]),
+                             _scalar(graph, 0), _scalar(graph, 1)])
+    if node.op_type == "Gelu":
+        if a.get_string("approximate", "none") == "tanh":
+            inner = t.op("Mul", [t.op("Add", [x, t.op("Mul", [t.op("Mul", [t.op("Mul", [x, x]), x]),
+                                                           _scalar(graph, 0.044715)])]),
+                                 _scalar(graph, math.sqrt(2 / math.pi))])
+            gate = t.op("Tanh", [inner])
+        else:
+            gate = t.op("Erf", [t.op("Div", [x, _scalar(graph, math.sqrt(2))])])
+        return t.op("Mul", [t.op("Mul", [x, t.op("Add", [gate, _scalar(graph, 1)])]), _scalar(graph, 0.5)])
+    if x.shape is None:
+        return None
+    rank = len(x.shape)
+    if node.op_type == "InstanceNormalization":
+        y = _normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
+        return t.op("Add", [t.op("Mul", [y, _per_channel(graph, t, node.inputs[1], rank)]),
+                            _per_channel(graph, t, node.inputs[2], rank)])
+    if node.op_type == "GroupNormalization" and isinstance(x.shape[1], int):
+        groups, channels = a.get_int("num_groups"), x.shape[1]
+        grouped = t.op("Reshape", [x, add_constant(graph, "tinytlc.grouped", [0, groups, -1])])
+        y = _normalize(graph, t, grouped, [2], a.get_float("epsilon", 1e-5))
+        y = t.op("Reshape", [y, t.op("Shape", [x])])
+        scale, bias = node.inputs[1], node.inputs[2]
+        if scale.shape is not None and scale.shape[0] != channels:  # opset 18: one per group
+            repeat = add_constant(graph, "tinytlc.group_index", np.repeat(np.arange(groups), channels // groups))
+            scale, bias = t.op("Gather", [scale, repeat]), t.op("Gather", [bias, repeat])
+        return t.op("Add", [t.op("Mul", [y, _per_channel(graph, t, scale, rank)]), _per_channel(graph, t, bias, rank)])
+    return None
+
+
+class LowerForAutodiffPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        for node in list(graph):
+            if node.domain not in ("", "ai.onnx") or not node.inputs:
+                continue
+            if node.op_type == "LayerNormalization" and len(node.outputs) == 1:
+                self._declare_statistics(node)
+                modified = True
+                continue
+            t = ir.tape.Tape(graph)
+            y = _lower(graph, node, t)
+            if y is None:
+                continue
+            graph.insert_before(node, t.nodes)
+            y.shape, y.type = node.outputs[0].shape, node.outputs[0].type
+            ir.convenience.replace_all_uses_with(node.outputs[0], y, replace_graph_outputs=True)
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _declare_statistics(node: ir.Node) -> None:
+        """LayerNormalization with its Mean and InvStdDev outputs, which ORT's gradient reads."""
+        graph = node.graph
+        replacement = ir.Node(node.domain, node.op_type, list(node.inputs), attributes=list(node.attributes.values()),
+                              num_outputs=3, name=node.name, version=node.version)
+        graph.insert_before(node, replacement)
+        y = replacement.outputs[0]
+        y.shape, y.type = node.outputs[0].shape, node.outputs[0].type
+        y.name = node.outputs[0].name
+        ir.convenience.replace_all_uses_with(node.outputs[0], y, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        for v, suffix in zip(replacement.outputs[1:], ("mean", "inv_std_dev")):
+            v.name = f"{y.name}.{suffix}"

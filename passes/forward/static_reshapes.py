@@ -1,0 +1,138 @@
+"""Give Reshape, Slice, Expand (and other ops taking shapes) constant shapes where they are computed
+at run time from the shapes of tensors whose only dynamic dimension is the batch.
+
+Why: code like ShuffleNet's channel shuffle (`b, c, h, w = x.size(); x.view(b, g, c // g, h, w)`)
+exports the target as arithmetic over Shape(x). Shape inference cannot see through it, so every
+tensor after it has unknown dimensions: blocks cannot get lite modules and the frozen-conv pass
+cannot size its ConvTranspose. Only the batch is dynamic in a tinytlc graph, so the target is
+evaluated (numpy, below) for batch 1 and batch 2: entries that agree are constants, and the one
+entry that doubles is the batch, written as 0 (copy the input's batch) or -1.
+Exact: the new target equals the old one for every batch size (it is affine in the batch with no
+offset, checked at two points). Nodes whose target depends on anything else are left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from tinytlc.passes.forward._values import add_constant, const_array
+
+# inputs that hold shapes, indices or sizes, by op
+_SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Tile": (1,), "Pad": (1,),
+                 "Split": (1,), "Resize": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,), "ConstantOfShape": (0,)}
+
+
+def _attr(node, name, default):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _eval(value: ir.Value, batch: int, memo: dict) -> np.ndarray | None:
+    """The value of a shape computation for `batch`, or None when it depends on data."""
+    if id(value) in memo:
+        return memo[id(value)]
+    const = const_array(value)
+    if const is not None:
+        return const
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type == "Shape":
+        shape = node.inputs[0].shape
+        if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
+            return None
+        dims = np.array([batch] + list(shape)[1:], np.int64)
+        result = dims[_attr(node, "start", 0): _attr(node, "end", None)]
+    else:
+        args = [None if v is None else _eval(v, batch, memo) for v in node.inputs]
+        if any(a is None for a, v in zip(args, node.inputs) if v is not None):
+            return None
+        result = _apply(node, args)
+    if result is not None and len(node.outputs) == 1:
+        memo[id(value)] = result
+    return result
+
+
+def _apply(node: ir.Node, a: list) -> np.ndarray | None:
+    op = node.op_type
+    if op == "Identity":
+        return a[0]
+    if op == "Cast":
+        return a[0].astype(ir.DataType(_attr(node, "to", 1)).numpy())
+    if op == "Gather":
+        return np.take(a[0], a[1], axis=_attr(node, "axis", 0))
+    if op == "Unsqueeze":
+        axes = a[1] if len(a) > 1 else _attr(node, "axes", [])
+        return np.expand_dims(a[0], tuple(int(x) for x in np.atleast_1d(axes)))
+    if op == "Squeeze":
+        axes = a[1] if len(a) > 1 else _attr(node, "axes", None)
+        return np.squeeze(a[0], None if axes is None else tuple(int(x) for x in np.atleast_1d(axes)))
+    if op == "Concat":
+        return np.concatenate([np.atleast_1d(x) for x in a], axis=_attr(node, "axis", 0))
+    if op == "Slice":
+        data, starts, ends = a[:3]
+        axes = a[3] if len(a) > 3 and a[3] is not None else range(len(starts))
+        steps = a[4] if len(a) > 4 and a[4] is not None else [1] * len(starts)
+        index = [slice(None)] * data.ndim
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            index[int(ax)] = slice(int(s), int(e), int(st))
+        return data[tuple(index)]
+    if op in ("Add", "Sub", "Mul"):
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a[0], a[1])
+    if op == "Div":
+        if np.issubdtype(np.asarray(a[0]).dtype, np.integer):
+            return np.trunc(np.divide(a[0], a[1])).astype(np.asarray(a[0]).dtype)
+        return np.divide(a[0], a[1])
+    if op in ("Floor", "Ceil", "Sqrt", "Neg", "Abs"):
+        return {"Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt, "Neg": np.negative, "Abs": np.abs}[op](a[0])
+    if op == "Constant":
+        return None
+    return None
+
+
+def _static_target(node: ir.Node, index: int) -> np.ndarray | None:
+    shape_value = node.inputs[index]
+    if shape_value is None or const_array(shape_value) is not None:
+        return None
+    t1, t2 = (_eval(shape_value, b, {}) for b in (1, 2))
+    if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim != 1:
+        return None
+    differ = np.flatnonzero(t1 != t2)
+    if len(differ) == 0:
+        return t1
+    if node.op_type != "Reshape" or len(differ) != 1 or t2[differ[0]] != 2 * t1[differ[0]]:
+        return None
+    target = t1.astype(np.int64)
+    x = node.inputs[0].shape
+    if differ[0] == 0 and x is not None and len(x) > 0 and not isinstance(x[0], int) and \
+            not _attr(node, "allowzero", 0):
+        target[0] = 0  # copy the input's batch (another entry may already be -1)
+    elif (t1 == -1).any():
+        return None
+    else:
+        target[differ[0]] = -1
+    return target
+
+
+class StaticReshapesPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, modified = model.graph, False
+        changed = True
+        while changed:  # a fixed Reshape can make the next Shape(x) static
+            changed = False
+            for node in graph:
+                if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
+                    continue
+                for index in _SHAPE_INPUTS[node.op_type]:
+                    target = _static_target(node, index) if index < len(node.inputs) else None
+                    if target is not None:
+                        node.replace_input_with(index, add_constant(graph, "tinytlc.static_shape", target))
+                        changed = modified = True
+            if changed:  # infer every shape anew: inference keeps the unknown dims it was given
+                for node in graph:
+                    for v in node.outputs:
+                        v.shape = None
+                ShapeInferencePass()(model)
+        return ir.passes.PassResult(model, modified)
