@@ -19,6 +19,7 @@ from onnxruntime.training import artifacts, onnxblock
 from onnxruntime.training.onnxblock import _graph_utils
 
 from tinytlc.errors import TinyTLError
+from tinytlc.runtime.session import ort_cause
 
 LABELS = "labels"
 SMOOTHING = "label_smoothing"
@@ -66,7 +67,7 @@ def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> N
                                          loss=SmoothedCrossEntropy(), optimizer=artifacts.OptimType.AdamW,
                                          artifact_directory=directory, additional_output_names=[logits])
     except Exception as e:
-        raise TinyTLError(f"ONNX Runtime cannot build the training graph: {_first_cause(str(e) + log.text)}") from e
+        raise TinyTLError(f"ONNX Runtime cannot build the training graph: {_first_cause(str(e), log.text)}") from e
     finally:
         os.chdir(cwd)
 
@@ -93,12 +94,11 @@ def _quiet_native_stderr():
             captured.text = sink.read()
 
 
-def _first_cause(message: str) -> str:
-    """The informative part of an ORT error: a missing gradient builder names the op and node."""
-    m = re.search(r"gradient builder has not been registered: (\S+) for node (\S+)", message)
+def _first_cause(error: str, log: str) -> str:
+    """The informative part of an ORT error: a missing gradient builder names the op and node. The
+    native log (graph transformers at INFO) is searched for that only, never printed as the cause."""
+    m = re.search(r"gradient builder has not been registered: (\S+) for node (\S+)", error + log)
     if m:
         return (f"op {m.group(1)} (node {m.group(2)}) has no gradient in onnxruntime-training 1.19.2; "
                 "freeze everything before it or rewrite it with differentiable ops")
-    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else "unknown error"
-    return re.sub(r"^.*? was false\. ", "", last)[:300]
+    return ort_cause(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def load_state(path: Path) -> CheckpointState:
     try:
         return CheckpointState.load_checkpoint(str(path))
     except Exception as e:
-        raise TinyTLError(f"{path}: corrupt or unreadable checkpoint ({str(e).strip().splitlines()[-1][:200]})") from e
+        raise TinyTLError(f"{path}: corrupt or unreadable checkpoint ({ort_cause(str(e))[:200]})") from e
 
 
 @dataclass
@@ -79,6 +80,30 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
                         session_options=session_options(manifest.get("session"), measure))
         optimizer = Optimizer(str(directory / "optimizer_model.onnx"), module) if with_optimizer else None
     except Exception as e:
-        raise TinyTLError(f"{directory}: ONNX Runtime cannot load the artifacts "
-                          f"({str(e).strip().splitlines()[-1][:200]})") from e
+        raise TinyTLError(f"{directory}: ONNX Runtime cannot load the artifacts ({ort_cause(str(e))[:200]})") from e
     return TrainingSession(state, module, optimizer, manifest)
+
+
+def ort_cause(message: str) -> str:
+    """ORT's error without its source paths: the op and node that failed, and why."""
+    m = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", message)
+    if m:
+        return f"op {m.group(1)} (node {m.group(2)}): {_strip_paths(m.group(3))[:200]}"
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    return _strip_paths(lines[-1] if lines else "unknown error")[:300]
+
+
+def _strip_paths(text: str) -> str:
+    return re.sub(r"/onnxruntime_src/\S+:\d+ \S+ ", "", re.sub(r"^.*? was false\. ", "", text)).strip()
+
+
+def check_step(directory: Path, manifest: dict, batch: int = 2) -> None:
+    """One forward and backward pass on zeros: an op ORT cannot run in training (a missing CPU
+    gradient kernel) fails at compile time, with the op and node named, not in the first epoch."""
+    sess = open_session(directory, manifest, directory / "checkpoint", with_eval=False, with_optimizer=False)
+    x = np.zeros([batch] + list(manifest["input"]["shape"][1:]), np.float32)
+    sess.module.train()
+    try:
+        sess.module(*sess.feeds(x, np.zeros(batch, np.int64), 0.0))
+    except Exception as e:
+        raise TinyTLError(f"ONNX Runtime cannot run a training step: {ort_cause(str(e))}") from e

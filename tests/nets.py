@@ -60,7 +60,9 @@ def tiny_net():
 
 
 def group_norm_net():
-    """GroupNorm exports as InstanceNormalization, which ORT 1.19.2 cannot differentiate."""
+    """GroupNorm exports as InstanceNormalization, which ORT 1.19.2 cannot differentiate (tinytlc writes
+    it out)."""
+    torch.manual_seed(8)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(8, 3))
 
@@ -160,3 +162,13 @@ def mlp_head_net():
     torch.manual_seed(7)
     return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+class _AmaxPool(nn.Module):
+    def forward(self, x):
+        return x.amax(dim=(2, 3))
+
+
+def max_reduce_net():
+    """A global max written as ReduceMax, which has no gradient in onnxruntime-training 1.19.2."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), _AmaxPool(), nn.Linear(4, 2)).eval()

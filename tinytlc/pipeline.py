@@ -22,8 +22,10 @@ from tinytlc.fsutil import atomic_path
 from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
+from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
 from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.runtime import artifacts
+from tinytlc.runtime.session import check_step
 
 MANIFEST = "tinytlc.json"
 
@@ -91,7 +93,7 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
     """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
     irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report,
                                                     norm)
-    proto = ir.serde.serialize_model(irm)
+    proto = declare_layer_norm_statistics(ir.serde.serialize_model(irm))
     proto.ir_version = min(proto.ir_version, MAX_IR)
     return proto, trainable, source, classes
 
@@ -166,6 +168,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             **report,
             "versions": _versions(),
         }
+        check_step(tmp, manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Artifact(out, manifest)
 

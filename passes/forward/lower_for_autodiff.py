@@ -5,7 +5,7 @@
 | HardSwish             | no gradient builder                     | x * Clip(x + 3, 0, 6) / 6 (torch's form)  |
 | HardSigmoid           | no gradient builder                     | Clip(alpha x + beta, 0, 1)               |
 | Gelu (opset 20)       | no gradient builder for the ONNX op     | 0.5 x (1 + erf(x / sqrt 2)), or the tanh form |
-| LayerNormalization    | the builder needs the Mean and InvStdDev outputs, which exporters leave off | the same node with them declared |
+| LayerNormalization    | the builder needs the Mean and InvStdDev outputs, which exporters leave off | the same node with them declared (declare_layer_norm_statistics, on the final model) |
 | InstanceNormalization | no gradient builder (torch's GroupNorm exports through it) | (x - mean) / sqrt(var + eps) * scale + bias |
 | GroupNormalization    | no gradient builder                     | the same, over groups                    |
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_constant, opset
@@ -95,10 +96,6 @@ class LowerForAutodiffPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.domain not in ("", "ai.onnx") or not node.inputs:
                 continue
-            if node.op_type == "LayerNormalization" and len(node.outputs) == 1:
-                self._declare_statistics(node)
-                modified = True
-                continue
             t = ir.tape.Tape(graph)
             y = _lower(graph, node, t)
             if y is None:
@@ -110,17 +107,11 @@ class LowerForAutodiffPass(ir.passes.InPlacePass):
             modified = True
         return ir.passes.PassResult(model, modified)
 
-    @staticmethod
-    def _declare_statistics(node: ir.Node) -> None:
-        """LayerNormalization with its Mean and InvStdDev outputs, which ORT's gradient reads."""
-        graph = node.graph
-        replacement = ir.Node(node.domain, node.op_type, list(node.inputs), attributes=list(node.attributes.values()),
-                              num_outputs=3, name=node.name, version=node.version)
-        graph.insert_before(node, replacement)
-        y = replacement.outputs[0]
-        y.shape, y.type = node.outputs[0].shape, node.outputs[0].type
-        y.name = node.outputs[0].name
-        ir.convenience.replace_all_uses_with(node.outputs[0], y, replace_graph_outputs=True)
-        graph.remove(node, safe=True)
-        for v, suffix in zip(replacement.outputs[1:], ("mean", "inv_std_dev")):
-            v.name = f"{y.name}.{suffix}"
+
+def declare_layer_norm_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every LayerNormalization its Mean and InvStdDev outputs, which ORT's gradient reads.
+    Done on the serialized model, last: onnx_ir's dead-code pass drops unread outputs."""
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            node.output.extend([f"{node.output[0]}.mean", f"{node.output[0]}.inv_std_dev"])
+    return model

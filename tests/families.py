@@ -1,0 +1,815 @@
+"""Tiny versions of common model families, importable as `tests/families.py:function` model sources.
+
+Each function mirrors the op sequence of torchvision's implementation of that family (same layers in
+the same order, same forward code), so the exported ONNX looks like what a real user's model
+exports to, but with few channels and 2-4 blocks, for 32x32 inputs: a compile and a training step
+take a couple of seconds. Every function returns an eval-mode module with seeded weights and
+non-trivial norm statistics/affine parameters. BLOCKS maps each function to its number of blocks.
+"""
+
+import sys
+from collections import OrderedDict
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:
+    from nets import randomize_bn
+except ImportError:  # loaded by path (`tinytlc compile tests/families.py:NAME`): tests/ is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from nets import randomize_bn
+
+NUM_CLASSES = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers (torchvision.ops.misc and friends)
+
+def _make_divisible(v, divisor=8, min_value=None):
+    """torchvision.models._utils._make_divisible."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+class Conv2dNormActivation(nn.Sequential):
+    """torchvision.ops.misc.Conv2dNormActivation: Conv2d [-> norm] [-> activation]."""
+
+    def __init__(self, cin, cout, kernel_size=3, stride=1, padding=None, groups=1, norm_layer=nn.BatchNorm2d,
+                 activation_layer=nn.ReLU, dilation=1, bias=None):
+        if padding is None:
+            padding = (kernel_size - 1) // 2 * dilation
+        if bias is None:
+            bias = norm_layer is None
+        layers = [nn.Conv2d(cin, cout, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=bias)]
+        if norm_layer is not None:
+            layers.append(norm_layer(cout))
+        if activation_layer is not None:
+            layers.append(activation_layer(inplace=True))
+        super().__init__(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.misc.SqueezeExcitation: avgpool -> fc1 -> act -> fc2 -> scale_act -> * input."""
+
+    def __init__(self, input_channels, squeeze_channels, activation=nn.ReLU, scale_activation=nn.Sigmoid):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1)
+        self.activation = activation()
+        self.scale_activation = scale_activation()
+
+    def _scale(self, x):
+        scale = self.avgpool(x)
+        scale = self.fc1(scale)
+        scale = self.activation(scale)
+        scale = self.fc2(scale)
+        return self.scale_activation(scale)
+
+    def forward(self, x):
+        scale = self._scale(x)
+        return scale * x
+
+
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision.models.convnext.LayerNorm2d: LayerNorm over channels of an NCHW tensor."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        x = x.permute(0, 3, 1, 2)
+        return x
+
+
+def _finish(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics (nets.randomize_bn) and LayerNorm affine parameters, eval mode."""
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            n = m.weight.numel()
+            m.weight.data.copy_((torch.rand(n, generator=g) + 0.5).view_as(m.weight))
+            m.bias.data.copy_((torch.randn(n, generator=g) * 0.2).view_as(m.bias))
+    return randomize_bn(model, seed).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet (torchvision.models.resnet)
+
+def conv3x3(cin, cout, stride=1, groups=1, dilation=1):
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, groups=groups, bias=False, dilation=dilation)
+
+
+def conv1x1(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class Bottleneck(nn.Module):
+    expansion = 4  # ResNet V1.5: the stride sits on the 3x3 conv
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv3(out)
+        out = self.bn3(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, layers, widths, stem=8, stem_kernel=7, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.inplanes = stem
+        self.conv1 = nn.Conv2d(3, stem, stem_kernel, stride=2, padding=stem_kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layers = nn.ModuleList(
+            [self._make_layer(block, w, n, stride=1 if i == 0 else 2) for i, (w, n) in enumerate(zip(widths, layers))])
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[-1] * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.maxpool(x)
+        for layer in self.layers:  # torchvision: self.layer1 ... self.layer4
+            x = layer(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.fc(x)
+        return x
+
+
+def resnet_basic():
+    """Mirrors torchvision resnet18/34: conv7x7/s2-BN-ReLU-MaxPool stem, BasicBlocks (3: one strided with a
+    1x1-conv projection shortcut), avgpool, fc."""
+    torch.manual_seed(0)
+    return _finish(ResNet(BasicBlock, layers=[1, 2], widths=[8, 16]))
+
+
+def resnet_bottleneck():
+    """Mirrors torchvision resnet50 (V1.5): Bottleneck blocks 1x1-3x3-1x1 with expansion 4 (3: two with a
+    projection shortcut, the second strided on the 3x3)."""
+    torch.manual_seed(0)
+    return _finish(ResNet(Bottleneck, layers=[2, 1], widths=[4, 8]))
+
+
+# ---------------------------------------------------------------------------------------------
+# MobileNetV3 (torchvision.models.mobilenetv3)
+
+class MNV3InvertedResidual(nn.Module):
+    def __init__(self, cin, kernel, expanded, cout, use_se, use_hs, stride):
+        super().__init__()
+        self.use_res_connect = stride == 1 and cin == cout
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+        activation_layer = nn.Hardswish if use_hs else nn.ReLU
+        layers = []
+        if expanded != cin:
+            layers.append(Conv2dNormActivation(cin, expanded, 1, norm_layer=norm_layer, activation_layer=activation_layer))
+        layers.append(Conv2dNormActivation(expanded, expanded, kernel, stride=stride, groups=expanded,
+                                           norm_layer=norm_layer, activation_layer=activation_layer))
+        if use_se:
+            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8), scale_activation=nn.Hardsigmoid))
+        layers.append(Conv2dNormActivation(expanded, cout, 1, norm_layer=norm_layer, activation_layer=None))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        result = self.block(x)
+        if self.use_res_connect:
+            result += x
+        return result
+
+
+class MobileNetV3(nn.Module):
+    # (input, kernel, expanded, output, use_se, use_hs, stride): like mobilenet_v3_small's first rows
+    CONFIG = [(8, 3, 8, 8, True, False, 2),      # no expansion conv, SE, ReLU, strided
+              (8, 3, 32, 16, False, True, 2),    # expansion, HardSwish, no SE, strided
+              (16, 5, 48, 16, True, True, 1)]    # SE + HardSwish, residual skip
+
+    def __init__(self, last_channel=64, num_classes=NUM_CLASSES):
+        super().__init__()
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+        layers = [Conv2dNormActivation(3, self.CONFIG[0][0], 3, stride=2, norm_layer=norm_layer,
+                                       activation_layer=nn.Hardswish)]
+        layers += [MNV3InvertedResidual(*c) for c in self.CONFIG]
+        lastconv_in = self.CONFIG[-1][3]
+        lastconv_out = 6 * lastconv_in
+        layers.append(Conv2dNormActivation(lastconv_in, lastconv_out, 1, norm_layer=norm_layer,
+                                           activation_layer=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(lastconv_out, last_channel), nn.Hardswish(inplace=True),
+                                        nn.Dropout(p=0.2, inplace=True), nn.Linear(last_channel, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.classifier(x)
+        return x
+
+
+def mobilenetv3():
+    """Mirrors torchvision mobilenet_v3_small/large: HardSwish, SE with Hardsigmoid gate, inverted residuals
+    with and without skip (3 blocks), head conv1x1-hswish-avgpool-Linear-Hardswish-Dropout-Linear."""
+    torch.manual_seed(0)
+    return _finish(MobileNetV3())
+
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet (torchvision.models.efficientnet)
+
+class MBConv(nn.Module):
+    def __init__(self, expand_ratio, kernel, stride, cin, cout):
+        super().__init__()
+        self.use_res_connect = stride == 1 and cin == cout
+        norm_layer = nn.BatchNorm2d
+        expanded = _make_divisible(cin * expand_ratio, 8)
+        layers = []
+        if expanded != cin:
+            layers.append(Conv2dNormActivation(cin, expanded, 1, norm_layer=norm_layer, activation_layer=nn.SiLU))
+        layers.append(Conv2dNormActivation(expanded, expanded, kernel, stride=stride, groups=expanded,
+                                           norm_layer=norm_layer, activation_layer=nn.SiLU))
+        layers.append(SqueezeExcitation(expanded, max(1, cin // 4), activation=partial(nn.SiLU, inplace=True)))
+        layers.append(Conv2dNormActivation(expanded, cout, 1, norm_layer=norm_layer, activation_layer=None))
+        self.block = nn.Sequential(*layers)
+        # torchvision's StochasticDepth(p, "row") sits here; it returns its input in eval mode.
+
+    def forward(self, x):
+        result = self.block(x)
+        if self.use_res_connect:
+            result += x
+        return result
+
+
+class EfficientNet(nn.Module):
+    # (expand_ratio, kernel, stride, input, output), B0's rows shrunk: ratio 1 first, 6 after
+    CONFIG = [(1, 3, 1, 16, 8), (6, 3, 2, 8, 16), (6, 3, 1, 16, 16), (6, 5, 2, 16, 24)]
+
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        layers = [Conv2dNormActivation(3, self.CONFIG[0][3], 3, stride=2, activation_layer=nn.SiLU)]
+        layers.append(nn.Sequential(*[MBConv(*c) for c in self.CONFIG]))  # torchvision: one Sequential per stage
+        lastconv_in = self.CONFIG[-1][4]
+        lastconv_out = 4 * lastconv_in
+        layers.append(Conv2dNormActivation(lastconv_in, lastconv_out, 1, activation_layer=nn.SiLU))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(p=0.2, inplace=True), nn.Linear(lastconv_out, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.classifier(x)
+        return x
+
+
+def efficientnet():
+    """Mirrors torchvision efficientnet_b0: SiLU, MBConv (4: expand ratio 1 then 6, one with skip) with SE
+    (SiLU inside, Sigmoid gate), conv1x1 head, Dropout, Linear."""
+    torch.manual_seed(0)
+    return _finish(EfficientNet())
+
+
+# ---------------------------------------------------------------------------------------------
+# ShuffleNetV2 (torchvision.models.shufflenetv2)
+
+def channel_shuffle(x, groups: int):
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    x = x.view(batchsize, num_channels, height, width)
+    return x
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's shufflenetv2.InvertedResidual."""
+
+    def __init__(self, inp, oup, stride):
+        super().__init__()
+        self.stride = stride
+        branch_features = oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                self.depthwise_conv(inp, inp, 3, stride=stride, padding=1), nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch_features, 1, 1, 0, bias=False), nn.BatchNorm2d(branch_features),
+                nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if stride > 1 else branch_features, branch_features, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(branch_features), nn.ReLU(inplace=True),
+            self.depthwise_conv(branch_features, branch_features, 3, stride=stride, padding=1),
+            nn.BatchNorm2d(branch_features),
+            nn.Conv2d(branch_features, branch_features, 1, 1, 0, bias=False), nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True))
+
+    @staticmethod
+    def depthwise_conv(i, o, kernel_size, stride=1, padding=0, bias=False):
+        return nn.Conv2d(i, o, kernel_size, stride, padding, bias=bias, groups=i)
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        out = channel_shuffle(out, 2)
+        return out
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, stages_repeats=(2, 2), stages_out_channels=(8, 16, 32, 64), num_classes=NUM_CLASSES):
+        super().__init__()
+        input_channels = stages_out_channels[0]
+        self.conv1 = nn.Sequential(nn.Conv2d(3, input_channels, 3, 2, 1, bias=False),
+                                   nn.BatchNorm2d(input_channels), nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        for repeats, output_channels in zip(stages_repeats, stages_out_channels[1:]):
+            seq = [ShuffleUnit(input_channels, output_channels, 2)]
+            seq += [ShuffleUnit(output_channels, output_channels, 1) for _ in range(repeats - 1)]
+            stages.append(nn.Sequential(*seq))
+            input_channels = output_channels
+        self.stages = nn.Sequential(*stages)  # torchvision: self.stage2, self.stage3, self.stage4
+        output_channels = stages_out_channels[-1]
+        self.conv5 = nn.Sequential(nn.Conv2d(input_channels, output_channels, 1, 1, 0, bias=False),
+                                   nn.BatchNorm2d(output_channels), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(output_channels, num_classes)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.maxpool(x)
+        x = self.stages(x)
+        x = self.conv5(x)
+        x = x.mean([2, 3])  # globalpool
+        x = self.fc(x)
+        return x
+
+
+def shufflenetv2():
+    """Mirrors torchvision shufflenet_v2_x1_0: two stages of a stride-2 two-branch unit then a stride-1 chunk unit
+    (4 units), channel_shuffle via view/transpose/contiguous/view, conv5 1x1, global mean, fc."""
+    torch.manual_seed(0)
+    return _finish(ShuffleNetV2())
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception (torchvision.models.googlenet)
+
+class BasicConv2d(nn.Module):
+    def __init__(self, cin, cout, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = self.bn(x)
+        return F.relu(x, inplace=True)
+
+
+class Inception(nn.Module):
+    def __init__(self, cin, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
+        super().__init__()
+        self.branch1 = BasicConv2d(cin, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(BasicConv2d(cin, ch3x3red, kernel_size=1),
+                                     BasicConv2d(ch3x3red, ch3x3, kernel_size=3, padding=1))
+        # torchvision's "5x5" branch really is a 3x3 conv (kept for weight compatibility)
+        self.branch3 = nn.Sequential(BasicConv2d(cin, ch5x5red, kernel_size=1),
+                                     BasicConv2d(ch5x5red, ch5x5, kernel_size=3, padding=1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+                                     BasicConv2d(cin, pool_proj, kernel_size=1))
+
+    def forward(self, x):
+        outputs = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        return torch.cat(outputs, 1)
+
+
+class GoogLeNet(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 8, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.conv2 = BasicConv2d(8, 8, kernel_size=1)
+        self.conv3 = BasicConv2d(8, 16, kernel_size=3, padding=1)
+        # torchvision's maxpool2 is left out so the 32 px input keeps some spatial size
+        self.inception3a = Inception(16, 8, 8, 8, 4, 4, 4)     # -> 24
+        self.inception3b = Inception(24, 8, 8, 12, 4, 8, 4)    # -> 32
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.inception4a = Inception(32, 12, 8, 12, 4, 4, 4)   # -> 32
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool1(self.conv1(x))
+        x = self.conv3(self.conv2(x))
+        x = self.inception3b(self.inception3a(x))
+        x = self.inception4a(self.maxpool3(x))
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.dropout(x)
+        return self.fc(x)
+
+
+def inception():
+    """Mirrors torchvision googlenet (no aux heads): BasicConv2d (conv, BN eps 1e-3, relu) and Inception blocks (3)
+    of four concatenated branches: 1x1; 1x1->3x3; 1x1->3x3 (torchvision's '5x5'); maxpool3x3/s1 ceil -> 1x1."""
+    torch.manual_seed(0)
+    return _finish(GoogLeNet())
+
+
+# ---------------------------------------------------------------------------------------------
+# DenseNet (torchvision.models.densenet)
+
+class _DenseLayer(nn.Module):
+    def __init__(self, num_input_features, growth_rate, bn_size):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+
+    def bn_function(self, inputs):
+        concated_features = torch.cat(inputs, 1)
+        return self.conv1(self.relu1(self.norm1(concated_features)))
+
+    def forward(self, input):
+        prev_features = [input] if isinstance(input, torch.Tensor) else input
+        bottleneck_output = self.bn_function(prev_features)
+        return self.conv2(self.relu2(self.norm2(bottleneck_output)))  # drop_rate 0: no dropout
+
+
+class _DenseBlock(nn.ModuleDict):
+    def __init__(self, num_layers, num_input_features, bn_size, growth_rate):
+        super().__init__()
+        for i in range(num_layers):
+            self.add_module(f"denselayer{i + 1}",
+                            _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size))
+
+    def forward(self, init_features):
+        features = [init_features]
+        for name, layer in self.items():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, num_input_features, num_output_features):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_input_features)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, stride=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+
+class DenseNet(nn.Module):
+    def __init__(self, growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([
+            ("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
+            ("norm0", nn.BatchNorm2d(num_init_features)),
+            ("relu0", nn.ReLU(inplace=True)),
+            ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))]))
+        num_features = num_init_features
+        for i, num_layers in enumerate(block_config):
+            self.features.add_module(f"denseblock{i + 1}", _DenseBlock(num_layers, num_features, bn_size, growth_rate))
+            num_features += num_layers * growth_rate
+            if i != len(block_config) - 1:
+                self.features.add_module(f"transition{i + 1}", _Transition(num_features, num_features // 2))
+                num_features //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    def forward(self, x):
+        features = self.features(x)
+        out = F.relu(features, inplace=True)
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        out = torch.flatten(out, 1)
+        return self.classifier(out)
+
+
+def densenet():
+    """Mirrors torchvision densenet121: two dense blocks of 2 _DenseLayers (norm-relu-conv1x1-norm-relu-conv3x3 over
+    torch.cat of all previous features), a transition (norm, relu, conv1x1, AvgPool2d(2)), norm5, relu, avgpool."""
+    torch.manual_seed(0)
+    return _finish(DenseNet())
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvNeXt (torchvision.models.convnext)
+
+class CNBlock(nn.Module):
+    def __init__(self, dim, layer_scale):
+        super().__init__()
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True),
+            Permute([0, 2, 3, 1]),
+            norm_layer(dim),
+            nn.Linear(in_features=dim, out_features=4 * dim, bias=True),
+            nn.GELU(),
+            nn.Linear(in_features=4 * dim, out_features=dim, bias=True),
+            Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+        # torchvision's StochasticDepth(p, "row") sits here; it returns its input in eval mode.
+
+    def forward(self, input):
+        result = self.layer_scale * self.block(input)
+        result += input
+        return result
+
+
+class ConvNeXt(nn.Module):
+    # (input_channels, output_channels or None, num_layers)
+    CONFIG = [(16, 32, 2), (32, None, 1)]
+
+    def __init__(self, layer_scale=0.1, num_classes=NUM_CLASSES):
+        # torchvision initialises layer_scale to 1e-6; a trained net's is far larger, so the blocks matter here
+        super().__init__()
+        norm_layer = partial(LayerNorm2d, eps=1e-6)
+        first = self.CONFIG[0][0]
+        layers = [Conv2dNormActivation(3, first, kernel_size=4, stride=4, padding=0, norm_layer=norm_layer,
+                                       activation_layer=None, bias=True)]
+        for cin, cout, n in self.CONFIG:
+            layers.append(nn.Sequential(*[CNBlock(cin, layer_scale) for _ in range(n)]))
+            if cout is not None:
+                layers.append(nn.Sequential(norm_layer(cin), nn.Conv2d(cin, cout, kernel_size=2, stride=2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        last = self.CONFIG[-1][1] or self.CONFIG[-1][0]
+        self.classifier = nn.Sequential(norm_layer(last), nn.Flatten(1), nn.Linear(last, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = self.classifier(x)
+        return x
+
+
+def convnext():
+    """Mirrors torchvision convnext_tiny: conv4x4/s4 + LayerNorm2d stem, CNBlocks (3: dwconv7x7, permute, LayerNorm,
+    Linear 4x, GELU, Linear, permute, layer_scale, + input), LayerNorm2d + conv2x2/s2 downsample, LN2d head."""
+    torch.manual_seed(0)
+    return _finish(ConvNeXt())
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision Transformer (torchvision.models.vision_transformer)
+
+class MLPBlock(nn.Sequential):
+    """torchvision's MLPBlock (an ops.misc.MLP): Linear, GELU, Dropout, Linear, Dropout."""
+
+    def __init__(self, in_dim, mlp_dim, dropout):
+        super().__init__(nn.Linear(in_dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(mlp_dim, in_dim), nn.Dropout(dropout))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, num_heads, hidden_dim, mlp_dim, dropout=0.0, attention_dropout=0.0):
+        super().__init__()
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.ln_1 = norm_layer(hidden_dim)
+        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, dropout=attention_dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.ln_2 = norm_layer(hidden_dim)
+        self.mlp = MLPBlock(hidden_dim, mlp_dim, dropout)
+
+    def forward(self, input):
+        torch._assert(input.dim() == 3, f"Expected (batch_size, seq_length, hidden_dim) got {input.shape}")
+        x = self.ln_1(input)
+        x, _ = self.self_attention(x, x, x, need_weights=False)
+        x = self.dropout(x)
+        x = x + input
+        y = self.ln_2(x)
+        y = self.mlp(y)
+        return x + y
+
+
+class Encoder(nn.Module):
+    def __init__(self, seq_length, num_layers, num_heads, hidden_dim, mlp_dim, dropout=0.0):
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, seq_length, hidden_dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.Sequential(OrderedDict(
+            (f"encoder_layer_{i}", EncoderBlock(num_heads, hidden_dim, mlp_dim, dropout)) for i in range(num_layers)))
+        self.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
+
+    def forward(self, input):
+        torch._assert(input.dim() == 3, f"Expected (batch_size, seq_length, hidden_dim) got {input.shape}")
+        input = input + self.pos_embedding
+        return self.ln(self.layers(self.dropout(input)))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                 num_classes=NUM_CLASSES):
+        super().__init__()
+        self.image_size, self.patch_size, self.hidden_dim = image_size, patch_size, hidden_dim
+        self.conv_proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        seq_length = (image_size // patch_size) ** 2
+        self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        seq_length += 1
+        self.encoder = Encoder(seq_length, num_layers, num_heads, hidden_dim, mlp_dim)
+        self.heads = nn.Sequential(OrderedDict([("head", nn.Linear(hidden_dim, num_classes))]))
+        with torch.no_grad():  # torchvision starts the class token at 0; a trained one is not
+            self.class_token.normal_(std=0.02)
+
+    def _process_input(self, x):
+        n, c, h, w = x.shape
+        p = self.patch_size
+        torch._assert(h == self.image_size, f"Wrong image height! Expected {self.image_size} but got {h}!")
+        torch._assert(w == self.image_size, f"Wrong image width! Expected {self.image_size} but got {w}!")
+        n_h, n_w = h // p, w // p
+        x = self.conv_proj(x)  # (n, c, h, w) -> (n, hidden_dim, n_h, n_w)
+        x = x.reshape(n, self.hidden_dim, n_h * n_w)
+        x = x.permute(0, 2, 1)  # (n, seq, hidden_dim)
+        return x
+
+    def forward(self, x):
+        x = self._process_input(x)
+        n = x.shape[0]
+        batch_class_token = self.class_token.expand(n, -1, -1)
+        x = torch.cat([batch_class_token, x], dim=1)
+        x = self.encoder(x)
+        x = x[:, 0]  # the class token
+        x = self.heads(x)
+        return x
+
+
+def vit():
+    """Mirrors torchvision vit_b_16: conv patch embedding (patch 8 on 32 px), class token, pos embedding,
+    encoder blocks (2: LN -> nn.MultiheadAttention(batch_first) -> residual, LN -> MLP -> residual), LN, head."""
+    torch.manual_seed(0)
+    return _finish(VisionTransformer())
+
+
+# ---------------------------------------------------------------------------------------------
+# SqueezeNet (torchvision.models.squeezenet)
+
+class Fire(nn.Module):
+    def __init__(self, inplanes, squeeze_planes, expand1x1_planes, expand3x3_planes):
+        super().__init__()
+        self.squeeze = nn.Conv2d(inplanes, squeeze_planes, kernel_size=1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze_planes, expand1x1_planes, kernel_size=1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze_planes, expand3x3_planes, kernel_size=3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(  # squeezenet1_1's layout, fewer Fire modules
+            nn.Conv2d(3, 16, kernel_size=3, stride=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(16, 4, 8, 8), Fire(16, 4, 8, 8),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(16, 8, 16, 16))
+        final_conv = nn.Conv2d(32, num_classes, kernel_size=1)
+        self.classifier = nn.Sequential(nn.Dropout(p=0.5), final_conv, nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d((1, 1)))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.classifier(x)
+        return torch.flatten(x, 1)
+
+
+def squeezenet():
+    """Mirrors torchvision squeezenet1_1: no norm layers, Fire modules (3: squeeze 1x1, expand 1x1 || 3x3, cat),
+    conv classifier Dropout -> Conv1x1(num_classes) -> ReLU -> AdaptiveAvgPool(1) -> flatten."""
+    torch.manual_seed(0)
+    return _finish(SqueezeNet())
+
+
+# ---------------------------------------------------------------------------------------------
+# VGG (torchvision.models.vgg)
+
+class VGG(nn.Module):
+    CFG = [8, "M", 16, "M", 32, 32, "M", 32, "M"]
+
+    def __init__(self, num_classes=NUM_CLASSES, hidden=64, pool=2):
+        super().__init__()
+        layers, cin = [], 3
+        for v in self.CFG:  # make_layers(cfg, batch_norm=True)
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        # torchvision: AdaptiveAvgPool2d((7, 7)) on the 7x7 map of a 224 px input; here 2x2 on a 32 px one
+        self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * pool * pool, hidden), nn.ReLU(True), nn.Dropout(p=0.5),
+            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=0.5),
+            nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.classifier(x)
+        return x
+
+
+def vgg():
+    """Mirrors torchvision vgg11_bn: a plain chain of conv3x3-BN-ReLU and MaxPool (no residual, 4 convs),
+    AdaptiveAvgPool2d, flatten, Linear-ReLU-Dropout x2, Linear."""
+    torch.manual_seed(0)
+    return _finish(VGG())
+
+
+FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
+            "densenet", "convnext", "vit", "squeezenet", "vgg"]
+# blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
+BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
+          "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 4}

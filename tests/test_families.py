@@ -1,0 +1,151 @@
+"""The common model families (tests/families.py: torchvision's building blocks, tiny): every method
+compiles; one step's gradients equal PyTorch autograd (full: every parameter) and ORT's own graph
+(every method, passes on); lite modules go beside every block but the first; bias and lite+bias
+train and export; and the two export routes users take (TorchScript with their own input name,
+dynamo at opset 18) train as .onnx files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TESTS
+from test_gradients import ort_step
+
+import families
+from tinytlc.methods import METHODS
+from tinytlc.pipeline import compile_model
+from tinytlc.runtime.inference import export_inference
+from tinytlc.runtime.train import TrainConfig, train
+from tinytlc.data import load_data
+
+FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
+            "densenet", "convnext", "vit", "squeezenet", "vgg"]
+SOURCE = str(TESTS / "families.py")
+RES, BATCH, CLASSES = 32, 2, 3
+
+
+def batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32), rng.integers(0, CLASSES, BATCH)
+
+
+def torch_full_grads(name: str, x, y, head_weight, head_bias):
+    """PyTorch autograd of the same network with the same new classifier head."""
+    model = getattr(families, name)()
+    head = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    with torch.no_grad():
+        head.weight.data = torch.from_numpy(head_weight.reshape((CLASSES,) + tuple(head.weight.shape[1:])).copy())
+        head.bias.data = torch.from_numpy(head_bias.copy())
+        head.out_features = CLASSES
+    logits = model(torch.from_numpy(x))
+    loss = F.cross_entropy(logits, torch.from_numpy(y))
+    loss.backward()
+    return float(loss), logits.detach().numpy(), {n: p.grad.numpy() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_all_methods_exact(tmp_path, name):
+    x, y = batch()
+    reference_logits = None
+    for method in METHODS:
+        plain = compile_model(f"{SOURCE}:{name}", method, tmp_path / f"{method}-plain", num_classes=CLASSES,
+                              resolution=RES, batch_size=BATCH, passes=[])
+        lean = compile_model(f"{SOURCE}:{name}", method, tmp_path / f"{method}-lean", num_classes=CLASSES,
+                             resolution=RES, batch_size=BATCH)
+        loss_p, logits_p, grads_p = ort_step(plain, x, y, 0.0)
+        loss_l, logits_l, grads_l = ort_step(lean, x, y, 0.0)
+        np.testing.assert_allclose(logits_l, logits_p, rtol=1e-5, atol=1e-6, err_msg=f"{name} {method}")
+        reference_logits = logits_p if reference_logits is None else reference_logits
+        # every method starts from the same function (lite modules output zeros at first)
+        np.testing.assert_allclose(logits_p, reference_logits, rtol=1e-4, atol=1e-5, err_msg=f"{name} {method}")
+        assert grads_l.keys() == grads_p.keys() and grads_p
+        for param in grads_p:
+            np.testing.assert_allclose(grads_l[param], grads_p[param], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{name} {method}: {param}, passes vs ORT's own graph")
+        if method == "full":
+            head_w, head_b = _head(plain)
+            loss_t, logits_t, grads_t = torch_full_grads(name, x, y, head_w, head_b)
+            np.testing.assert_allclose(loss_p, loss_t, rtol=1e-5)
+            np.testing.assert_allclose(logits_p, logits_t, rtol=1e-4, atol=1e-5)
+            assert set(grads_p) == set(grads_t), set(grads_p) ^ set(grads_t)
+            for param in grads_t:
+                np.testing.assert_allclose(grads_p[param].reshape(grads_t[param].shape), grads_t[param],
+                                           rtol=2e-3, atol=2e-5, err_msg=f"{name} full: {param} vs torch")
+        if method.startswith("lite"):
+            m = lean.manifest
+            assert m["lite_modules"], f"{name}: no lite modules ({m['lite_skipped']})"
+            assert len(m["lite_modules"]) == m["lite_blocks"] - 1, m["lite_skipped"]
+
+
+def _initializers(art):
+    import onnx
+    return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(art.path / "forward_model.onnx").graph.initializer}
+
+
+def _head(art):
+    """The new classifier's weight as (classes, in) and its bias, from the compiled forward model."""
+    import onnx_ir as ir
+
+    from tinytlc.passes.forward import find_classifier
+    weights = _initializers(art)
+    _, w, b, out_by_in = find_classifier(ir.load(art.path / "forward_model.onnx").graph)
+    wv = weights[w.name]
+    return (wv.reshape(wv.shape[0], -1) if out_by_in else wv.T), weights[b.name]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_trains_and_exports(tmp_path, name):
+    data = load_data("synthetic:8", CLASSES, seed=0)
+    for method in ("bias", "lite+bias"):
+        art = compile_model(f"{SOURCE}:{name}", method, tmp_path / method, num_classes=CLASSES, resolution=RES,
+                            batch_size=BATCH)
+        record = train(art.path, art.manifest, data, TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3),
+                       log=lambda s: None)
+        assert record["epoch"] == 1 and np.isfinite(record["history"][0]["train_loss"])
+        result = export_inference(art.path, art.manifest, tmp_path / f"{method}.onnx")  # checked against eval
+        assert result["max_abs_diff"] < 1e-4
+
+
+def _torchscript_file(tmp_path, name):
+    path = tmp_path / f"{name}.onnx"
+    model = getattr(families, name)()
+    torch.onnx.export(model, (torch.zeros(1, 3, RES, RES),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["scores"],
+                      dynamic_axes={"image": {0: "n"}, "scores": {0: "n"}})
+    return path
+
+
+def _dynamo_file(tmp_path, name):
+    path = tmp_path / f"{name}_dynamo.onnx"
+    model = getattr(families, name)()
+    torch.onnx.export(model, (torch.zeros(2, 3, RES, RES),), str(path), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True, external_data=True)
+    return path
+
+
+@pytest.mark.parametrize("route", ["torchscript", "dynamo"])
+def test_foreign_onnx_file_trains(tmp_path, cli, route):
+    name = "mobilenetv3"
+    path = (_torchscript_file if route == "torchscript" else _dynamo_file)(tmp_path, name)
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == (17 if route == "torchscript" else 18)
+    for method in ("bias", "lite+bias"):
+        out = tmp_path / f"{route}-{method}"
+        code, stdout, err = cli("compile", path, "--method", method, "--num-classes", CLASSES, "--resolution", RES,
+                                "--batch-size", BATCH, "--out", out, "--json")
+        assert code == 0, err
+        manifest = json.loads(stdout)
+        assert manifest["input"]["name"] == model.graph.input[0].name
+        assert manifest["logits"] == model.graph.output[0].name
+        if method == "lite+bias":
+            assert manifest["lite_modules"]
+        code, _, err = cli("train", out, "--data", "synthetic:8", "--epochs", 1)
+        assert code == 0, err
+        code, _, err = cli("eval", out, "--data", "synthetic:8")
+        assert code == 0, err
+        code, _, err = cli("export", out, tmp_path / f"{route}-{method}.onnx")
+        assert code == 0, err
