@@ -118,20 +118,30 @@ def measure(directory: str | Path, steps: int = 3, warmup: int = 2, batch_size: 
             "steps": steps, "warmup": warmup}
 
 
+def step_peaks(directories: list[str | Path], steps: int = 2, warmup: int = 1, timeout: float = 1800) -> list[int]:
+    """Measured step peak of each artifact, one after another in one fresh process (cheaper than a
+    process each when many small artifacts are compared; each is tracked on its own)."""
+    cmd = [sys.executable, "-m", "tinytlc.runtime.memory", *map(str, directories), "--steps", str(steps),
+           "--warmup", str(warmup), "--what", "memory"]
+    results = run_child(cmd, True, timeout)
+    results = results if isinstance(results, list) else [results]
+    return [r["step_peak_bytes"] for r in results]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="internal: measure one artifact's training step")
-    ap.add_argument("directory", type=Path)
+    ap.add_argument("directories", type=Path, nargs="+")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--what", choices=("memory", "time"), default="memory")
     a = ap.parse_args()
     try:
-        result = probe(a.directory, a.steps, a.warmup, a.batch_size, a.what)
+        results = [probe(d, a.steps, a.warmup, a.batch_size, a.what) for d in a.directories]
     except TinyTLError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(result))
+    print(json.dumps(results if len(results) > 1 else results[0]))
 
 
 if __name__ == "__main__":

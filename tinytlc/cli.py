@@ -28,16 +28,27 @@ def cmd_compile(a) -> dict:
                         resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes, lite=lite,
                         norm=a.norm)
     m = art.manifest
+    found = m.get("found", {})
     if not a.json:
         print(f"compiled {m['source']} for method {m['method']} -> {art.path}")
-        print(f"  input {m['input']['name']} {m['input']['shape']}, {m['num_classes']} classes")
+        print(f"  input '{m['input']['name']}' {m['input']['shape']}, logits '{m['logits']}', {m['num_classes']} classes")
+        if found:
+            print(f"  classifier: {found['classifier']}; norms: {found['norms'] or 'none'}; blocks: {found['blocks']}")
         print(f"  trains {len(m['trainable'])} tensors, {m['trainable_elements']:,} of "
               f"{m['total_elements']:,} parameters; memory passes: {', '.join(m['passes']) or 'none'}")
-        if m.get("lite_modules"):
+        if "lite_modules" in m:
             mods = m["lite_modules"]
-            print(f"  lite residual modules: {len(mods)} ({sum(x['params'] for x in mods):,} parameters), e.g. "
-                  f"{mods[0]['block']} {mods[0]['input']} -> {mods[0]['output']}, stride {mods[0]['stride']}, "
-                  f"kernel {mods[0]['kernel']}")
+            params = sum(x["params"] for x in mods)
+            print(f"  lite residual modules: {len(mods)} beside {m['lite_blocks']} blocks (the first gets none), "
+                  f"{params:,} parameters" + (f"; e.g. {mods[0]['block']} {mods[0]['input']} -> {mods[0]['output']}, "
+                                             f"stride {mods[0]['stride']}, kernel {mods[0]['kernel']}" if mods else ""))
+            for skip in m.get("lite_skipped", []):
+                print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
+    sys.stdout.flush()
+    if "lite_modules" in m and not m["lite_modules"]:
+        print(f"tinytlc: warning: no lite residual module was inserted ({m['lite_blocks']} block(s) found); "
+              f"{m['method']} trains {'biases and ' if m['method'] == 'lite+bias' else ''}the classifier only",
+              file=sys.stderr)
     return m
 
 

@@ -75,6 +75,8 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
     norms = methods.norm_params(irm.graph)
+    if report is not None:
+        report["found"] = describe(irm.graph, norms)
     ShapeInferencePass()(irm)
     if LowerForAutodiffPass()(irm).modified:
         ShapeInferencePass()(irm)
@@ -86,6 +88,24 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     ShapeInferencePass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)
     return irm, trainable, source, (num_classes or head_classes)
+
+
+def describe(graph: ir.Graph, norms: list[str]) -> dict:
+    """What compile found in the graph, for the user: classifier, norms, blocks."""
+    from collections import Counter
+
+    from tinytlc.passes.forward import find_blocks
+    node, weight, _, out_by_in = find_classifier(graph)
+    features = weight.shape[1] if out_by_in else weight.shape[0]
+    kinds = Counter(n.op_type for n in graph if n.op_type in ("BatchNormalization", "LayerNormalization",
+                                                              "InstanceNormalization", "GroupNormalization"))
+    written = len(norms) // 2 - kinds["BatchNormalization"] - kinds["LayerNormalization"]
+    if written > 0:
+        kinds["written out (Mul + Add)"] = written
+    blocks = Counter(b.kind for b in find_blocks(graph))
+    return {"classifier": f"{node.op_type} '{node.name or weight.name}' ({features} features)",
+            "norms": ", ".join(f"{v} {k}" for k, v in kinds.items()),
+            "blocks": ", ".join(f"{v} {k}" for k, v in blocks.items()) or "none"}
 
 
 def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
