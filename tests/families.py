@@ -813,3 +813,15 @@ FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", 
 # blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
 BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
           "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 4}
+
+
+def resnet18():
+    """torchvision's resnet18 at full size (11.7 M parameters, random weights): for `make bench`."""
+    torch.manual_seed(0)
+    return _finish(ResNet(BasicBlock, layers=[2, 2, 2, 2], widths=[64, 128, 256, 512], stem=64))
+
+
+def resnet50():
+    """torchvision's resnet50 at full size (25.6 M parameters, random weights): for `make bench`."""
+    torch.manual_seed(0)
+    return _finish(ResNet(Bottleneck, layers=[3, 4, 6, 3], widths=[64, 128, 256, 512], stem=64))

@@ -121,14 +121,16 @@ def _dynamo_file(tmp_path, name):
     path = tmp_path / f"{name}_dynamo.onnx"
     model = getattr(families, name)()
     torch.onnx.export(model, (torch.zeros(2, 3, RES, RES),), str(path), dynamo=True,
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True, external_data=True)
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=18, optimize=True,
+                      external_data=True)
     return path
 
 
 @pytest.mark.parametrize("route", ["torchscript", "dynamo"])
-def test_foreign_onnx_file_trains(tmp_path, cli, route):
+def test_foreign_onnx_file_trains(tmp_path, cli, capsys, route):
     name = "mobilenetv3"
     path = (_torchscript_file if route == "torchscript" else _dynamo_file)(tmp_path, name)
+    capsys.readouterr()  # what the exporter printed
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -166,3 +168,25 @@ def test_passes_never_raise_the_step_peak(tmp_path):
     rises = [(label, peaks[2 * i], peaks[2 * i + 1]) for i, (label, _) in enumerate(pairs)
              if peaks[2 * i + 1] > peaks[2 * i]]
     assert not rises, f"step peak rose with the passes (plain, lean bytes): {rises}"
+
+
+def test_legacy_onnx_file_trains(tmp_path, cli):
+    """Opset 11 with initializers listed as graph inputs (how files were written for IR < 4) and an
+    input named 'x': converted to opset 17, trained, exported."""
+    path = tmp_path / "legacy.onnx"
+    torch.onnx.export(getattr(families, "resnet_basic")(), (torch.zeros(1, 3, RES, RES),), str(path), dynamo=False,
+                      opset_version=11, input_names=["x"], output_names=["y"], keep_initializers_as_inputs=True,
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    import onnx
+    legacy = onnx.load(str(path))
+    assert len(legacy.graph.input) > 1 and legacy.opset_import[0].version == 11
+    out = tmp_path / "a"
+    code, stdout, err = cli("compile", path, "--method", "lite+bias", "--num-classes", CLASSES, "--resolution", RES,
+                            "--batch-size", BATCH, "--out", out, "--json")
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    assert manifest["input"]["name"] == "x" and manifest["lite_modules"]
+    code, _, err = cli("train", out, "--data", "synthetic:8", "--epochs", 1)
+    assert code == 0, err
+    code, _, err = cli("export", out, tmp_path / "out.onnx")
+    assert code == 0, err

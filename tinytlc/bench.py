@@ -129,6 +129,38 @@ def render_paper(rows: list[dict]) -> str:
                    mib(r["measured"]["total_bytes"])] for r in rows])
 
 
+def families_table(sources: list[str], resolution: int, batch_size: int, log=print) -> list[dict]:
+    """bias and lite+bias of each model source, ORT's own graph against tinytlc's: measured step peaks
+    (one fresh process measures them all, each tracked on its own) and lite modules inserted."""
+    from tinytlc.runtime.memory import step_peaks
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in sources:
+            row = {"model": source.rpartition(":")[2] or source}
+            dirs = []
+            for method in ("bias", "lite+bias"):
+                for tag, passes in (("plain", []), ("passes", None)):
+                    art = compile_model(source, method, Path(tmp) / f"{len(rows)}-{method}-{tag}", num_classes=10,
+                                        batch_size=batch_size, resolution=resolution, passes=passes)
+                    dirs.append(art.path)
+                    if method == "lite+bias" and tag == "passes":
+                        row["lite"] = f"{len(art.manifest['lite_modules'])} of {art.manifest['lite_blocks']}"
+                        row["params"] = art.manifest["total_elements"]
+            row["bias_plain"], row["bias_passes"], row["lite_plain"], row["lite_passes"] = step_peaks(dirs, steps=2)
+            log(f"  {row['model']}: bias {mib(row['bias_plain'])} -> {mib(row['bias_passes'])} MiB, "
+                f"lite+bias {mib(row['lite_plain'])} -> {mib(row['lite_passes'])} MiB", flush=True)
+            rows.append(row)
+    return rows
+
+
+def render_families(rows: list[dict]) -> str:
+    return table(["model", "parameters", "lite modules (of blocks)", "bias: ORT", "bias: tinytlc", "ratio",
+                  "lite+bias: ORT", "lite+bias: tinytlc", "ratio"],
+                 [[r["model"], f"{r['params']:,}", r["lite"], mib(r["bias_plain"]), mib(r["bias_passes"]),
+                   f"{r['bias_passes'] / r['bias_plain']:.2f}", mib(r["lite_plain"]), mib(r["lite_passes"]),
+                   f"{r['lite_passes'] / r['lite_plain']:.2f}"] for r in rows])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mobilenetv2,efficientnet-lite0")
@@ -138,7 +170,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--paper", action="store_true",
                     help="instead: ProxylessNAS-Mobile (GroupNorm) by the paper's accounting beside measured")
+    ap.add_argument("--families", default=None,
+                    help="instead: bias and lite+bias step peaks of these model sources (comma-separated)")
     a = ap.parse_args(argv)
+    if a.families:
+        print(f"bias and lite+bias step peaks (MiB), {a.resolution} px, batch {a.batch_size}, 10 classes:", flush=True)
+        rows = families_table(a.families.split(","), a.resolution, a.batch_size,
+                              log=lambda s, flush=True: print(s, flush=flush))
+        print("\n" + render_families(rows))
+        if a.json:
+            a.json.write_text(json.dumps(rows, indent=2))
+        return 0
     if a.paper:
         rows = paper_table(resolution=a.resolution, batch_size=a.batch_size, methods=a.methods.split(","))
         print(f"\nproxylessnas-mobile --norm group, {a.resolution} px, batch {a.batch_size}, 10 classes (MiB)\n")
