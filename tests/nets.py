@@ -172,3 +172,10 @@ class _AmaxPool(nn.Module):
 def max_reduce_net():
     """A global max written as ReduceMax, which has no gradient in onnxruntime-training 1.19.2."""
     return nn.Sequential(nn.Conv2d(3, 4, 3), _AmaxPool(), nn.Linear(4, 2)).eval()
+
+
+def global_max_net():
+    """AdaptiveMaxPool2d(1) exports as GlobalMaxPool (no gradient in ORT 1.19.2; tinytlc writes a MaxPool)."""
+    torch.manual_seed(9)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                         nn.Linear(6, 3)).eval()

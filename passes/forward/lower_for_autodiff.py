@@ -8,6 +8,8 @@
 | LayerNormalization    | the builder needs the Mean and InvStdDev outputs, which exporters leave off | the same node with them declared (declare_layer_norm_statistics, on the final model) |
 | InstanceNormalization | no gradient builder (torch's GroupNorm exports through it) | (x - mean) / sqrt(var + eps) * scale + bias |
 | GroupNormalization    | no gradient builder                     | the same, over groups                    |
+| GlobalMaxPool         | no gradient builder                     | MaxPool with a window of the whole image |
+| Dropout (inference)   | with a ratio input, ORT's builder fails | Identity (what it computes at inference)  |
 
 Exact: each is the op's definition, written with the same float operations the reference uses
 where it matters (HardSwish as torch computes it). Memory: the written-out forms keep what their
@@ -23,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant, opset
+from tinytlc.passes.forward._values import add_constant, const_array, opset
 
 
 def _scalar(graph: ir.Graph, value: float) -> ir.Value:
@@ -70,9 +72,16 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         else:
             gate = t.op("Erf", [t.op("Div", [x, _scalar(graph, math.sqrt(2))])])
         return t.op("Mul", [t.op("Mul", [x, t.op("Add", [gate, _scalar(graph, 1)])]), _scalar(graph, 0.5)])
+    if node.op_type == "Dropout":  # inference semantics (no training_mode): the identity
+        training = node.inputs[2] if len(node.inputs) > 2 else None
+        if training is None or not bool(const_array(training) if const_array(training) is not None else True):
+            return t.op("Identity", [x])
+        return None
     if x.shape is None:
         return None
     rank = len(x.shape)
+    if node.op_type == "GlobalMaxPool" and all(isinstance(d, int) for d in x.shape[2:]):
+        return t.op("MaxPool", [x], attributes={"kernel_shape": list(x.shape[2:])})
     if node.op_type == "InstanceNormalization":
         y = _normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
         return t.op("Add", [t.op("Mul", [y, _per_channel(graph, t, node.inputs[1], rank)]),
@@ -109,9 +118,16 @@ class LowerForAutodiffPass(ir.passes.InPlacePass):
 
 
 def declare_layer_norm_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every LayerNormalization its Mean and InvStdDev outputs, which ORT's gradient reads.
+    """Give every LayerNormalization its Mean and InvStdDev outputs and a bias, which ORT's gradient reads.
     Done on the serialized model, last: onnx_ir's dead-code pass drops unread outputs."""
+    inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.input) < 3 and node.input[1] in inits:  # the builder reads a bias: a zero one
+            zero = onnx.numpy_helper.from_array(np.zeros(inits[node.input[1]].dims, np.float32), f"{node.input[1]}.zero_bias")
+            model.graph.initializer.append(zero)
+            node.input.append(zero.name)
+        if len(node.output) == 1:
             node.output.extend([f"{node.output[0]}.mean", f"{node.output[0]}.inv_std_dev"])
     return model
