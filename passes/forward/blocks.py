@@ -205,10 +205,11 @@ def _group(segments: list[_Segment]) -> list[list[_Segment]]:
 def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Block]:
     """Blocks in graph order (module docstring). `classifier`: the node that is no block's layer."""
     if classifier is None:
+        from tinytlc.errors import TinyTLError
         from tinytlc.passes.forward.replace_classifier import find_classifier
         try:
             classifier = find_classifier(graph)[0]
-        except Exception:  # no classifier: every layer may be a block's
+        except TinyTLError:  # no classifier: every layer may be a block's
             classifier = None
     cuts, segments = _segments(graph, classifier)
     if not segments:
@@ -241,7 +242,8 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
             y = c
         if y is None:
             continue
-        blocks.append(Block(x, y, _stride(x, y), _kind(grp, cuts[grp[-1].start]), grp[-1].merge if grp[-1].kind == "branch" else None,
+        merge = grp[-1].merge if grp[-1].kind == "branch" else None
+        blocks.append(Block(x, y, _stride(x, y), _kind(grp, cuts[grp[-1].start]), merge,
                             [n for seg in grp for n in seg.layers]))
     return blocks
 
