@@ -154,7 +154,7 @@ def families_table(sources: list[str], resolution: int, batch_size: int, log=pri
 
 
 def render_families(rows: list[dict]) -> str:
-    return table(["model", "parameters", "lite modules (of blocks)", "bias: ORT", "bias: tinytlc", "ratio",
+    return table(["model", "parameters with lite modules", "lite modules (of blocks)", "bias: ORT", "bias: tinytlc", "ratio",
                   "lite+bias: ORT", "lite+bias: tinytlc", "ratio"],
                  [[r["model"], f"{r['params']:,}", r["lite"], mib(r["bias_plain"]), mib(r["bias_passes"]),
                    f"{r['bias_passes'] / r['bias_plain']:.2f}", mib(r["lite_plain"]), mib(r["lite_passes"]),
