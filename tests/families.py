@@ -99,8 +99,16 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 def _finish(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics (nets.randomize_bn) and LayerNorm affine parameters, eval mode."""
+    """Non-trivial BatchNorm statistics (nets.randomize_bn) and LayerNorm affine parameters, eval mode.
+    Parameters whose elements all start equal (nn.MultiheadAttention's zero biases, ConvNeXt's layer_scale)
+    get seeded noise too, as a trained net's would: the TorchScript exporter merges initializers with
+    equal values, which would tie such parameters across blocks."""
     g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                noise = torch.randn(p.shape, generator=g)
+                p.copy_(p * (1 + 0.2 * noise) if p.flatten()[0] != 0 else 0.02 * noise)
     for m in model.modules():
         if isinstance(m, nn.LayerNorm):
             n = m.weight.numel()
@@ -802,7 +810,7 @@ class VGG(nn.Module):
 
 
 def vgg():
-    """Mirrors torchvision vgg11_bn: a plain chain of conv3x3-BN-ReLU and MaxPool (no residual, 4 convs),
+    """Mirrors torchvision vgg11_bn: a plain chain of conv3x3-BN-ReLU and MaxPool (no residual, 5 convs),
     AdaptiveAvgPool2d, flatten, Linear-ReLU-Dropout x2, Linear."""
     torch.manual_seed(0)
     return _finish(VGG())
@@ -812,7 +820,7 @@ FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", 
             "densenet", "convnext", "vit", "squeezenet", "vgg"]
 # blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
 BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
-          "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 4}
+          "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 5}
 
 
 def resnet18():

@@ -14,7 +14,6 @@ results/accuracy_vs_memory.png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

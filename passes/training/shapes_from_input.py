@@ -10,7 +10,6 @@ shape is fixed at compile time (shape inference).
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_constant
