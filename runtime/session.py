@@ -89,6 +89,10 @@ def ort_cause(message: str) -> str:
     m = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", message)
     if m:
         return f"op {m.group(1)} (node {m.group(2)}): {_strip_paths(m.group(3))[:200]}"
+    m = re.search(r"Got invalid dimensions for input: (\S+) for the following indices\s+index: (\d+) Got: (\d+) "
+                  r"Expected: (\d+)", message)
+    if m:
+        return f"input '{m.group(1)}' must have {m.group(4)} in dimension {m.group(2)}, got {m.group(3)}"
     lines = [ln for ln in message.strip().splitlines() if ln.strip()]
     return _strip_paths(lines[-1] if lines else "unknown error")[:300]
 

@@ -190,3 +190,36 @@ def test_legacy_onnx_file_trains(tmp_path, cli):
     assert code == 0, err
     code, _, err = cli("export", out, tmp_path / "out.onnx")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["vit", "squeezenet", "shufflenetv2"])
+def test_dynamo_files_of_other_families(tmp_path, cli, capsys, name):
+    """The dynamo exporter writes attention reshapes over batch x heads, flattens as Reshape(x, [-1, classes])
+    and shuffles with shape arithmetic: all must compile, train and export."""
+    path = _dynamo_file(tmp_path, name)
+    capsys.readouterr()
+    out = tmp_path / "a"
+    code, stdout, err = cli("compile", path, "--method", "lite+bias", "--num-classes", CLASSES, "--resolution", RES,
+                            "--batch-size", BATCH, "--out", out, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["lite_modules"]
+    code, _, err = cli("train", out, "--data", "synthetic:8", "--epochs", 1)
+    assert code == 0, err
+    code, _, err = cli("export", out, tmp_path / "a.onnx")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_file_exported_for_batch_one(tmp_path, cli, capsys, dynamo):
+    """A file exported without a dynamic batch has the batch size written into its Reshapes and
+    Expands; they are rewritten to follow the input's batch (ShuffleNet: the channel shuffle too)."""
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(families.shufflenetv2(), (torch.zeros(1, 3, RES, RES),), str(path), dynamo=dynamo,
+                      **({"opset_version": 18} if dynamo else {}))
+    capsys.readouterr()
+    out = tmp_path / "a"
+    code, _, err = cli("compile", path, "--method", "bias", "--num-classes", CLASSES, "--resolution", RES,
+                       "--batch-size", BATCH, "--out", out)
+    assert code == 0, err
+    code, _, err = cli("train", out, "--data", "synthetic:8", "--epochs", 1)
+    assert code == 0, err

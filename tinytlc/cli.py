@@ -45,6 +45,9 @@ def cmd_compile(a) -> dict:
             for skip in m.get("lite_skipped", []):
                 print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
     sys.stdout.flush()
+    if m["method"] == "norm+last" and found and not found["norms"]:
+        print("tinytlc: warning: no norm layers found (an exporter may have folded BatchNorm into the convs); "
+              "norm+last trains the classifier only", file=sys.stderr)
     if "lite_modules" in m and not m["lite_modules"]:
         print(f"tinytlc: warning: no lite residual module was inserted ({m['lite_blocks']} block(s) found); "
               f"{m['method']} trains {'biases and ' if m['method'] == 'lite+bias' else ''}the classifier only",

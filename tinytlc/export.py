@@ -23,6 +23,7 @@ import torch
 
 from tinytlc import zoo
 from tinytlc.errors import TinyTLError
+from tinytlc.passes.forward.static_reshapes import EXPORTED_BATCH
 
 OPSET = 17
 MAX_OPSET = 21  # what onnxruntime-training 1.19.2 runs
@@ -113,6 +114,9 @@ def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
             raise TinyTLError(f"{path}: input '{image.name}' is {dims[axis].dim_value} pixels, "
                               f"--resolution is {resolution} (shape mismatch)")
         dims[axis].dim_value = resolution
+    if dims[0].HasField("dim_value"):  # exported for one batch size: its Reshapes may have it baked in
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            EXPORTED_BATCH: str(dims[0].dim_value)})
     dims[0].dim_param = "batch"
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if out_dims:

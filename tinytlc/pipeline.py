@@ -17,7 +17,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import MAX_IR, load_source
+from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path
 from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
@@ -188,7 +188,15 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             **report,
             "versions": _versions(),
         }
-        check_step(tmp, manifest)
+        try:
+            check_step(tmp, manifest)
+        except TinyTLError as e:
+            exported = next((p.value for p in proto.metadata_props if p.key == EXPORTED_BATCH), None)
+            if exported is None:
+                raise
+            raise TinyTLError(f"{e}. The file was exported for a fixed batch of {exported} and that size is "
+                              "written into its shapes: export it with a dynamic batch (dynamic_axes or "
+                              "dynamic_shapes in torch.onnx.export)") from e
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Artifact(out, manifest)
 

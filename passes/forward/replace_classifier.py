@@ -79,9 +79,17 @@ class ReplaceClassifierPass(ir.passes.InPlacePass):
         elif node.op_type in ("Gemm", "Conv"):
             node.resize_inputs(3)
             node.replace_input_with(2, add_initializer(graph, "classifier.bias", new_b))
+        old_classes = w.shape[0] if out_by_in else w.shape[1]
         v = node.outputs[0]  # shapes from the classifier to the logits change: infer them anew
         while True:
             v.shape = None
+            user = v.producer()
+            if user is not node and user.op_type == "Reshape":  # (-1, classes) written as a constant
+                target = const_array(user.inputs[1])
+                if target is not None and len(target) and target[-1] == old_classes:
+                    user.replace_input_with(1, add_initializer(
+                        graph, "tinytlc.logits_shape", np.array([*target[:-1], self.num_classes], np.int64),
+                        constant=True))
             if v is graph.outputs[0] or len(v.uses()) != 1:
                 break
             v = next(iter(v.uses()))[0].outputs[0]

@@ -29,8 +29,15 @@ def _attr(node, name, default):
     return default if a is None else a.value
 
 
-def _eval(value: ir.Value, batch: int, memo: dict) -> np.ndarray | None:
-    """The value of a shape computation for `batch`, or None when it depends on data."""
+def _is_batch(dim, batch_dim) -> bool:
+    """A symbolic dimension taken for the batch: the image's own, or one onnx's shape inference named
+    (unk__N) after an op it could not follow. An exporter's expression (4*batch) is not."""
+    return str(dim) == str(batch_dim)
+
+
+def _eval(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> np.ndarray | None:
+    """The value of a shape computation for `batch`, or None when it depends on data or on a
+    dimension other than the image's batch (`batch_dim`) that is not known."""
     if id(value) in memo:
         return memo[id(value)]
     const = const_array(value)
@@ -41,12 +48,14 @@ def _eval(value: ir.Value, batch: int, memo: dict) -> np.ndarray | None:
         return None
     if node.op_type == "Shape":
         shape = node.inputs[0].shape
-        if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
+        if shape is None or len(shape) == 0 or not all(isinstance(d, int) for d in list(shape)[1:]):
             return None
-        dims = np.array([batch] + list(shape)[1:], np.int64)
+        if not isinstance(shape[0], int) and not _is_batch(shape[0], batch_dim):
+            return None  # e.g. batch x heads: not this pass's to evaluate
+        dims = np.array([batch if not isinstance(shape[0], int) else shape[0]] + list(shape)[1:], np.int64)
         result = dims[_attr(node, "start", 0): _attr(node, "end", None)]
     else:
-        args = [None if v is None else _eval(v, batch, memo) for v in node.inputs]
+        args = [None if v is None else _eval(v, batch, memo, batch_dim) for v in node.inputs]
         if any(a is None for a, v in zip(args, node.inputs) if v is not None):
             return None
         result = _apply(node, args)
@@ -87,16 +96,25 @@ def _apply(node: ir.Node, a: list) -> np.ndarray | None:
         return np.divide(a[0], a[1])
     if op in ("Floor", "Ceil", "Sqrt", "Neg", "Abs"):
         return {"Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt, "Neg": np.negative, "Abs": np.abs}[op](a[0])
-    if op == "Constant":
-        return None
+    if op == "Equal":
+        return np.equal(a[0], a[1])
+    if op == "Where":
+        return np.where(a[0], a[1], a[2])
+    if op == "ConstantOfShape":
+        value = node.attributes.get("value")
+        fill = value.value.numpy().reshape(-1)[0] if value is not None else np.float32(0)
+        return np.full(tuple(int(d) for d in a[0]), fill)
     return None
 
 
-def _static_target(node: ir.Node, index: int) -> np.ndarray | None:
+def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarray | None:
+    """The constant for input `index` of `node`, or None. `batch`: the image's batch dimension.
+    `patient`: leave a Reshape whose input's first dimension is not known to be the batch for a
+    later round (shape inference may name it then); else write the batch entry as -1."""
     shape_value = node.inputs[index]
     if shape_value is None or const_array(shape_value) is not None:
         return None
-    t1, t2 = (_eval(shape_value, b, {}) for b in (1, 2))
+    t1, t2 = (_eval(shape_value, b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim != 1:
         return None
     differ = np.flatnonzero(t1 != t2)
@@ -106,33 +124,85 @@ def _static_target(node: ir.Node, index: int) -> np.ndarray | None:
         return None
     target = t1.astype(np.int64)
     x = node.inputs[0].shape
-    if differ[0] == 0 and x is not None and len(x) > 0 and not isinstance(x[0], int) and \
+    if differ[0] == 0 and x is not None and len(x) > 0 and _is_batch(x[0], batch) and \
             not _attr(node, "allowzero", 0):
-        target[0] = 0  # copy the input's batch (another entry may already be -1)
-    elif (t1 == -1).any():
+        target[0] = 0  # copy the input's batch (another entry may already be -1); shapes follow it
+    elif patient:
+        return None
+    elif (t1 == -1).any():  # (a first dimension of batch x heads is unfolded: only -1 will do)
         return None
     else:
         target[differ[0]] = -1
     return target
 
 
+EXPORTED_BATCH = "tinytlc.exported_batch"  # model metadata: a file exported for one batch size
+
+
+def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
+    """A file exported for batch N has N written into its Reshape targets ([N, C*H*W] to flatten).
+    Where a Reshape's input starts with the batch and its constant target with N, copy the batch
+    (0) instead: identical at batch N, right at any other. An Expand to [N, ...] expands to the
+    image's batch instead."""
+    modified = False
+    for node in list(graph):
+        if node.op_type == "Expand":  # (a class token expanded to [N, 1, D]): to the image's batch
+            target = const_array(node.inputs[1])
+            if target is not None and target.ndim == 1 and len(target) > 1 and target[0] == exported:
+                t = ir.tape.Tape(graph)
+                n = t.op("Slice", [t.op("Shape", [graph.inputs[0]]), add_constant(graph, "tinytlc.ints", [0]),
+                                   add_constant(graph, "tinytlc.ints", [1])])
+                shape = t.op("Concat", [n, add_constant(graph, "tinytlc.static_shape", target[1:].astype(np.int64))],
+                             attributes={"axis": 0})
+                graph.insert_before(node, t.nodes)
+                node.replace_input_with(1, shape)
+                modified = True
+            continue
+        if node.op_type != "Reshape":
+            continue
+        target, x = const_array(node.inputs[1]), node.inputs[0].shape
+        if target is not None and target.ndim == 1 and len(target) and target[0] == exported and \
+                x is not None and len(x) and _is_batch(x[0], batch) and not (target == 0).any():
+            node.attributes.pop("allowzero", None)  # (with no zero in the target it changed nothing)
+            node.replace_input_with(1, add_constant(graph, "tinytlc.static_shape",
+                                                    np.concatenate([[0], target[1:]]).astype(np.int64)))
+            modified = True
+    return modified
+
+
 class StaticReshapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
-        changed = True
-        while changed:  # a fixed Reshape can make the next Shape(x) static
-            changed = False
+        image = graph.inputs[0].shape
+        batch = image[0] if image is not None and len(image) > 0 else None
+        _reinfer(model)  # shapes as onnx infers them now, not as the exporter wrote them
+        exported = model.metadata_props.get(EXPORTED_BATCH)
+        changed, patient = True, True
+        while changed or patient:  # a fixed Reshape can make the next Shape(x) static
+            patient = patient and changed  # once nothing moves, settle the rest with -1
+            changed = exported is not None and _unbake_batch(graph, int(exported), batch)
+            modified |= changed
             for node in graph:
                 if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
                     continue
                 for index in _SHAPE_INPUTS[node.op_type]:
-                    target = _static_target(node, index) if index < len(node.inputs) else None
+                    target = _static_target(node, index, batch, patient) if index < len(node.inputs) else None
                     if target is not None:
                         node.replace_input_with(index, add_constant(graph, "tinytlc.static_shape", target))
                         changed = modified = True
-            if changed:  # infer every shape anew: inference keeps the unknown dims it was given
-                for node in graph:
-                    for v in node.outputs:
-                        v.shape = None
-                ShapeInferencePass()(model)
+            if changed:
+                _reinfer(model)
         return ir.passes.PassResult(model, modified)
+
+
+def _reinfer(model: ir.Model) -> None:
+    """Infer every shape anew (onnx's inference keeps the unknown dims it is given); where inference
+    fails, the shapes stay as they were."""
+    values = [v for node in model.graph for v in node.outputs]
+    saved = [v.shape for v in values]
+    for v in values:
+        v.shape = None
+    ShapeInferencePass()(model)
+    if all(v.shape is None for v in values):
+        for v, shape in zip(values, saved):
+            v.shape = shape
