@@ -67,8 +67,16 @@ def test_existing_output_is_kept(tmp_path, cli, artifact):
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("precious")
-    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep), "not empty")
-    assert (keep / "notes.txt").read_text() == "precious"
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep), "not a tinytlc artifact")
+    (keep / "sub").mkdir()
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep, "--force"),
+                   "not a tinytlc artifact", "even with --force")
+    assert (keep / "notes.txt").read_text() == "precious" and (keep / "sub").is_dir()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", mine, "--force"), "a file is there")
+    assert mine.read_text() == "mine" and not list(tmp_path.glob(".mine.txt*"))
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", artifact), "--force")
     # --force with a compile that fails leaves the old directory as it was
     before = sorted(p.name for p in artifact.iterdir())
     one_line_error(cli("compile", f"{NETS}:max_reduce_net", "--method", "full", "--force", "--out", artifact),
@@ -131,3 +139,67 @@ def test_relative_output_directory(tmp_path, cli, monkeypatch):
     code, _, err = cli("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", 16, "--out", "rel/art")
     assert code == 0, err
     assert (tmp_path / "rel" / "art" / "training_model.onnx").is_file()
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["compile", "m", "--method", "bias", "--out", "o", "--num-classes", "0"], "--num-classes: 0 is out of range"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--num-classes", "-3"], "--num-classes: -3 is out of range"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--num-classes", "1"], "--num-classes: 1 is out of range"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--lite-kernel", "0"], "--lite-kernel"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--lite-kernel", "4"], "must be odd"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--lite-expand", "0"], "--lite-expand"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--lite-downsample", "-1"], "--lite-downsample"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["compile", "m", "--method", "bias", "--out", "o", "--resolution", "abc"], "not an integer"),
+    (["train", "d", "--data", "x", "--lr", "-1"], "--lr: -1 is out of range"),
+    (["train", "d", "--data", "x", "--lr", "1e6"], "--lr"),
+    (["train", "d", "--data", "x", "--lr", "nan"], "--lr"),
+    (["train", "d", "--data", "x", "--label-smoothing", "2"], "--label-smoothing"),
+    (["train", "d", "--data", "x", "--epochs", "0"], "--epochs"),
+    (["train", "d", "--data", "x", "--limit", "0"], "--limit"),
+    (["train", "d", "--data", "x", "--batch-size", "0"], "--batch-size"),
+    (["memory", "d", "--steps", "0"], "--steps"),
+    (["compile", "m", "--out", "o"], "required"),
+])
+def test_arguments_checked_up_front(cli, capsys, args, phrase):
+    with pytest.raises(SystemExit) as exit_:
+        cli(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and phrase in err[0], err
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["compile", "m", "--method", "bias", "--out", "o", "--num-classes", "0"], "out of range (must be >= 2)"),
+    (["train", "d", "--data", "x", "--lr", "1e6"], "out of range (must be > 0 and <= 1)"),
+])
+def test_argument_errors_are_one_line(args, phrase):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "tinytlc", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinytlc: error: ") and phrase in lines[0], proc.stderr
+
+
+def test_model_function_that_raises(tmp_path, cli):
+    src = tmp_path / "m.py"
+    src.write_text("def build():\n    raise ValueError('no weights here')\n")
+    one_line_error(cli("compile", f"{src}:build", "--method", "bias", "--out", tmp_path / "o"),
+                   "raised ValueError: no weights here")
+
+
+def test_out_is_working_directory(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--out", ".", "--force"), "working directory")
+    assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_stale_temporary_folder_is_cleaned(tmp_path):
+    from tinytlc.fsutil import atomic_path
+    stale = tmp_path / ".out.tmp999999999.abc"  # no such process
+    stale.mkdir()
+    (stale / "big").write_bytes(b"0" * 100)
+    with atomic_path(tmp_path / "out", is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+    assert not stale.exists() and (tmp_path / "out").is_dir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -144,17 +145,49 @@ def cmd_analyze(a) -> dict:
     return r
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"tinytlc: error: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(kind, low=None, high=None, low_open=False, odd=False):
+    """An argparse type: `kind` within [low, high] (low excluded if low_open), odd if asked."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and value > high):
+            bound = f"> {low}" if low_open else f">= {low}"
+            span = f"{bound}" + (f" and <= {high}" if high is not None else "") if low is not None else f"<= {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {span})")
+        if odd and value % 2 == 0:
+            raise argparse.ArgumentTypeError(f"{text} must be odd")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = _ranged(int, 1)
+CLASSES = _ranged(int, 2)
+
+
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """MODEL and the options that say which network and step: shared by diff and analyze."""
     p.add_argument("model", help="zoo name, a .onnx file, or path/to/file.py:function")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--num-classes", type=CLASSES, default=None)
+    p.add_argument("--batch-size", type=POSITIVE, default=8)
+    p.add_argument("--resolution", type=_ranged(int, 8), default=224)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tinytlc", description=__doc__.split("\n")[0])
+    from tinytlc import __version__
+    p = _Parser(prog="tinytlc", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"tinytlc {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("bench", help="accuracy against measured memory for every method (tinytlc bench --help)",
                    add_help=False)
@@ -163,19 +196,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="zoo name (efficientnet-lite0, mobilenetv2, proxylessnas-mobile), "
                                  "a .onnx file, or path/to/file.py:function returning an nn.Module")
     c.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    c.add_argument("--num-classes", type=int, default=None, help="new classifier size (default: keep the head)")
-    c.add_argument("--batch-size", type=int, default=8, help="batch the step is measured with (default 8)")
-    c.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
+    c.add_argument("--num-classes", type=CLASSES, default=None, help="new classifier size (default: keep the head)")
+    c.add_argument("--batch-size", type=POSITIVE, default=8, help="batch the step is measured with (default 8)")
+    c.add_argument("--resolution", type=_ranged(int, 8, 4096), default=224, help="input size in pixels (default 224)")
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
     c.add_argument("--passes", default=None,
                    help=f"comma-separated training-graph passes to run, from {','.join(PASSES)} "
                         f"(default: {','.join(DEFAULT_PASSES)})")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
-    c.add_argument("--lite-downsample", type=int, default=2, help="lite modules: input pooling (default 2)")
-    c.add_argument("--lite-kernel", type=int, default=5, help="lite modules: group conv kernel (default 5)")
-    c.add_argument("--lite-groups", type=int, default=2, help="lite modules: conv groups (default 2)")
-    c.add_argument("--lite-expand", type=int, default=1, help="lite modules: width multiplier (default 1)")
+    c.add_argument("--lite-downsample", type=_ranged(int, 1, 16), default=2, help="lite modules: input pooling (default 2)")
+    c.add_argument("--lite-kernel", type=_ranged(int, 1, 15, odd=True), default=5, help="lite modules: group conv kernel (default 5)")
+    c.add_argument("--lite-groups", type=_ranged(int, 1, 1024), default=2, help="lite modules: conv groups (default 2)")
+    c.add_argument("--lite-expand", type=_ranged(int, 1, 16), default=1, help="lite modules: width multiplier (default 1)")
     c.add_argument("--lite-norm", default="group", help="lite modules: group (GroupNorm, 8 channels a group) "
                                                         "or affine")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -184,12 +217,12 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a compiled artifact with ONNX Runtime on the CPU")
     t.add_argument("dir")
     t.add_argument("--data", required=True, help="image folder (class per subfolder), idx folder, or synthetic:N")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=None, help="default: the compiled batch size")
-    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {default_lr('full'):g} "
+    t.add_argument("--epochs", type=_ranged(int, 1, 100000), default=1)
+    t.add_argument("--batch-size", type=POSITIVE, default=None, help="default: the compiled batch size")
+    t.add_argument("--lr", type=_ranged(float, 0, 1, low_open=True), default=None, help=f"peak learning rate (default {default_lr('full'):g} "
                                                           f"for full, {default_lr('bias'):g} otherwise); cosine decay")
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--limit", type=int, default=None, help="train on a fixed random subset of N images")
+    t.add_argument("--label-smoothing", type=_ranged(float, 0, 0.99), default=0.0)
+    t.add_argument("--limit", type=_ranged(int, 2), default=None, help="train on a fixed random subset of N images")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
     t.set_defaults(func=cmd_train)
@@ -197,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy of the trained (or compiled) model on the held-out split")
     e.add_argument("dir")
     e.add_argument("--data", required=True)
-    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--batch-size", type=POSITIVE, default=None)
     e.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as in train)")
     e.set_defaults(func=cmd_eval)
 
@@ -208,14 +241,14 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("memory", help="measure the memory and time of one training step")
     m.add_argument("dir")
-    m.add_argument("--steps", type=int, default=3)
-    m.add_argument("--warmup", type=int, default=2)
-    m.add_argument("--batch-size", type=int, default=None, help="default: the compiled batch size")
+    m.add_argument("--steps", type=_ranged(int, 1, 1000), default=3)
+    m.add_argument("--warmup", type=_ranged(int, 0, 1000), default=2)
+    m.add_argument("--batch-size", type=POSITIVE, default=None, help="default: the compiled batch size")
     m.set_defaults(func=cmd_memory)
 
     d = sub.add_parser("diff", help="planned and measured step memory after each pass")
     _model_arguments(d)
-    d.add_argument("--steps", type=int, default=3, help="training steps measured per row")
+    d.add_argument("--steps", type=_ranged(int, 1, 1000), default=3, help="training steps measured per row")
     d.set_defaults(func=cmd_diff)
 
     an = sub.add_parser("analyze", help="memory by the paper's accounting (or an exact one), from the graph")
@@ -231,12 +264,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own options; see tinytlc/transfer_bench.py
         from tinytlc import transfer_bench
         return transfer_bench.main(argv[1:])
     args = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so temporary folders are removed on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = args.func(args)
     except TinyTLError as e:

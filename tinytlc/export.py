@@ -139,7 +139,10 @@ def load_function(spec: str) -> torch.nn.Module:
     fn = getattr(module, func, None)
     if not callable(fn):
         raise TinyTLError(f"{file}: no function '{func}'")
-    net = fn()
+    try:
+        net = fn()
+    except Exception as e:  # the user's code: say where, in one line
+        raise TinyTLError(f"{spec}: the function raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(net, torch.nn.Module):
         raise TinyTLError(f"{spec}: returned {type(net).__name__}, expected a torch.nn.Module")
     return net

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
     """Yield a temporary path beside `dest`; on success rename it over `dest` in one step."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    remove_stale(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp{os.getpid()}.", dir=dest.parent))
     target = tmp if is_dir else tmp / dest.name
     try:
         yield target
@@ -31,6 +33,24 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(dest: Path) -> None:
+    """Temporary folders beside `dest` left by a tinytlc process that was killed (its pid is gone)."""
+    for tmp in dest.parent.glob(f".{glob.escape(dest.name)}.tmp*.*"):
+        pid = tmp.name[len(dest.name) + 5:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

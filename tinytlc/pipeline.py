@@ -55,6 +55,24 @@ def load_artifact(path: str | Path) -> Artifact:
     return Artifact(path, manifest)
 
 
+def check_output_directory(out: Path, force: bool) -> None:
+    """compile writes OUT only if it is new, empty, or (with --force) an artifact tinytlc wrote:
+    nothing else is ever replaced, whatever the flags."""
+    if out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
+        raise TinyTLError(f"--out {out}: that is the working directory (or holds it); choose a new directory")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TinyTLError(f"--out {out}: a file is there; tinytlc replaces only artifact directories it wrote")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise TinyTLError(f"--out {out}: the directory holds files that are not a tinytlc artifact; "
+                          "tinytlc will not replace it (even with --force)")
+    if not force:
+        raise TinyTLError(f"{out} holds an artifact; choose another --out or pass --force to replace it")
+
+
 def _versions() -> dict:
     return {p: metadata.version(p) for p in ("tinytlc", "torch", "onnx", "onnxruntime-training-cpu", "onnx-ir")}
 
@@ -153,10 +171,11 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
     `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
     `session`: ORT session settings to train with (None: LEAN_SESSION after passes, else ORT's)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise TinyTLError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    check_output_directory(out, force)
     if batch_size < 1 or resolution < 8:
         raise TinyTLError("--batch-size must be >= 1 and --resolution >= 8")
+    if num_classes is not None and num_classes < 2:
+        raise TinyTLError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
     passes = resolve_passes(passes)
     if session is None:
         session = dict(LEAN_SESSION) if passes else {}
