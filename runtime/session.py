@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import onnxruntime as ort
 from onnxruntime.training.api import CheckpointState, Module, Optimizer
 
 from tinytlc.errors import TinyTLError
+from tinytlc.fsutil import sha256
 
 TRAINED = "trained"  # subdirectory written by `tinytlc train`
 
@@ -37,6 +39,19 @@ def session_options(settings: dict | None = None, measure: bool = False) -> ort.
 def trained_checkpoint(directory: Path) -> Path | None:
     path = directory / TRAINED / "checkpoint"
     return path if path.exists() else None
+
+
+def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path) -> None:
+    """A checkpoint must be the one its writer recorded (flipped bytes can load and train on)."""
+    if checkpoint == directory / "checkpoint":
+        expected = manifest.get("checkpoint_sha256")
+    else:
+        try:
+            expected = json.loads((checkpoint.parent / "state.json").read_text()).get("checkpoint_sha256")
+        except (OSError, ValueError, AttributeError):
+            expected = None
+    if expected is not None and sha256(checkpoint) != expected:
+        raise TinyTLError(f"{checkpoint}: corrupt checkpoint (its SHA-256 is not the one recorded when it was written)")
 
 
 def load_state(path: Path) -> CheckpointState:
@@ -73,6 +88,7 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
                  with_optimizer: bool = True, measure: bool = False) -> TrainingSession:
     """Load `checkpoint` (default: the trained one if any, else the compiled one)."""
     checkpoint = checkpoint or trained_checkpoint(directory) or directory / "checkpoint"
+    verify_checkpoint(directory, manifest, checkpoint)
     state = load_state(checkpoint)
     try:
         module = Module(str(directory / "training_model.onnx"), state,

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from tinytlc.data import Data, Preprocess, Split, batches
 from tinytlc.errors import TinyTLError
-from tinytlc.fsutil import atomic_path, write_json
+from tinytlc.fsutil import atomic_path, recover, sha256
 from tinytlc.runtime.session import TRAINED, TrainingSession, open_session
 
 STATE = "state.json"
@@ -29,6 +29,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     resume: bool = False
+    restart: bool = False
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -49,24 +50,42 @@ def evaluate_split(sess: TrainingSession, split: Split, pre: Preprocess, batch_s
 
 
 def _save(sess: TrainingSession, out: Path, record: dict) -> None:
-    """Checkpoint (with optimizer state) and progress, each replaced atomically."""
-    with atomic_path(out / "checkpoint") as tmp:
-        CheckpointState.save_checkpoint(sess.state, str(tmp), include_optimizer_state=True)
-    write_json(out / STATE, record)
+    """Checkpoint (with optimizer state) and progress committed together: both are written into a new
+    directory that replaces `out` in one step; the progress names the checkpoint's SHA-256."""
+    with atomic_path(out, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        CheckpointState.save_checkpoint(sess.state, str(tmp / "checkpoint"), include_optimizer_state=True)
+        record = {**record, "checkpoint_sha256": sha256(tmp / "checkpoint")}
+        (tmp / STATE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def load_record(out: Path) -> dict:
+    """The saved progress, checked: its checkpoint must be the one it names."""
+    try:
+        record = json.loads((out / STATE).read_text())
+        record["epoch"], record["step"], record["history"]  # noqa: B018 (all three must be there)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TinyTLError(f"{out / STATE}: corrupt training state ({type(e).__name__}: {e})") from e
+    if record.get("checkpoint_sha256") != sha256(out / "checkpoint"):
+        raise TinyTLError(f"{out / 'checkpoint'}: corrupt checkpoint (its SHA-256 is not the one {STATE} recorded)")
+    return record
 
 
 def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
     out = directory / TRAINED
     record = {"epoch": 0, "step": 0, "history": []}
     checkpoint = directory / "checkpoint"
+    recover(out)
+    if cfg.resume and cfg.restart:
+        raise TinyTLError("--resume and --restart: choose one")
     if cfg.resume:
         if not (out / STATE).is_file() or not (out / "checkpoint").exists():
             raise TinyTLError(f"--resume: no earlier training in {out}")
-        try:
-            record = json.loads((out / STATE).read_text())
-        except json.JSONDecodeError as e:
-            raise TinyTLError(f"{out / STATE}: corrupt training state ({e})") from e
+        record = load_record(out)
         checkpoint = out / "checkpoint"
+    elif out.exists() and not cfg.restart:
+        raise TinyTLError(f"{directory} was trained before ({out}); pass --resume to go on or --restart to train "
+                          "anew (the earlier run is kept until the new one saves its first epoch)")
         if record["epoch"] >= cfg.epochs:
             log(f"already trained {record['epoch']} epochs (asked for {cfg.epochs}); nothing to do")
             return record

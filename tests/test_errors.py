@@ -126,11 +126,21 @@ def test_idx_with_wrong_image_sizes(tmp_path, cli, artifact):
 def test_checkpoint_errors(tmp_path, cli, artifact):
     one_line_error(cli("train", artifact, "--data", "synthetic:8", "--resume"), "--resume", "no earlier training")
     assert cli("train", artifact, "--data", "synthetic:8")[0] == 0
+    one_line_error(cli("train", artifact, "--data", "synthetic:8"), "trained before", "--restart")
     ckpt = artifact / "trained" / "checkpoint"
-    ckpt.write_bytes(b"\x01\x02corrupt")
-    one_line_error(cli("eval", artifact, "--data", "synthetic:8"), "corrupt or unreadable checkpoint")
-    one_line_error(cli("train", artifact, "--data", "synthetic:8", "--epochs", 2, "--resume"),
-                   "corrupt or unreadable checkpoint")
+    good = ckpt.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x10  # loads, but is not what was saved
+    ckpt.write_bytes(bytes(flipped))
+    one_line_error(cli("eval", artifact, "--data", "synthetic:8"), "corrupt checkpoint")
+    one_line_error(cli("train", artifact, "--data", "synthetic:8", "--epochs", 2, "--resume"), "corrupt checkpoint")
+    one_line_error(cli("export", artifact, tmp_path / "m.onnx"), "corrupt checkpoint")
+    assert ckpt.read_bytes() == bytes(flipped) and not (tmp_path / "m.onnx").exists()
+    ckpt.write_bytes(good)
+    state = artifact / "trained" / "state.json"
+    state.write_text("{}")
+    one_line_error(cli("train", artifact, "--data", "synthetic:8", "--epochs", 2, "--resume"), "corrupt training state")
+    assert cli("train", artifact, "--data", "synthetic:8", "--restart")[0] == 0
     one_line_error(cli("memory", tmp_path), "not a tinytlc artifact directory")
 
 

@@ -69,11 +69,18 @@ def cmd_train(a) -> dict:
     data = load_data(a.data, m["num_classes"], limit=a.limit, seed=a.seed)
     lr = a.lr or default_lr(m["method"])
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
-                      label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume)
+                      label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume, restart=a.restart)
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
     log(f"training {m['model']} ({m['method']}) on {len(data.train)} images, {len(data.classes)} classes"
         f"{'; ' + data.note if data.note else ''}; lr {lr:g}, batch {cfg.batch_size}")
     return train(art.path, m, data, cfg, log=log)
+
+
+def _note_untrained(art) -> None:
+    from tinytlc.runtime.session import trained_checkpoint
+    if trained_checkpoint(art.path) is None:
+        print(f"tinytlc: note: {art.path} has not been trained (tinytlc train); using its initial weights, "
+              "with a new, untrained classifier", file=sys.stderr)
 
 
 def cmd_eval(a) -> dict:
@@ -81,6 +88,7 @@ def cmd_eval(a) -> dict:
     from tinytlc.runtime.session import open_session
     from tinytlc.runtime.train import evaluate_split
     art = _load(a)
+    _note_untrained(art)
     m = art.manifest
     data = load_data(a.data, m["num_classes"], seed=a.seed)
     sess = open_session(art.path, m, with_optimizer=False)
@@ -93,6 +101,7 @@ def cmd_eval(a) -> dict:
 def cmd_export(a) -> dict:
     from tinytlc.runtime.inference import export_inference
     art = _load(a)
+    _note_untrained(art)
     r = export_inference(art.path, art.manifest, Path(a.out))
     if not a.json:
         print(f"wrote {r['path']} (inputs {r['inputs']}, outputs {r['outputs']}; "
@@ -225,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_ranged(int, 2), default=None, help="train on a fixed random subset of N images")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
+    t.add_argument("--restart", action="store_true",
+                   help="train anew over an earlier run (kept until the new run saves its first epoch)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy of the trained (or compiled) model on the held-out split")

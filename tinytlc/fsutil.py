@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
     """Yield a temporary path beside `dest`; on success rename it over `dest` in one step."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    recover(dest)
     remove_stale(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp{os.getpid()}.", dir=dest.parent))
     target = tmp if is_dir else tmp / dest.name
@@ -33,6 +35,13 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover(dest: Path) -> None:
+    """A kill between atomic_path's two renames leaves the old directory as .NAME.old: put it back."""
+    old = dest.with_name(f".{dest.name}.old")
+    if not dest.exists() and old.is_dir():
+        os.replace(old, dest)
 
 
 def remove_stale(dest: Path) -> None:
@@ -56,3 +65,11 @@ def _alive(pid: int) -> bool:
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
-from tinytlc.fsutil import atomic_path
+from tinytlc.fsutil import atomic_path, sha256
 from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
@@ -207,6 +207,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             **report,
             "versions": _versions(),
         }
+        manifest["checkpoint_sha256"] = sha256(tmp / "checkpoint")
         try:
             check_step(tmp, manifest)
         except TinyTLError as e:
