@@ -105,7 +105,12 @@ def test_data_errors(tmp_path, cli, artifact):
     corrupt = tmp_path / "corrupt"
     write_images(corrupt, ["a", "b"])
     (corrupt / "a" / "9.jpg").write_bytes(b"not a jpeg")
-    one_line_error(cli("train", artifact, "--data", corrupt), "9.jpg", "cannot read image")
+    one_line_error(cli("train", artifact, "--data", corrupt), "9.jpg", "cannot read image", "--skip-bad-images")
+    assert not (artifact / "trained").exists()  # found before training started
+    import shutil
+    shutil.copytree(artifact, tmp_path / "copy")
+    code, _, err = cli("train", tmp_path / "copy", "--data", corrupt, "--skip-bad-images")
+    assert code == 0, err
     one_line_error(cli("train", artifact, "--data", tmp_path / "nowhere"), "no such directory")
     one_line_error(cli("train", artifact, "--data", "synthetic:lots"), "synthetic:N")
 
@@ -213,3 +218,52 @@ def test_stale_temporary_folder_is_cleaned(tmp_path):
     with atomic_path(tmp_path / "out", is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
     assert not stale.exists() and (tmp_path / "out").is_dir()
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from tinytlc.data import to_rgb8
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63000 of 65535
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")
+        rgb = to_rgb8(im)
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    np.testing.assert_allclose(rgb[..., 0], ramp / 65535 * 255, atol=0.6)
+    assert (rgb == 255).mean() < 0.05
+
+
+def test_fuzzed_files_give_one_line_and_stay_untouched(tmp_path, cli, artifact):
+    """Bytes flipped in a model file, a checkpoint and an image: one line, exit 2, inputs unchanged."""
+    rng = np.random.default_rng(0)
+
+    def flip(path, count=16):
+        data = bytearray(path.read_bytes())
+        for i in rng.integers(0, len(data), count):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return path.read_bytes()
+
+    model = tmp_path / "m.onnx"
+    from tinytlc.export import export_module
+    import onnx
+    onnx.save(export_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                                torch.nn.Linear(4 * 14 * 14, 2)).eval(), 16), model)
+    for attempt in range(3):
+        before = flip(model)
+        code, out, err = cli("compile", model, "--method", "bias", "--resolution", 16, "--out", tmp_path / f"o{attempt}")
+        if code != 0:
+            one_line_error((code, out, err))
+        assert model.read_bytes() == before
+    art = tmp_path / "art"
+    import shutil
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    before = flip(art / "checkpoint")
+    one_line_error(cli("eval", art, "--data", "synthetic:8"), "corrupt checkpoint")
+    assert (art / "checkpoint").read_bytes() == before
+    images = tmp_path / "imgs"
+    write_images(images, ["a", "b"])
+    before = flip(images / "a" / "1.png", 40)
+    one_line_error(cli("train", art, "--data", images), "1.png", "cannot read image")
+    assert (images / "a" / "1.png").read_bytes() == before

@@ -66,7 +66,7 @@ def cmd_train(a) -> dict:
     from tinytlc.runtime.train import TrainConfig, train
     art = _load(a)
     m = art.manifest
-    data = load_data(a.data, m["num_classes"], limit=a.limit, seed=a.seed)
+    data = load_data(a.data, m["num_classes"], limit=a.limit, seed=a.seed, skip_bad=a.skip_bad_images)
     lr = a.lr or default_lr(m["method"])
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
                       label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume, restart=a.restart)
@@ -88,11 +88,11 @@ def cmd_eval(a) -> dict:
     from tinytlc.runtime.session import open_session
     from tinytlc.runtime.train import evaluate_split
     art = _load(a)
-    _note_untrained(art)
     m = art.manifest
-    data = load_data(a.data, m["num_classes"], seed=a.seed)
+    data = load_data(a.data, m["num_classes"], seed=a.seed, skip_bad=a.skip_bad_images)
     sess = open_session(art.path, m, with_optimizer=False)
     result = evaluate_split(sess, data.test, Preprocess.from_manifest(m), a.batch_size or m["input"]["shape"][0])
+    _note_untrained(art)
     if not a.json:
         print(f"held-out accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} on {result['images']} images")
     return result
@@ -101,8 +101,8 @@ def cmd_eval(a) -> dict:
 def cmd_export(a) -> dict:
     from tinytlc.runtime.inference import export_inference
     art = _load(a)
-    _note_untrained(art)
     r = export_inference(art.path, art.manifest, Path(a.out))
+    _note_untrained(art)
     if not a.json:
         print(f"wrote {r['path']} (inputs {r['inputs']}, outputs {r['outputs']}; "
               f"matches the eval model to {r['max_abs_diff']:.2g})")
@@ -267,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     an.add_argument("--accounting", default="paper", help="paper (TinyTL's rules) or exact")
     an.set_defaults(func=cmd_analyze)
 
+    for s in (t, e):
+        s.add_argument("--skip-bad-images", action="store_true",
+                       help="leave out images that cannot be read (default: stop and name the first)")
     for s in (c, an):
         s.add_argument("--norm", default="batch", help="norm layers of a zoo model: batch, or group (GroupNorm, "
                                                        "8 channels a group; proxylessnas-mobile)")

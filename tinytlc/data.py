@@ -152,19 +152,49 @@ def load_idx(folder: Path) -> Data:
     return Data(classes, parts["train"], parts["test"])
 
 
+def to_rgb8(im) -> np.ndarray:
+    """Any PIL image as uint8 RGB. 16- and 32-bit integer and float modes are scaled by their range
+    (PIL's convert("RGB") clips them: a 16-bit photo would turn almost white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else (1.0 if im.mode == "F" and a.max() <= 1.0 else
+                                                           max(float(a.max()), 1.0))
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
 def _image_loader(paths: list[Path]):
     from PIL import Image, UnidentifiedImageError
 
     def load(i: int) -> np.ndarray:
         try:
             with Image.open(paths[i]) as im:
-                return np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
+                return to_rgb8(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise TinyTLError(f"{paths[i]}: cannot read image ({e})") from e
     return load
 
 
-def _scan_classes(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+def check_images(paths: list[Path], skip_bad: bool) -> list[Path]:
+    """Check every image before training starts (PIL reads its header and structure, no full decode):
+    one line naming the first bad file, or, with skip_bad, the good ones."""
+    from PIL import Image
+    good = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:  # header and structure, not a full decode: fast
+                im.verify()
+            good.append(path)
+        except Exception as e:  # PIL raises many types for damaged files
+            if not skip_bad:
+                raise TinyTLError(f"{path}: cannot read image ({type(e).__name__}: {str(e)[:120]}); "
+                                  "fix or remove it, or pass --skip-bad-images") from e
+    return good
+
+
+def _scan_classes(root: Path, classes: list[str] | None = None,
+                  skip_bad: bool = False) -> tuple[list[str], list[Path], np.ndarray]:
     dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = classes or dirs
     paths, labels = [], []
@@ -172,20 +202,21 @@ def _scan_classes(root: Path, classes: list[str] | None = None) -> tuple[list[st
         if not (root / name).is_dir():
             continue
         files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        files = check_images(files, skip_bad)
         paths += files
         labels += [c] * len(files)
     return classes, paths, np.asarray(labels, np.int64)
 
 
-def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0) -> Data:
+def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad: bool = False) -> Data:
     """root/<class>/*.jpg, or root/train/<class>/... with root/val (or test)/<class>/..."""
     held = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and held is not None:
-        classes, train_paths, train_labels = _scan_classes(root / "train")
-        _, test_paths, test_labels = _scan_classes(held, classes)
+        classes, train_paths, train_labels = _scan_classes(root / "train", skip_bad=skip_bad)
+        _, test_paths, test_labels = _scan_classes(held, classes, skip_bad)
         note = f"test split from {held.name}/"
     else:
-        classes, paths, labels = _scan_classes(root)
+        classes, paths, labels = _scan_classes(root, skip_bad=skip_bad)
         rng = np.random.default_rng(seed)
         test_mask = np.zeros(len(paths), bool)
         for c in range(len(classes)):  # stratified: held_out of every class, at least one image
@@ -225,7 +256,7 @@ def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
 
 
 def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int = 0,
-              test_limit: int | None = None) -> Data:
+              test_limit: int | None = None, skip_bad: bool = False) -> Data:
     """Resolve --data. `limit` (`test_limit`) keeps a fixed random subset of the training (held-out)
     split."""
     if spec.startswith("synthetic:"):
@@ -241,7 +272,7 @@ def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int =
         if not root.is_dir():
             raise TinyTLError(f"--data {spec}: no such directory")
         is_idx = any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir())
-        data = load_idx(root) if is_idx else load_image_folder(root, seed=seed)
+        data = load_idx(root) if is_idx else load_image_folder(root, seed=seed, skip_bad=skip_bad)
     if len(data.classes) > num_classes:
         raise TinyTLError(f"--data {spec} has {len(data.classes)} classes, the model was compiled for "
                           f"{num_classes} (compile with --num-classes {len(data.classes)})")
