@@ -3,6 +3,7 @@ parameters baked in, checked against the eval model on a batch before it replace
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,33 @@ from tinytlc.fsutil import atomic_path
 from tinytlc.runtime.session import open_session
 
 
+def check_target(directory: Path, out: Path) -> None:
+    """Export writes only a new file, or replaces a model tinytlc exported before; never into an
+    artifact (its own files are compile's and train's) and never over anything else."""
+    out, art = Path(out).resolve(), Path(directory).resolve()
+    if out == art or art in out.parents:
+        raise TinyTLError(f"{out}: inside the artifact {art}; export to a path outside it")
+    if out.is_dir():
+        raise TinyTLError(f"{out}: is a directory; give a file name such as {out / 'model.onnx'}")
+    if out.exists():
+        try:
+            mine = onnx.load(str(out), load_external_data=False).doc_string.startswith(DOC_PREFIX)
+        except Exception:
+            mine = False
+        if not mine:
+            raise TinyTLError(f"{out}: exists and was not exported by tinytlc; choose another name")
+    parent = out.parent
+    if not parent.exists():
+        raise TinyTLError(f"{parent}: no such directory")
+    if not os.access(parent, os.W_OK):
+        raise TinyTLError(f"{parent}: not writable")
+
+
+DOC_PREFIX = "tinytlc: "
+
+
 def export_inference(directory: Path, manifest: dict, out: Path, check_batch: int = 2) -> dict:
+    check_target(directory, out)
     sess = open_session(directory, manifest, with_optimizer=False)
     sess.module.eval()
     shape = [check_batch] + manifest["input"]["shape"][1:]
@@ -24,7 +51,7 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
     with atomic_path(out) as tmp:
         sess.module.export_model_for_inferencing(str(tmp), [manifest["logits"]])
         model = onnx.load(str(tmp))
-        model.doc_string = f"tinytlc: {manifest['model']} trained with method {manifest['method']}"
+        model.doc_string = f"{DOC_PREFIX}{manifest['model']} trained with method {manifest['method']}"
         onnx.save(model, str(tmp))
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(
             None, {manifest["input"]["name"]: x})[0]

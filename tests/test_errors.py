@@ -267,3 +267,19 @@ def test_fuzzed_files_give_one_line_and_stay_untouched(tmp_path, cli, artifact):
     before = flip(images / "a" / "1.png", 40)
     one_line_error(cli("train", art, "--data", images), "1.png", "cannot read image")
     assert (images / "a" / "1.png").read_bytes() == before
+
+
+def test_export_targets(tmp_path, cli, artifact):
+    before = (artifact / "eval_model.onnx").read_bytes()
+    one_line_error(cli("export", artifact, artifact / "eval_model.onnx"), "inside the artifact")
+    one_line_error(cli("export", artifact, artifact / "trained" / "x.onnx"), "inside the artifact")
+    assert (artifact / "eval_model.onnx").read_bytes() == before
+    one_line_error(cli("export", artifact, tmp_path), "is a directory")
+    theirs = tmp_path / "theirs.onnx"
+    theirs.write_text("someone's notes")
+    one_line_error(cli("export", artifact, theirs), "not exported by tinytlc")
+    assert theirs.read_text() == "someone's notes"
+    one_line_error(cli("export", artifact, tmp_path / "no" / "dir" / "m.onnx"), "no such directory")
+    ours = tmp_path / "ours.onnx"
+    assert cli("export", artifact, ours)[0] == 0
+    assert cli("export", artifact, ours)[0] == 0  # a model tinytlc exported may be replaced
