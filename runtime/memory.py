@@ -99,7 +99,8 @@ def run_child(cmd: list[str], track_memory: bool, timeout: float = 1800) -> dict
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         lines = (proc.stdout + proc.stderr).strip().splitlines()
-        raise TinyTLError(f"memory measurement failed: {lines[-1] if lines else 'exit ' + str(proc.returncode)}")
+        from tinytlc.runtime.session import strip_paths
+        raise TinyTLError(f"memory measurement failed: {strip_paths(lines[-1]) if lines else 'exit ' + str(proc.returncode)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

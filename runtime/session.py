@@ -104,17 +104,20 @@ def ort_cause(message: str) -> str:
     """ORT's error without its source paths: the op and node that failed, and why."""
     m = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", message)
     if m:
-        return f"op {m.group(1)} (node {m.group(2)}): {_strip_paths(m.group(3))[:200]}"
+        return f"op {m.group(1)} (node {m.group(2)}): {strip_paths(m.group(3))[:200]}"
     m = re.search(r"Got invalid dimensions for input: (\S+) for the following indices\s+index: (\d+) Got: (\d+) "
                   r"Expected: (\d+)", message)
     if m:
         return f"input '{m.group(1)}' must have {m.group(4)} in dimension {m.group(2)}, got {m.group(3)}"
     lines = [ln for ln in message.strip().splitlines() if ln.strip()]
-    return _strip_paths(lines[-1] if lines else "unknown error")[:300]
+    return strip_paths(lines[-1] if lines else "unknown error")[:300]
 
 
-def _strip_paths(text: str) -> str:
-    return re.sub(r"/onnxruntime_src/\S+:\d+ \S+ ", "", re.sub(r"^.*? was false\. ", "", text)).strip()
+def strip_paths(text: str) -> str:
+    """ORT's message without its source locations (/onnxruntime_src/...:line function ...)."""
+    text = re.sub(r"^.*? was false\. ", "", text)
+    text = re.sub(r"/onnxruntime_src/\S*.*?(?=\[ONNXRuntimeError\])", "", text)
+    return re.sub(r"/onnxruntime_src/\S+", "", text).strip()
 
 
 def check_step(directory: Path, manifest: dict, batch: int = 2) -> None:

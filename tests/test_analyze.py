@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import NETS
 
-from tinytlc.analyze import analyze
+from tinytlc.accounting import analyze
 
 # one_conv_net at 2x2 px, per sample: input 12 floats, conv/relu output 16, pooled 4, logits 2.
 # Layer memory = input + output (+ stored so far): conv 48+64, relu 64+64 = 128 B, pool 64+16, ...

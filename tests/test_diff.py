@@ -4,7 +4,7 @@ import json
 
 from conftest import NETS
 
-from tinytlc.diff import steps
+from tinytlc.pass_diff import steps
 from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 
 

@@ -17,7 +17,7 @@ _API = {
     "compile_model": "tinytlc.pipeline", "load_artifact": "tinytlc.pipeline", "load_data": "tinytlc.data",
     "train": "tinytlc.runtime.train", "TrainConfig": "tinytlc.runtime.train",
     "measure": "tinytlc.runtime.memory", "export_inference": "tinytlc.runtime.inference",
-    "analyze": "tinytlc.analyze", "diff": "tinytlc.diff", "TinyTLError": "tinytlc.errors",
+    "analyze": "tinytlc.accounting", "diff": "tinytlc.pass_diff", "TinyTLError": "tinytlc.errors",
 }
 
 

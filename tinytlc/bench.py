@@ -105,7 +105,7 @@ def paper_table(model: str = "proxylessnas-mobile", norm: str = "group", resolut
                 batch_size: int = 8, methods=METHODS, log=print) -> list[dict]:
     """Each method: the paper's accounting and the exact one (tinytlc analyze) beside the measured
     training step (with passes) of the same compiled network."""
-    from tinytlc.analyze import analyze
+    from tinytlc.accounting import analyze
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:

@@ -126,7 +126,7 @@ def cmd_memory(a) -> dict:
 
 
 def cmd_diff(a) -> list:
-    from tinytlc.diff import diff, render
+    from tinytlc.pass_diff import diff, render
     log = (lambda s: print(s, file=sys.stderr)) if a.json else (lambda s: print("  " + s, flush=True))
     rows = diff(a.model, a.method, num_classes=a.num_classes, batch_size=a.batch_size, resolution=a.resolution,
                 measure_steps=a.steps, log=log)
@@ -137,7 +137,7 @@ def cmd_diff(a) -> list:
 
 
 def cmd_analyze(a) -> dict:
-    from tinytlc.analyze import analyze
+    from tinytlc.accounting import analyze
     if a.accounting not in ("paper", "exact"):
         raise TinyTLError(f"--accounting {a.accounting}: choose paper or exact")
     r = analyze(a.model, a.method, resolution=a.resolution, batch_size=a.batch_size, num_classes=a.num_classes,
@@ -190,7 +190,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--num-classes", type=CLASSES, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=8)
-    p.add_argument("--resolution", type=_ranged(int, 8), default=224)
+    p.add_argument("--resolution", type=_ranged(int, 1, 4096), default=224)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -278,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+ISSUES = "the tinytlc issue tracker"
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -301,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug of ours: still one line unless debugging
         if os.environ.get("TINYTLC_DEBUG"):
             raise
-        print(f"tinytlc: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-              " (set TINYTLC_DEBUG=1 for a traceback)", file=sys.stderr)
+        from tinytlc.runtime.session import strip_paths
+        first = strip_paths(str(e).strip().splitlines()[0]) if str(e).strip() else ""
+        print(f"tinytlc: internal error (a bug in tinytlc; please report it with TINYTLC_DEBUG=1's traceback at "
+              f"{ISSUES}): {type(e).__name__}: {first}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, indent=2))
