@@ -294,3 +294,18 @@ def test_python_api_names_stay_functions():
         import tinytlc.accounting  # noqa: F401
         import tinytlc.pass_diff  # noqa: F401
     assert tinytlc.analyze.__name__ == "analyze" and tinytlc.diff.__name__ == "diff"
+
+
+def test_lite_groups_must_divide_block_widths(tmp_path, cli):
+    one_line_error(cli("compile", f"{NETS}:lite_net", "--method", "lite", "--resolution", 16, "--lite-groups", 3,
+                       "--out", tmp_path / "o"), "--lite-groups 3 does not divide the width")
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_folder_that_cannot_be_made(tmp_path, cli):
+    """The file system says no (here: a file where a parent folder should be): one line, exit 2."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", 16,
+                       "--out", blocker / "art"), "blocker")
+    assert blocker.read_text() == "a file"

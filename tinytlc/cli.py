@@ -24,7 +24,7 @@ def cmd_compile(a) -> dict:
     if a.lite_norm not in ("group", "affine"):
         raise TinyTLError(f"--lite-norm {a.lite_norm}: choose group or affine")
     lite = LiteOptions(downsample=a.lite_downsample, kernel=a.lite_kernel, groups=a.lite_groups,
-                       expand=a.lite_expand, norm=a.lite_norm)
+                       expand=a.lite_expand, norm=a.lite_norm, strict_groups=a.lite_groups != 2)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
                         resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes, lite=lite,
                         norm=a.norm)
@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tinytlc: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no (permissions, disk full): the user's to fix
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tinytlc: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:  # a bug of ours: still one line unless debugging
         if os.environ.get("TINYTLC_DEBUG"):
             raise

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import add_initializer, opset
 from tinytlc.passes.forward.blocks import Block, find_blocks
 
@@ -39,6 +40,7 @@ class LiteOptions:
     group_channels: int = 8
     final_scale: float = 0.0     # 0: the branch outputs zeros until it trains
     seed: int = 0
+    strict_groups: bool = False  # a width `groups` does not divide is an error (else: 1 group there)
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -127,6 +129,9 @@ class LiteResidualPass(ir.passes.InPlacePass):
         k = o.kernel
         while k > min(h, w) and k > 1:
             k -= 2
+        if cin % o.groups and o.strict_groups:
+            raise TinyTLError(f"--lite-groups {o.groups} does not divide the width {cin} of block {name[4:]} "
+                              f"({block.kind} {list(block.input.shape)[1:]}); choose a divisor of every block's width")
         mid, groups = cin * o.expand, o.groups if cin % o.groups == 0 else 1
         fan = (cin // groups) * k * k
         w1 = self._param(graph, f"{name}.conv1.weight",
