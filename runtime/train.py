@@ -19,6 +19,7 @@ from tinytlc.fsutil import atomic_path, recover, sha256
 from tinytlc.runtime.session import TRAINED, TrainingSession, open_session
 
 STATE = "state.json"
+DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
 
 
 @dataclass
@@ -103,8 +104,8 @@ def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=pri
         for x, y in bar:
             sess.optimizer.set_learning_rate(cosine_lr(cfg.lr, step, total))
             loss, logits = sess.train_step(x, y, cfg.label_smoothing)
-            if not math.isfinite(loss):
-                raise TinyTLError(f"training diverged at step {step} (loss {loss}); lower --lr")
+            if not math.isfinite(loss) or loss > DIVERGED:
+                raise TinyTLError(f"training diverged at step {step} (loss {loss:.3g}); lower --lr")
             loss_sum += loss * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
