@@ -41,8 +41,10 @@ def trained_checkpoint(directory: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path) -> None:
-    """A checkpoint must be the one its writer recorded (flipped bytes can load and train on)."""
+def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path, required: bool = False) -> None:
+    """A checkpoint must be the one its writer recorded (flipped bytes can load and train on):
+    the compiled one's SHA-256 is in the manifest, a trained one's in the state.json beside it.
+    `required`: a missing record is corruption too."""
     if checkpoint == directory / "checkpoint":
         expected = manifest.get("checkpoint_sha256")
     else:
@@ -50,7 +52,7 @@ def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path) -> None
             expected = json.loads((checkpoint.parent / "state.json").read_text()).get("checkpoint_sha256")
         except (OSError, ValueError, AttributeError):
             expected = None
-    if expected is not None and sha256(checkpoint) != expected:
+    if (expected is not None or required) and sha256(checkpoint) != expected:
         raise TinyTLError(f"{checkpoint}: corrupt checkpoint (its SHA-256 is not the one recorded when it was written)")
 
 

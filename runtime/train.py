@@ -16,7 +16,7 @@ from tqdm import tqdm
 from tinytlc.data import Data, Preprocess, Split, batches
 from tinytlc.errors import TinyTLError
 from tinytlc.fsutil import atomic_path, recover, sha256
-from tinytlc.runtime.session import TRAINED, TrainingSession, open_session
+from tinytlc.runtime.session import TRAINED, TrainingSession, open_session, verify_checkpoint
 
 STATE = "state.json"
 DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
@@ -67,8 +67,7 @@ def load_record(out: Path) -> dict:
         record["epoch"], record["step"], record["history"]  # noqa: B018 (all three must be there)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise TinyTLError(f"{out / STATE}: corrupt training state ({type(e).__name__}: {e})") from e
-    if record.get("checkpoint_sha256") != sha256(out / "checkpoint"):
-        raise TinyTLError(f"{out / 'checkpoint'}: corrupt checkpoint (its SHA-256 is not the one {STATE} recorded)")
+    verify_checkpoint(out.parent, {}, out / "checkpoint", required=True)
     return record
 
 

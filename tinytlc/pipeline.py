@@ -86,8 +86,7 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     irm = ir.serde.deserialize_model(source.model)
     IdentityEliminationPass()(irm)
     irm = FusePadIntoConvPass()(irm).model
-    ShapeInferencePass()(irm)
-    StaticReshapesPass()(irm)
+    StaticReshapesPass()(irm)  # (infers every shape first)
     _, weight, _, out_by_in = find_classifier(irm.graph)
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]
     if num_classes is not None and num_classes != head_classes:

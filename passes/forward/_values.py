@@ -61,3 +61,26 @@ def set_initializer(value: ir.Value, array: np.ndarray) -> None:
 def opset(graph: ir.Graph) -> int:
     """The graph's ai.onnx opset (new nodes must be written for it)."""
     return graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 17))
+
+
+def reduce_mean(graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, axes: list[int]) -> ir.Value:
+    """ReduceMean over `axes`, keepdims, written for the graph's opset (axes are an input from 18)."""
+    if opset(graph) >= 18:
+        return tape.op("ReduceMean", [x, add_constant(graph, "tinytlc.axes", axes)], attributes={"keepdims": 1})
+    return tape.op("ReduceMean", [x], attributes={"axes": axes, "keepdims": 1})
+
+
+def normalize(graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, axes: list[int], eps: float) -> ir.Value:
+    """(x - mean) / sqrt(var + eps) over `axes`, with ops ORT 1.19.2 differentiates on the CPU (as the
+    zoo's GroupNorm, zoo/layers.py, is written)."""
+    d = tape.op("Sub", [x, reduce_mean(graph, tape, x, axes)])
+    var = reduce_mean(graph, tape, tape.op("Mul", [d, d]), axes)
+    return tape.op("Div", [d, tape.op("Sqrt", [tape.op("Add", [var, add_constant(graph, "tinytlc.eps", np.float32(eps))])])])
+
+
+def replace_node(graph: ir.Graph, node: ir.Node, new_nodes: list[ir.Node], value: ir.Value) -> None:
+    """Put `new_nodes` where `node` was, `value` taking the place of its (single) output."""
+    graph.insert_before(node, new_nodes)
+    value.shape, value.type = node.outputs[0].shape, node.outputs[0].type
+    ir.convenience.replace_all_uses_with(node.outputs[0], value, replace_graph_outputs=True)
+    graph.remove(node, safe=True)

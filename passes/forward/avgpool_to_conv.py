@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
-from tinytlc.passes.forward._values import add_initializer
+from tinytlc.passes.forward._values import add_initializer, replace_node
 
 
 class AveragePoolToConvPass(ir.passes.InPlacePass):
@@ -41,9 +41,6 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
                 ir.AttrInt64s("pads", pads),
                 ir.AttrInt64s("dilations", list(pool.attributes.get_ints("dilations", [1, 1]))),
                 ir.AttrInt64("group", channels)], name=f"{pool.name}_as_conv")
-            graph.insert_before(pool, conv)
-            conv.outputs[0].shape, conv.outputs[0].type = pool.outputs[0].shape, pool.outputs[0].type
-            ir.convenience.replace_all_uses_with(pool.outputs[0], conv.outputs[0], replace_graph_outputs=True)
-            graph.remove(pool, safe=True)
+            replace_node(graph, pool, [conv], conv.outputs[0])
             modified = True
         return ir.passes.PassResult(model, modified)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer, const_array
+from tinytlc.passes.forward._values import add_initializer, const_array, replace_node
 
 
 class BatchNormToAffinePass(ir.passes.InPlacePass):
@@ -39,9 +39,6 @@ class BatchNormToAffinePass(ir.passes.InPlacePass):
             shift = tape.op("Add", [beta, tape.op("Mul", [neg_mean, scale])])
             y = tape.op("Add", [tape.op("Mul", [x, tape.op("Reshape", [scale, bshape])]),
                                 tape.op("Reshape", [shift, bshape])])
-            graph.insert_before(bn, tape.nodes)
-            y.shape, y.type = bn.outputs[0].shape, bn.outputs[0].type
-            ir.convenience.replace_all_uses_with(bn.outputs[0], y, replace_graph_outputs=True)
-            graph.remove(bn, safe=True)
+            replace_node(graph, bn, tape.nodes, y)
             modified = True
         return ir.passes.PassResult(model, modified)

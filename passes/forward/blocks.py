@@ -21,7 +21,7 @@ A block ends at the last cut of its span with the rank of its input: never after
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 import onnx_ir as ir
@@ -42,7 +42,6 @@ class Block:
     stride: int
     kind: str               # residual, residual-projection, concat, inverted-bottleneck, conv, ...
     merge: ir.Node | None = None    # where the paths of a fork-and-join block meet (the residual Add)
-    layers: list[ir.Node] = field(default_factory=list)
 
 
 def param_source(value: ir.Value | None) -> ir.Value | None:
@@ -62,15 +61,11 @@ def is_layer(node: ir.Node) -> bool:
     return any(param_source(w) is not None for w in weights)
 
 
-def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
-    return list(node.attributes.get_ints(name, default))
-
-
 def is_spatial(node: ir.Node) -> bool:
     """A conv with a kernel larger than 1x1 or a stride, or a pooling window."""
     if node.op_type in ("Conv", "ConvTranspose") and node.inputs[1] is not None and node.inputs[1].shape is not None:
         kernel = [d for d in node.inputs[1].shape[2:]]
-        return any(k != 1 for k in kernel) or any(s != 1 for s in _ints(node, "strides", [1]))
+        return any(k != 1 for k in kernel) or any(s != 1 for s in node.attributes.get_ints("strides", [1]))
     return node.op_type in POOLS
 
 
@@ -243,8 +238,7 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
         if y is None:
             continue
         merge = grp[-1].merge if grp[-1].kind == "branch" else None
-        blocks.append(Block(x, y, _stride(x, y), _kind(grp, cuts[grp[-1].start]), merge,
-                            [n for seg in grp for n in seg.layers]))
+        blocks.append(Block(x, y, _stride(x, y), _kind(grp, cuts[grp[-1].start]), merge))
     return blocks
 
 

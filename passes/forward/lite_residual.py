@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
-from tinytlc.passes.forward._values import add_initializer, opset
+from tinytlc.passes.forward._values import add_initializer, normalize
 from tinytlc.passes.forward.blocks import Block, find_blocks
 
 LITE = "tinytlc.lite"  # Value.meta: a parameter of a lite residual module
@@ -100,15 +100,11 @@ class LiteResidualPass(ir.passes.InPlacePass):
         if o.norm == "group":
             c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
             if tokens:
-                g, axis = x, 2
+                g = x
             else:
                 groups = max(1, channels // o.group_channels) if channels % o.group_channels == 0 else 1
-                g, axis = t.op("Reshape", [x, c("grouped", np.array([0, groups, -1], np.int64))]), 2
-            mean = reduce_mean(graph, t, g, axis)
-            d = t.op("Sub", [g, mean])
-            var = reduce_mean(graph, t, t.op("Mul", [d, d]), axis)
-            std = t.op("Sqrt", [t.op("Add", [var, c("eps", np.array(1e-5, np.float32))])])
-            x = t.op("Div", [d, std])
+                g = t.op("Reshape", [x, c("grouped", np.array([0, groups, -1], np.int64))])
+            x = normalize(graph, t, g, [2], 1e-5)
             if not tokens:
                 x = t.op("Reshape", [x, c("shape", np.array([0, channels, h, w], np.int64))])
         return t.op("Add", [t.op("Mul", [x, gamma]), beta])
@@ -179,14 +175,6 @@ def _unsupported(block: Block) -> str | None:
     if len(x) == 3 and x[1] != y[1]:
         return f"{x[1]} tokens in, {y[1]} out"
     return None
-
-
-def reduce_mean(graph: ir.Graph, t: ir.tape.Tape, x: ir.Value, axis: int) -> ir.Value:
-    """ReduceMean over one axis, keepdims, written for the graph's opset (axes an input from 18)."""
-    if opset(graph) >= 18:
-        axes = add_initializer(graph, "tinytlc.axes", np.array([axis], np.int64), constant=True)
-        return t.op("ReduceMean", [x, axes], attributes={"keepdims": 1})
-    return t.op("ReduceMean", [x], attributes={"axes": [axis], "keepdims": 1})
 
 
 def _attach(graph: ir.Graph, t: ir.tape.Tape, y: ir.Value, branch: ir.Value) -> ir.Value:

@@ -25,24 +25,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant, const_array, opset
+from tinytlc.passes.forward._values import add_constant, const_array, normalize, replace_node
 
 
 def _scalar(graph: ir.Graph, value: float) -> ir.Value:
     return add_constant(graph, "tinytlc.scalar", np.float32(value))
-
-
-def _mean(graph, t, x, axes: list[int]) -> ir.Value:
-    if opset(graph) >= 18:
-        return t.op("ReduceMean", [x, add_constant(graph, "tinytlc.axes", axes)], attributes={"keepdims": 1})
-    return t.op("ReduceMean", [x], attributes={"axes": axes, "keepdims": 1})
-
-
-def _normalize(graph, t, x, axes: list[int], eps: float) -> ir.Value:
-    """(x - mean) / sqrt(var + eps) over `axes`, as GroupNorm written out (zoo/layers.py)."""
-    d = t.op("Sub", [x, _mean(graph, t, x, axes)])
-    var = _mean(graph, t, t.op("Mul", [d, d]), axes)
-    return t.op("Div", [d, t.op("Sqrt", [t.op("Add", [var, _scalar(graph, eps)])])])
 
 
 def _per_channel(graph, t, v: ir.Value, rank: int) -> ir.Value:
@@ -83,13 +70,13 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
     if node.op_type == "GlobalMaxPool" and all(isinstance(d, int) for d in x.shape[2:]):
         return t.op("MaxPool", [x], attributes={"kernel_shape": list(x.shape[2:])})
     if node.op_type == "InstanceNormalization":
-        y = _normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
+        y = normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
         return t.op("Add", [t.op("Mul", [y, _per_channel(graph, t, node.inputs[1], rank)]),
                             _per_channel(graph, t, node.inputs[2], rank)])
     if node.op_type == "GroupNormalization" and isinstance(x.shape[1], int):
         groups, channels = a.get_int("num_groups"), x.shape[1]
         grouped = t.op("Reshape", [x, add_constant(graph, "tinytlc.grouped", [0, groups, -1])])
-        y = _normalize(graph, t, grouped, [2], a.get_float("epsilon", 1e-5))
+        y = normalize(graph, t, grouped, [2], a.get_float("epsilon", 1e-5))
         y = t.op("Reshape", [y, t.op("Shape", [x])])
         scale, bias = node.inputs[1], node.inputs[2]
         if scale.shape is not None and scale.shape[0] != channels:  # opset 18: one per group
@@ -109,10 +96,7 @@ class LowerForAutodiffPass(ir.passes.InPlacePass):
             y = _lower(graph, node, t)
             if y is None:
                 continue
-            graph.insert_before(node, t.nodes)
-            y.shape, y.type = node.outputs[0].shape, node.outputs[0].type
-            ir.convenience.replace_all_uses_with(node.outputs[0], y, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
+            replace_node(graph, node, t.nodes, y)
             modified = True
         return ir.passes.PassResult(model, modified)
 
