@@ -135,6 +135,17 @@ def one_conv_net():
     return nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
 
 
+def paper_rules_net():
+    """conv 3->4 (1x1) + BatchNorm + ReLU, depthwise 3x3 + GroupNorm written out (2 groups) + ReLU6,
+    pool, Linear 4->2: every kind of layer the paper's accounting has, small enough to do by hand."""
+    torch.manual_seed(9)
+    from tinytlc.zoo.layers import GroupNorm
+    return randomize_bn(nn.Sequential(
+        nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), GroupNorm(4, channels_per_group=2), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+
+
 class _Res(nn.Module):
     def __init__(self):
         super().__init__()

@@ -64,7 +64,9 @@ def test_lite_gradients_match_torch(tmp_path, method):
         model.blocks[i] = LiteRef(model.blocks[i], params, f"lite{i}", r["stride"], tuple(r["output"][1:]))
     trainable = lean.manifest["trainable"]
     lite = [n for n in trainable if n.startswith("lite")]
-    assert len(lite) == 2 * 6  # two convs and two norms (scale, shift) per module
+    # two convs and two norms (scale, shift) per module; lite+bias keeps the final shift frozen
+    assert len(lite) == 2 * (6 if method == "lite" else 5)
+    assert method == "lite" or not any(n.endswith("norm2.bias") for n in lite)
     assert {"head.2.weight", "head.2.bias"} <= set(trainable)
     others = set(trainable) - set(lite) - {"head.2.weight", "head.2.bias"}
     assert others == (set() if method == "lite" else {n for n in others if n.endswith(".bias")}) and \
@@ -129,3 +131,27 @@ def test_zoo_models_get_a_module_per_block_but_the_first(tmp_path, model, blocks
     loss, _, grads = ort_step(art, x, np.array([0, 1]), 0.0)
     assert np.isfinite(loss)
     assert all(np.isfinite(g).all() for g in grads.values())
+
+
+def test_blocks_are_the_same_whatever_the_norm():
+    """ProxylessNAS-Mobile's 20 blocks (19 lite modules) are found alike with BatchNorm folded into
+    the convs, BatchNorm as an affine, and GroupNorm written out (which reshapes into groups inside
+    each block), and every block ends where the zoo's block ends."""
+    from tinytlc.passes.forward import find_blocks
+    from tinytlc.pipeline import forward_graph
+    from tinytlc.zoo.proxylessnas import proxylessnas_mobile
+
+    def blocks(method, norm):
+        graph = forward_graph("proxylessnas-mobile", method, 10, 64, False, norm=norm)[0].graph
+        return [(list(b.input.shape)[1:], list(b.output.shape)[1:], b.stride, b.kind) for b in find_blocks(graph)]
+
+    folded, affine, group = blocks("last", "batch"), blocks("norm+last", "batch"), blocks("last", "group")
+    assert folded == affine == group and len(group) == 20
+    net = proxylessnas_mobile(10, 64)
+    x, outs = torch.zeros(1, 3, 64, 64), []
+    x = net.stem(x)
+    for b in net.blocks:
+        x = b(x)
+        outs.append(list(x.shape[1:]))
+    assert [b[1] for b in group] == outs
+    assert [b[3] for b in group].count("residual") == sum(b.use_skip for b in net.blocks)

@@ -19,15 +19,10 @@ from tinytlc.report import mib
 
 def cmd_compile(a) -> dict:
     from tinytlc.pipeline import compile_model
-    from tinytlc.passes.forward import LiteOptions
     passes = [] if a.no_passes else (a.passes.split(",") if a.passes else None)
-    if a.lite_norm not in ("group", "affine"):
-        raise TinyTLError(f"--lite-norm {a.lite_norm}: choose group or affine")
-    lite = LiteOptions(downsample=a.lite_downsample, kernel=a.lite_kernel, groups=a.lite_groups,
-                       expand=a.lite_expand, norm=a.lite_norm, strict_groups=a.lite_groups != 2)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
-                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes, lite=lite,
-                        norm=a.norm)
+                        resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes,
+                        lite=_lite_options(a), norm=a.norm, lite_modules=a.lite_modules)
     m = art.manifest
     found = m.get("found", {})
     if not a.json:
@@ -54,6 +49,14 @@ def cmd_compile(a) -> dict:
               f"{m['method']} trains {'biases and ' if m['method'] == 'lite+bias' else ''}the classifier only",
               file=sys.stderr)
     return m
+
+
+def _lite_options(a):
+    from tinytlc.passes.forward import LiteOptions
+    if a.lite_norm not in ("group", "affine"):
+        raise TinyTLError(f"--lite-norm {a.lite_norm}: choose group or affine")
+    return LiteOptions(downsample=a.lite_downsample, kernel=a.lite_kernel, groups=a.lite_groups, expand=a.lite_expand,
+                       norm=a.lite_norm, strict_groups=a.lite_groups != 2, reference=a.lite_reference)
 
 
 def _load(a):
@@ -141,16 +144,16 @@ def cmd_analyze(a) -> dict:
     if a.accounting not in ("paper", "exact"):
         raise TinyTLError(f"--accounting {a.accounting}: choose paper or exact")
     r = analyze(a.model, a.method, resolution=a.resolution, batch_size=a.batch_size, num_classes=a.num_classes,
-                accounting=a.accounting, norm=a.norm)
+                accounting=a.accounting, norm=a.norm, lite=_lite_options(a), lite_modules=a.lite_modules)
     if not a.json:
-        print(f"{r['model']} ({r['method']}), {r['resolution']} px, batch {r['batch_size']}, "
-              f"{r['accounting']} accounting")
+        print(f"{r['model']} ({r['method']}{', with lite modules' if r['lite_modules'] else ''}), "
+              f"{r['resolution']} px, batch {r['batch_size']}, {r['accounting']} accounting")
         rows = [("parameters", mib(r["param_bytes"]) + " MiB"),
                 ("peak activations per sample", mib(r["activation_bytes_per_sample"]) + " MiB"),
                 ("  of which stored for backward", mib(r["stored_bytes_per_sample"]) + " MiB"),
-                (f"total (batch {r['batch_size']})", mib(r["total_bytes"]) + " MiB")]
+                (f"total (batch {r['batch_size']})", f"{mib(r['total_bytes'])} MiB ({r['total_bytes'] / 1e6:.1f} MB)")]
         for k, v in rows:
-            print(f"  {k:<32} {v:>12}")
+            print(f"  {k:<32} {v:>20}")
     return r
 
 
@@ -214,12 +217,6 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated training-graph passes to run, from {','.join(PASSES)} "
                         f"(default: {','.join(DEFAULT_PASSES)})")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
-    c.add_argument("--lite-downsample", type=_ranged(int, 1, 16), default=2, help="lite modules: input pooling (default 2)")
-    c.add_argument("--lite-kernel", type=_ranged(int, 1, 15, odd=True), default=5, help="lite modules: group conv kernel (default 5)")
-    c.add_argument("--lite-groups", type=_ranged(int, 1, 1024), default=2, help="lite modules: conv groups (default 2)")
-    c.add_argument("--lite-expand", type=_ranged(int, 1, 16), default=1, help="lite modules: width multiplier (default 1)")
-    c.add_argument("--lite-norm", default="group", help="lite modules: group (GroupNorm, 8 channels a group) "
-                                                        "or affine")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)
 
@@ -271,6 +268,22 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--skip-bad-images", action="store_true",
                        help="leave out images that cannot be read (default: stop and name the first)")
     for s in (c, an):
+        s.add_argument("--lite-modules", action="store_true",
+                       help="lite residual modules in the network whatever the method (frozen unless it trains "
+                            "them), as the paper profiles every method")
+        s.add_argument("--lite-downsample", type=_ranged(int, 1, 16), default=2,
+                       help="lite modules: input pooling (default 2)")
+        s.add_argument("--lite-kernel", type=_ranged(int, 1, 15, odd=True), default=5,
+                       help="lite modules: largest group conv kernel (default 5)")
+        s.add_argument("--lite-reference", type=_ranged(int, 0, 4096), default=128,
+                       help="lite modules: kernels shrink to fit the pooled size the blocks would have if the "
+                            "first module's input were this many pixels wide, as the paper (default 128); "
+                            "0: to fit the real pooled size")
+        s.add_argument("--lite-groups", type=_ranged(int, 1, 1024), default=2, help="lite modules: conv groups (default 2)")
+        s.add_argument("--lite-expand", type=_ranged(int, 1, 16), default=1,
+                       help="lite modules: width multiplier (default 1)")
+        s.add_argument("--lite-norm", default="group", help="lite modules: group (GroupNorm, 8 channels a group) "
+                                                            "or affine")
         s.add_argument("--norm", default="batch", help="norm layers of a zoo model: batch, or group (GroupNorm, "
                                                        "8 channels a group; proxylessnas-mobile)")
     for s in (c, t, e, x, m, d, an):

@@ -8,7 +8,10 @@ train. Parameters are found from the graph's structure, so any ONNX CNN works, n
 | norm+last | norm scale and shift, classifier                    | affine over frozen stats     |
 | bias      | every bias (conv bias after folding BN), classifier | folded into the conv         |
 | lite      | lite residual modules, classifier                   | folded into the conv         |
-| lite+bias | lite residual modules, every bias, classifier       | folded into the conv         |
+| lite+bias | lite residual modules but their final norm's shift, every bias, classifier | folded into the conv |
+
+"Every bias" is what the paper trains: a conv or linear bias, and a norm's shift; a conv that feeds
+a norm gets no zero bias of its own (AddZeroBiasPass).
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import onnx_ir as ir
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
                                     FoldBatchNormIntoConvPass, LiteOptions, LiteResidualPass, find_classifier)
-from tinytlc.passes.forward.lite_residual import LITE
-from tinytlc.passes.forward._values import is_constant
+from tinytlc.passes.forward._values import LITE, is_constant
 from tinytlc.passes.forward.blocks import param_source
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
@@ -55,13 +57,17 @@ def norm_params(graph: ir.Graph) -> list[str]:
     return names
 
 
-def forward_passes(method: str, lite: LiteOptions | None = None) -> list[ir.passes.PassBase]:
-    """Passes that shape the forward graph for `method` before autodiff (shapes must be inferred)."""
-    if method in TRAINS_NORMS:
+def forward_passes(method: str, lite: LiteOptions | None = None, lite_modules: bool = False,
+                   fold_norms: bool = True) -> list[ir.passes.PassBase]:
+    """Passes that shape the forward graph for `method` before autodiff (shapes must be inferred).
+    `lite_modules`: insert lite residual modules whatever the method (the paper profiles every
+    method on the network with them, frozen unless the method trains them). `fold_norms=False`
+    keeps every BatchNorm a layer of its own (an affine), as the paper's accounting counts it."""
+    if method in TRAINS_NORMS or not fold_norms:
         passes = [BatchNormToAffinePass()]
     else:
         passes = [FoldBatchNormIntoConvPass(), BatchNormToAffinePass()]  # BN with no conv before it
-    if method.startswith("lite"):
+    if method.startswith("lite") or lite_modules:
         passes.append(LiteResidualPass(lite or LiteOptions()))
     passes.append(AveragePoolToConvPass())
     if method.endswith("bias"):
@@ -95,20 +101,26 @@ def bias_params(graph: ir.Graph) -> list[str]:
 
 
 def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str]:
-    """Names of the initializers `method` trains, in graph order, each once."""
+    """Names of the initializers `method` trains, in graph order, each once. Lite modules' norms
+    count as norms (norm+last and bias train them when the modules are in the network); lite+bias
+    keeps each module's final shift frozen, as the paper does (the block's own shift does its job)."""
     _, weight, bias, _ = find_classifier(graph)
     classifier = [weight.name] + ([bias.name] if bias is not None else [])
-    lite = [name for name, v in graph.initializers.items() if v.meta.get(LITE)]
+    role = {name: v.meta.get(LITE) for name, v in graph.initializers.items() if v.meta.get(LITE)}
+    lite_norms = [n for n, r in role.items() if r in ("scale", "shift", "final-shift")]
+    lite_shifts = [n for n, r in role.items() if r in ("shift", "final-shift")]
     if method == "full":
         names = parameters(graph)
     elif method == "last":
         names = classifier
     elif method == "norm+last":
-        names = norms + classifier
+        names = norms + lite_norms + classifier
     elif method == "bias":  # biases, norm shifts (scales and shifts alternate in `norms`)
-        names = bias_params(graph) + norms[1::2] + classifier
-    elif method in ("lite", "lite+bias"):
-        names = lite + (bias_params(graph) + norms[1::2] if method == "lite+bias" else []) + classifier
+        names = bias_params(graph) + norms[1::2] + lite_shifts + classifier
+    elif method == "lite":
+        names = list(role) + classifier
+    elif method == "lite+bias":
+        names = [n for n, r in role.items() if r != "final-shift"] + bias_params(graph) + norms[1::2] + classifier
     else:
         check_method(method)
         raise AssertionError(method)

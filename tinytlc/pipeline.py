@@ -78,9 +78,11 @@ def _versions() -> dict:
 
 
 def forward_graph(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
-                  lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch"):
+                  lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
+                  lite_modules: bool = False, fold_norms: bool = True):
     """The forward graph (onnx_ir, shapes inferred) ready for autodiff, the trainable names, the
-    source and the class count. `report`, if given, receives what the passes inserted."""
+    source and the class count. `report`, if given, receives what the passes inserted.
+    `lite_modules`, `fold_norms`: see methods.forward_passes."""
     methods.check_method(method)
     source = load_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
@@ -97,7 +99,7 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     ShapeInferencePass()(irm)
     if LowerForAutodiffPass()(irm).modified:
         ShapeInferencePass()(irm)
-    for p in methods.forward_passes(method, lite):
+    for p in methods.forward_passes(method, lite, lite_modules, fold_norms):
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
             report.update(lite_modules=p.report, lite_blocks=p.blocks, lite_skipped=p.skipped)
@@ -126,10 +128,11 @@ def describe(graph: ir.Graph, norms: list[str]) -> dict:
 
 
 def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
-                  lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch"):
+                  lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
+                  lite_modules: bool = False):
     """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
     irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report,
-                                                    norm)
+                                                    norm, lite_modules)
     proto = declare_layer_norm_statistics(ir.serde.serialize_model(irm))
     proto.ir_version = min(proto.ir_version, MAX_IR)
     return proto, trainable, source, classes
@@ -164,11 +167,13 @@ LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "de
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
                   pretrained: bool = True, passes: list[str] | None = None,
-                  session: dict | None = None, lite: LiteOptions | None = None, norm: str = "batch") -> Artifact:
+                  session: dict | None = None, lite: LiteOptions | None = None, norm: str = "batch",
+                  lite_modules: bool = False) -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
 
     `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
-    `session`: ORT session settings to train with (None: LEAN_SESSION after passes, else ORT's)."""
+    `session`: ORT session settings to train with (None: LEAN_SESSION after passes, else ORT's).
+    `lite_modules`: lite residual modules in the network whatever the method (frozen unless trained)."""
     out = Path(out)
     check_output_directory(out, force)
     if batch_size < 1 or resolution < 8:
@@ -180,7 +185,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         session = dict(LEAN_SESSION) if passes else {}
     report: dict = {}
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained, lite,
-                                                      report, norm)
+                                                      report, norm, lite_modules)
     image = proto.graph.input[0]
     channels = image.type.tensor_type.shape.dim[1].dim_value
     with atomic_path(out, is_dir=True) as tmp:

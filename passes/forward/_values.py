@@ -25,6 +25,11 @@ def fresh_name(graph: ir.Graph, wanted: str) -> str:
 
 
 CONSTANT = "tinytlc.constant"  # Value.meta key: an initializer a pass made that is no parameter
+# Value.meta key: a parameter of a lite residual module, with its role ("weight", "scale", "shift",
+# "final-shift"); Node.meta key: a node of a lite module's side branch (not the Add that joins it)
+LITE = "tinytlc.lite"
+# Node.meta key: a node written in place of another op (op type, its input): one layer for accounting
+LOWERED = "tinytlc.lowered"
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, constant: bool = False) -> ir.Value:

@@ -1,8 +1,11 @@
-"""Give every Conv and Gemm without a bias a zero bias initializer (not a pooling written as a conv).
+"""Give every Conv and Gemm without a bias a zero bias initializer, unless a norm follows it.
 
-Why: TinyTL-B trains biases; a conv exported without one (its BN not folded, or no BN at all)
-would otherwise have nothing to train. Exact: adding zero changes no output. Memory: one vector per
-layer; a bias gradient is a sum of dY and needs no saved activation.
+Why: TinyTL-B trains biases; a conv exported without one and with no norm after it would
+otherwise have nothing to train. A conv that feeds a norm gets none, as in the paper: the norm's
+shift is trained instead and a bias before it adds next to nothing (nothing at all before a
+BatchNorm over frozen statistics). Not a pooling written as a conv, nor a lite-module conv.
+Exact: adding zero changes no output. Memory: one vector per layer; a bias gradient is a sum of dY
+and needs no saved activation.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_initializer, const_array, is_constant
-from tinytlc.passes.forward.lite_residual import LITE
+from tinytlc.passes.forward._values import LITE, add_initializer, const_array, is_constant
+from tinytlc.passes.forward.norms import find_norms
 
 
 def bias_name(weight: ir.Value) -> str:
@@ -21,11 +24,14 @@ def bias_name(weight: ir.Value) -> str:
 class AddZeroBiasPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
+        normed = {id(n.input) for n in find_norms(graph)}
         for node in list(graph):
             if node.op_type not in ("Conv", "Gemm") or (len(node.inputs) > 2 and node.inputs[2] is not None):
                 continue
+            if id(node.outputs[0]) in normed:
+                continue
             w = const_array(node.inputs[1])
-            # not a pooling written as a conv, nor a lite-module conv (a norm follows it)
+            # not a pooling written as a conv, nor a lite-module conv
             if w is None or is_constant(node.inputs[1]) or node.inputs[1].meta.get(LITE):
                 continue
             if node.op_type == "Conv":

@@ -16,7 +16,8 @@
 5. The stem (single layers before the first block of several layers) joins that block, so "every
    block but the first" skips the stem and the first block together, as the paper does; trailing
    1x1 layers after the last spatial op are the head (MobileNet's 1x1 conv to 1280), not a block.
-A block ends at the last cut of its span with the rank of its input: never after a global pool.
+A block ends at the last cut of its span with the rank of its input, never after a global pool.
+Lite residual modules' side branches are looked past: the blocks are those of the network itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import networkx as nx
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import is_constant
+from tinytlc.passes.forward._values import LITE, is_constant
 
 LAYERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 VIEWS = {"Transpose", "Reshape", "Slice", "Unsqueeze", "Squeeze", "Identity", "Cast", "Flatten", "Split"}
@@ -107,7 +108,7 @@ def _data_graph(graph: ir.Graph) -> tuple[nx.DiGraph, set]:
     g, data = nx.DiGraph(), {image}
     g.add_node(image)
     for node in graph:
-        if node.op_type in NOT_DATA:
+        if node.op_type in NOT_DATA or node.meta.get(LITE):
             continue
         ins = [i for i in node.inputs if i is not None and i in data]
         if not ins:
@@ -197,15 +198,27 @@ def _group(segments: list[_Segment]) -> list[list[_Segment]]:
     return groups
 
 
+def _classifier(graph: ir.Graph) -> ir.Node | None:
+    from tinytlc.errors import TinyTLError
+    from tinytlc.passes.forward.replace_classifier import find_classifier
+    try:
+        return find_classifier(graph)[0]
+    except TinyTLError:  # no classifier: every layer may be a block's
+        return None
+
+
+def residual_segments(graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node], ir.Node]]:
+    """(x, nodes, the Add) of every fork-and-join region whose paths meet in an Add: a residual
+    block, with an identity or a projection shortcut; x is the tensor it forks from."""
+    cuts, segments = _segments(graph, _classifier(graph))
+    return [(cuts[s.start], s.nodes, s.merge) for s in segments
+            if s.kind == "branch" and s.merge is not None and s.merge.op_type == "Add"]
+
+
 def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Block]:
     """Blocks in graph order (module docstring). `classifier`: the node that is no block's layer."""
     if classifier is None:
-        from tinytlc.errors import TinyTLError
-        from tinytlc.passes.forward.replace_classifier import find_classifier
-        try:
-            classifier = find_classifier(graph)[0]
-        except TinyTLError:  # no classifier: every layer may be a block's
-            classifier = None
+        classifier = _classifier(graph)
     cuts, segments = _segments(graph, classifier)
     if not segments:
         return []
@@ -230,11 +243,8 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
         for c in cuts[s + 1: e + 1]:  # up to the head's global pool, flatten or token pick
             if rank is None or rank < 3 or c.producer().op_type in HEAD_OPS or c.producer() is classifier:
                 break
-            if _rank(c) is None:
-                continue
-            if _rank(c) != rank:
-                break
-            y = c
+            if _rank(c) == rank:  # (a norm written out reshapes into groups in between)
+                y = c
         if y is None:
             continue
         merge = grp[-1].merge if grp[-1].kind == "branch" else None

@@ -3,9 +3,12 @@
 Blocks come from the graph's structure (blocks.py: cut points of the dataflow graph, any CNN).
 Beside each block B with input x (C_in, H, W) and output y (C_out, H', W') the pass adds
     y + up(norm2(conv1x1(relu(norm1(gconv_kxk(avgpool2x2(x)))))))
-with a k x k group conv (groups 2, width C_in * expand, the block's stride, k = 5 shrunk by 2 while it
-exceeds the pooled size), GroupNorm (8 channels per group), and a final norm whose scale starts at 0,
-so the network computes exactly what it did before training starts. Everything in the branch is
+with a k x k group conv (groups 2, width C_in * expand, the block's stride), GroupNorm (8 channels
+per group), and a final norm whose scale starts at 0, so the network computes exactly what it did
+before training starts. k = 5, shrunk by 2 while it exceeds the pooled size the block would have if
+the first module's input were 128 px on a side (each stride before it halving that), as the paper
+fixes its kernels; so modules do not grow with the input resolution. `reference=0` sizes k by the
+real pooled size instead. Everything in the branch is
 written with ops ONNX Runtime 1.19.2 differentiates on the CPU: average pooling as a constant
 depthwise conv, GroupNorm as Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilinear upsampling
 (torch's align_corners=False) as two MatMuls with fixed interpolation matrices.
@@ -24,10 +27,8 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
-from tinytlc.passes.forward._values import add_initializer, normalize
+from tinytlc.passes.forward._values import LITE, add_initializer, normalize
 from tinytlc.passes.forward.blocks import Block, find_blocks
-
-LITE = "tinytlc.lite"  # Value.meta: a parameter of a lite residual module
 
 
 @dataclass
@@ -40,6 +41,7 @@ class LiteOptions:
     group_channels: int = 8
     final_scale: float = 0.0     # 0: the branch outputs zeros until it trains
     seed: int = 0
+    reference: int = 128         # kernels sized as if the first module's input were this wide (0: real sizes)
     strict_groups: bool = False  # a width `groups` does not divide is an error (else: 1 group there)
 
 
@@ -74,29 +76,33 @@ class LiteResidualPass(ir.passes.InPlacePass):
         blocks = find_blocks(graph)
         self.blocks = len(blocks)
         spliced: dict[int, ir.Value] = {}  # a block output -> that output plus its lite branch
+        reference = self.options.reference
         for index, block in enumerate(blocks[1:], start=1):
             block.input = spliced.get(id(block.input), block.input)  # a later block reads the sum
             why = _unsupported(block)
+            size, reference = reference, reference // max(1, block.stride)
             if why:
                 self.skipped.append({"block": index, "kind": block.kind, "reason": why})
                 continue
-            splice = self._splice if len(block.input.shape) == 4 else self._splice_tokens
-            report, out = splice(graph, block, f"lite{index}", rng)
+            if len(block.input.shape) == 4:
+                report, out = self._splice(graph, block, f"lite{index}", rng, size)
+            else:
+                report, out = self._splice_tokens(graph, block, f"lite{index}", rng)
             spliced[id(block.output)] = out
             self.report.append({"index": index, **report})
         return ir.passes.PassResult(model, bool(self.report))
 
-    def _param(self, graph, name, array):
+    def _param(self, graph, name, array, role="weight"):
         v = add_initializer(graph, name, array)
-        v.meta[LITE] = True
+        v.meta[LITE] = role
         return v
 
-    def _norm(self, graph, t: ir.tape.Tape, x, channels, h, w, name, scale, tokens: bool = False):
+    def _norm(self, graph, t: ir.tape.Tape, x, channels, h, w, name, scale, tokens: bool = False, final=False):
         """GroupNorm over (C, H, W) images, or LayerNorm over the channels of (T, D) tokens."""
         o = self.options
         shape = (channels,) if tokens else (channels, 1, 1)
-        gamma = self._param(graph, f"{name}.weight", np.full(shape, scale, np.float32))
-        beta = self._param(graph, f"{name}.bias", np.zeros(shape, np.float32))
+        gamma = self._param(graph, f"{name}.weight", np.full(shape, scale, np.float32), "scale")
+        beta = self._param(graph, f"{name}.bias", np.zeros(shape, np.float32), "final-shift" if final else "shift")
         if o.norm == "group":
             c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
             if tokens:
@@ -109,7 +115,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
                 x = t.op("Reshape", [x, c("shape", np.array([0, channels, h, w], np.int64))])
         return t.op("Add", [t.op("Mul", [x, gamma]), beta])
 
-    def _splice(self, graph: ir.Graph, block: Block, name: str, rng) -> tuple[dict, ir.Value]:
+    def _splice(self, graph: ir.Graph, block: Block, name: str, rng, reference: int) -> tuple[dict, ir.Value]:
         o = self.options
         _, cin, hin, win = block.input.shape
         _, cout, hout, wout = block.output.shape
@@ -122,8 +128,8 @@ class LiteResidualPass(ir.passes.InPlacePass):
             x = t.op("Conv", [x, c("pool", np.full((cin, 1, d, d), 1.0 / (d * d), np.float32))],
                      attributes={"kernel_shape": [d, d], "strides": [d, d], "group": cin})
             h, w = hin // d, win // d
-        k = o.kernel
-        while k > min(h, w) and k > 1:
+        k, pooled = o.kernel, (max(1, reference // o.downsample) if reference else min(h, w))
+        while k > pooled and k > 1:
             k -= 2
         if cin % o.groups and o.strict_groups:
             raise TinyTLError(f"--lite-groups {o.groups} does not divide the width {cin} of block {name[4:]} "
@@ -139,7 +145,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
         w2 = self._param(graph, f"{name}.conv2.weight",
                          rng.normal(0, np.sqrt(1.0 / mid), (cout, mid, 1, 1)).astype(np.float32))
         x = t.op("Conv", [x, w2], attributes={"kernel_shape": [1, 1]})
-        x = self._norm(graph, t, x, cout, h, w, f"{name}.norm2", o.final_scale)
+        x = self._norm(graph, t, x, cout, h, w, f"{name}.norm2", o.final_scale, final=True)
         if (h, w) != (hout, wout):
             x = t.op("MatMul", [x, c("up_w", bilinear_matrix(wout, w).T.copy())])
             x = t.op("MatMul", [c("up_h", bilinear_matrix(hout, h)), x])
@@ -158,7 +164,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
                                      tokens=True)])
         w2 = self._param(graph, f"{name}.fc2.weight", rng.normal(0, np.sqrt(1.0 / mid), (mid, dout)).astype(np.float32))
         x = self._norm(graph, t, t.op("MatMul", [x, w2]), dout, 0, 0, f"{name}.norm2", self.options.final_scale,
-                       tokens=True)
+                       tokens=True, final=True)
         out = _attach(graph, t, block.output, x)
         params = int(din * mid + mid * dout + 2 * (mid + dout))
         return {"block": block.kind, "input": [tokens, din], "output": [tokens, dout], "stride": 1, "kernel": 1,
@@ -180,6 +186,8 @@ def _unsupported(block: Block) -> str | None:
 def _attach(graph: ir.Graph, t: ir.tape.Tape, y: ir.Value, branch: ir.Value) -> ir.Value:
     """y + branch in place of y for every reader of y (the graph output included)."""
     readers = list(y.uses())
+    for node in t.nodes:  # the side branch (blocks.py looks past it: it is no part of the network's blocks)
+        node.meta[LITE] = True
     out = t.op("Add", [y, branch])
     out.shape, out.type = y.shape, y.type
     graph.insert_after(y.producer(), t.nodes)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant, const_array, normalize, replace_node
+from tinytlc.passes.forward._values import LOWERED, add_constant, const_array, normalize, replace_node
 
 
 def _scalar(graph: ir.Graph, value: float) -> ir.Value:
@@ -96,6 +96,9 @@ class LowerForAutodiffPass(ir.passes.InPlacePass):
             y = _lower(graph, node, t)
             if y is None:
                 continue
+            origin = (node.op_type, node.inputs[0])  # one tuple for the group: accounting counts one layer
+            for n in t.nodes:
+                n.meta[LOWERED] = origin
             replace_node(graph, node, t.nodes, y)
             modified = True
         return ir.passes.PassResult(model, modified)
