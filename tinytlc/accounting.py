@@ -198,6 +198,8 @@ def _exact(graph: ir.Graph, trainable: set[str]) -> dict:
             if first is not None:
                 spans.append((first, order[id(add)], b.input))
 
+    # the Div of a norm written out (x - mean) / std: its output is what a per-sample norm's backward reads
+    norm_divs = {id(n) for norm in find_norms(graph) for n in norm.nodes if n.op_type == "Div"}
     stored, stored_ids, stored_by = 0.0, set(), {}
     peak, peak_at = 0.0, None
     for i, node in enumerate(nodes):
@@ -221,7 +223,7 @@ def _exact(graph: ir.Graph, trainable: set[str]) -> dict:
             keep = (node.outputs[0], 1 / 8)
         elif node.op_type in ACT_32BIT and through(node):
             keep = (node.outputs[0], 4.0)
-        elif node.op_type == "Div" and through(node) and _is_group_norm(node):
+        elif id(node) in norm_divs and through(node):
             keep = (node.outputs[0], 4.0)  # the normalised input; its statistics are per sample
         if keep is not None and id(_root(keep[0])) not in stored_ids:
             stored_ids.add(id(_root(keep[0])))
@@ -230,13 +232,6 @@ def _exact(graph: ir.Graph, trainable: set[str]) -> dict:
             stored_by[node.op_type] = stored_by.get(node.op_type, 0.0) + nbytes
     return {"accounting": "exact", "param_bytes": int(param_bytes), "activation_bytes_per_sample": peak,
             "stored_bytes_per_sample": stored, "peak_at": peak_at, "stored_by": stored_by}
-
-
-def _is_group_norm(div: ir.Node) -> bool:
-    """Div(x - mean, sqrt(var + eps)) of a GroupNorm written out (lite residual modules)."""
-    num, den = div.inputs[:2]
-    return num is not None and den is not None and num.producer() is not None and \
-        num.producer().op_type == "Sub" and den.producer() is not None and den.producer().op_type == "Sqrt"
 
 
 def analyze(model: str, method: str, *, resolution: int = 224, batch_size: int = 8, num_classes: int | None = None,
