@@ -31,6 +31,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     restart: bool = False
+    eval_every_epoch: bool = True  # False: held-out accuracy after the last epoch only (benchmark sweeps)
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -83,12 +84,12 @@ def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=pri
             raise TinyTLError(f"--resume: no earlier training in {out}")
         record = load_record(out)
         checkpoint = out / "checkpoint"
-    elif out.exists() and not cfg.restart:
-        raise TinyTLError(f"{directory} was trained before ({out}); pass --resume to go on or --restart to train "
-                          "anew (the earlier run is kept until the new one saves its first epoch)")
         if record["epoch"] >= cfg.epochs:
             log(f"already trained {record['epoch']} epochs (asked for {cfg.epochs}); nothing to do")
             return record
+    elif out.exists() and not cfg.restart:
+        raise TinyTLError(f"{directory} was trained before ({out}); pass --resume to go on or --restart to train "
+                          "anew (the earlier run is kept until the new one saves its first epoch)")
     sess = open_session(directory, manifest, checkpoint)
     pre = Preprocess.from_manifest(manifest)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
@@ -111,12 +112,15 @@ def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=pri
             step += 1
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         seconds = time.perf_counter() - t0
-        result = evaluate_split(sess, data.test, pre, cfg.batch_size)
         entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                 "test_accuracy": result["accuracy"], "test_loss": result["loss"], "seconds": seconds}
+                 "test_accuracy": None, "test_loss": None, "seconds": seconds}
+        if cfg.eval_every_epoch or epoch + 1 == cfg.epochs:
+            result = evaluate_split(sess, data.test, pre, cfg.batch_size)
+            entry.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
         record = {"epoch": epoch + 1, "step": step, "history": record["history"] + [entry],
                   "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing}
         _save(sess, out, record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {entry['train_loss']:.4f}, "
-            f"held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images), {seconds:.1f}s")
+        held_out = "" if entry["test_accuracy"] is None else \
+            f", held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images)"
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {entry['train_loss']:.4f}{held_out}, {seconds:.1f}s")
     return record

@@ -29,12 +29,45 @@ def test_pytorch_baseline_trains_what_tinytlc_trains():
 
 def test_bench_writes_table_plot_and_json(tmp_path, cli):
     out = tmp_path / "results"
-    code, stdout, err = cli("bench", "--model", "mobilenetv2", "--data", "synthetic:48", "--resolution", 32,
-                            "--train-images", 48, "--test-images", 16, "--epochs", 1, "--methods", "last,bias",
-                            "--out", out)
+    code, stdout, err = cli("bench", "--model", "mobilenetv2", "--data", "synthetic:80", "--resolution", 32,
+                            "--train-images", 0, "--few-shot", 2, "--val-images", 12, "--test-images", 16,
+                            "--few-shot-epochs", 1, "--seeds", 2, "--methods", "last,lite+bias", "--out", out)
     assert code == 0, err
     report = json.loads((out / "benchmark.json").read_text())
-    assert [r["method"] for r in report["results"]] == ["last", "bias"]
+    rows = [(r["setting"], r["method"], r["batch_size"]) for r in report["results"]]
+    assert rows == [("few", "last", 8), ("few", "lite+bias", 8), ("few", "lite+bias", 1)]
+    for r in report["results"]:
+        assert len(r["accuracies"]) == 2 and r["accuracy"] == sum(r["accuracies"]) / 2
+        assert set(r["sweep"]) == {"0.001", "0.003", "0.01"}
+        assert r["sweep"][f"{r['lr']:g}"] == max(r["sweep"].values())  # the best validation score chose it
+        assert r["total_bytes"] > 0
+    b1 = report["results"][-1]
+    assert b1["step_peak_bytes"] < report["results"][1]["step_peak_bytes"]  # batch 1 takes less memory
     assert [b["method"] for b in report["pytorch_eager"]] == ["full", "bias"]
-    assert "| bias" in (out / "benchmark.md").read_text()
+    assert "| few" in (out / "benchmark.md").read_text()
     assert (out / "accuracy_vs_memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_protocol_never_chooses_on_the_test_images(monkeypatch):
+    """The sweep scores on the validation split only; the test images are used by the final runs;
+    validation and training images never overlap, and each seed draws its own training images."""
+    from tinytlc import transfer_bench as tb
+    from tinytlc.data import synthetic
+    d = synthetic(300, 10)
+    val, pool = tb.carve(d.train, 50)
+    seen = []
+
+    def fake_run(art, data, lr, epochs, batch_size, seed):
+        seen.append((data.test is val, data.test is d.test, len(data.train), seed))
+        return {0.001: 0.5, 0.003: 0.7, 0.01: 0.6}[lr] if data.test is val else 0.9 + seed / 100
+    monkeypatch.setattr(tb, "_run", fake_run)
+    r = tb.protocol(None, d.train, pool, val, d.test, d.classes, [0.001, 0.003, 0.01], 1, 8, 3,
+                    {"per_class": 4}, log=lambda s: None)
+    assert r["lr"] == 0.003 and r["accuracies"] == [0.9, 0.91, 0.92]
+    assert [s[:2] for s in seen] == [(True, False)] * 3 + [(False, True)] * 3
+    assert all(s[2] == 40 for s in seen)  # 4 images of each of the 10 classes
+    val_images = {int(i) for i in np.random.default_rng(0).permutation(len(d.train))[:50]}
+    assert not val_images & set(pool.tolist())
+    a, b = (tb.draw(d.train, pool, s, per_class=4) for s in (0, 1))
+    assert list(np.bincount(a.labels)) == [4] * 10
+    assert [a.load(i).tobytes() for i in range(40)] != [b.load(i).tobytes() for i in range(40)]

@@ -9,8 +9,8 @@ written with; BatchNorm is not folded here, it is a layer as in the paper) or an
 - stored for backward, each layer for itself (a tensor two layers need is counted twice): the input
   of a conv or linear whose weight trains and of a norm whose scale trains (even where no gradient
   reaches it from below), 1 bit per input element of a ReLU/ReLU6/LeakyReLU and 32 bits per input
-  element of a sigmoid/tanh/h-swish/h-sigmoid/GELU; activations store unless only the classifier
-  trains (`last`), whether or not the gradient passes there;
+  element of a sigmoid/tanh/h-swish/h-sigmoid (not GELU: the paper's profiler does not count it);
+  activations store unless only the classifier trains (`last`), whether or not the gradient passes;
 - a layer's temporary memory: a conv's input + output / groups, a linear's input + output, a norm's
   or an activation's input; pooling, dropout, reshapes, residual adds, upsampling count nothing;
 - peak = max over layers of (its temporary memory + everything stored before it + the input of the
@@ -33,7 +33,7 @@ from tinytlc.passes.forward.blocks import param_source, residual_segments
 from tinytlc.passes.forward.norms import find_norms
 
 ACT_1BIT = {"Relu", "Clip", "LeakyRelu"}
-ACT_32BIT = {"Sigmoid", "HardSwish", "HardSigmoid", "Tanh", "Gelu"}
+ACT_32BIT = {"Sigmoid", "HardSwish", "HardSigmoid", "Tanh"}  # (GELU: the paper's profiler counts none)
 
 
 ELEMENTWISE = {"Reshape", "Sub", "Div", "Mul", "Add", "Relu", "Clip", "LeakyRelu", "Sqrt", "Identity"}

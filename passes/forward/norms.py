@@ -31,26 +31,35 @@ class Norm:
 
 
 def _param_sources(v: ir.Value | None, memo: dict) -> set | None:
-    """The initializers `v` is computed from, or None when it depends on data (a graph input)."""
+    """The initializers `v` is computed from, or None when it depends on data (a graph input).
+    Iterative: a data tensor's ancestry is the whole network up to the image."""
     if v is None:
         return set()
-    if id(v) in memo:
-        return memo[id(v)]
-    if v.is_initializer():
-        out = {v}
-    elif v.producer() is None:
-        out = None if v.const_value is None else set()
-    else:
-        out = set()
-        memo[id(v)] = None  # (no cycles in a DAG; a guard all the same)
-        for i in v.producer().inputs:
-            s = _param_sources(i, memo)
+    stack = [v]
+    while stack:
+        u = stack[-1]
+        if id(u) in memo:
+            stack.pop()
+            continue
+        p = u.producer()
+        if u.is_initializer() or p is None:
+            memo[id(u)] = {u} if u.is_initializer() else (None if u.const_value is None else set())
+            stack.pop()
+            continue
+        pending = [i for i in p.inputs if i is not None and id(i) not in memo]
+        if pending:
+            stack.extend(pending)
+            continue
+        out: set | None = set()
+        for i in p.inputs:
+            s = memo[id(i)] if i is not None else set()
             if s is None:
                 out = None
                 break
             out |= s
-    memo[id(v)] = out
-    return out
+        memo[id(u)] = out
+        stack.pop()
+    return memo[id(v)]
 
 
 def _params(v: ir.Value, memo: dict) -> list[ir.Value] | None:
