@@ -146,6 +146,20 @@ def paper_rules_net():
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
 
 
+def conv_kinds_net():
+    """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
+    (stride 1: Conv with a flipped weight), 1x1 (Conv with the transposed weight), strided
+    depthwise (ConvTranspose)."""
+    torch.manual_seed(10)
+    return randomize_bn(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8), nn.ReLU(),
+        nn.Conv2d(8, 16, 1), nn.ReLU(),
+        nn.Conv2d(16, 16, (3, 5), padding=(1, 2), groups=4), nn.ReLU6(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)))
+
+
 class _Res(nn.Module):
     def __init__(self):
         super().__init__()

@@ -97,7 +97,31 @@ def test_passes_rewrite_what_they_claim(tmp_path):
     assert not {"ConvGrad", "ReluGrad", "LeakyReluGrad"} & set(after)
     assert after.count("DropoutGrad") == 4  # 2 ReLU, 1 ReLU6, 1 LeakyReLU backward from bool masks
     assert "Where" not in after  # ORT's CPU Where allocates a full-size temporary
-    assert after.count("ConvTranspose") == 5  # 5 convs + the pooling conv; the first needs no dX
+    # 5 convs + the pooling conv; the first needs no dX; stride-1 grouped and 1x1 ones become Convs
+    assert after.count("ConvTranspose") == 1 and after.count("Conv") == before.count("Conv") + 4
+
+
+@pytest.mark.parametrize("method", ["bias", "norm+last"])
+def test_frozen_conv_as_conv_is_exact(tmp_path, method):
+    """Input gradients of frozen stride-1 grouped convs (a Conv over a flipped constant weight) and
+    1x1 convs (a Conv over the transposed weight) against ORT's own ConvGrad, with and without a
+    bias gradient to wait for (bias; norm+last: the gradient passes every frozen conv to the first BatchNorm)."""
+    import onnx
+    plain = compile_model(f"{NETS}:conv_kinds_net", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
+                          passes=[])
+    lean = compile_model(f"{NETS}:conv_kinds_net", method, tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    graph = onnx.load(lean.path / "training_model.onnx").graph
+    flipped = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith(".flipped")]
+    assert len(flipped) == 2  # the dilated depthwise and the grouped 3x5
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    _, ref_logits, ref = ort_step(plain, x, y, 0.0)
+    _, logits, got = ort_step(lean, x, y, 0.0)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-6, atol=1e-6)
+    assert set(got) == set(ref) and len(ref) > 2
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("net", ["small_net", "odd_net"])

@@ -81,9 +81,10 @@ def protocol(art, train_split: Split, pool, val: Split, test: Split, classes, gr
     lr = max(grid, key=lambda v: (sweep[v], -v))
     accs = [_run(art, Data(classes, draw(train_split, pool, s, **draw_args), test), lr, epochs, batch_size, s)
             for s in range(seeds)]
-    log(f"lr {lr:g} chosen; test {100 * statistics.mean(accs):.1f} +- {100 * statistics.pstdev(accs):.1f} %")
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0  # (sample standard deviation)
+    log(f"lr {lr:g} chosen; test {100 * statistics.mean(accs):.1f} +- {100 * sd:.1f} %")
     return {"lr": lr, "sweep": {f"{k:g}": v for k, v in sweep.items()}, "accuracies": accs,
-            "accuracy": statistics.mean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+            "accuracy": statistics.mean(accs), "accuracy_std": sd}
 
 
 def run(model: str, data: str, methods: list[str], resolution: int, batch_size: int, seeds: int,

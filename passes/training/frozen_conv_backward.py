@@ -14,6 +14,14 @@ B = zeros(C_in) * dB[0]: a vector of zeros the size of the conv's input channels
 before dB, so dY's last reader is the ConvTranspose. (An earlier version waited through
 W + 0 * dB[0], a full copy of the weight: 9 MiB for a 512x512x3x3 conv, more than dY itself deep
 in a ResNet.) Adding 0 changes no finite value.
+Speed (ORT's CPU ConvTranspose loops over images and groups with small GEMMs and col2im, on one
+thread), two cases are written as a Conv instead, exact the same way:
+- stride 1 with groups (depthwise): dX = Conv(dY, W') with W' = W flipped in space and its in/out
+  channels swapped within each group, padding (k - 1) d - p. W' is a constant computed here from the
+  frozen weight (as large as W: small for depthwise and grouped convs), so ORT's NCHWc kernels
+  take the Conv; the dB ordering then waits on dY itself, dY + 0 * dB[0] broadcast from [1, 1, 1, 1]
+  (a constant weight and no bias are what the NCHWc rewrite needs);
+- 1x1, stride 1, no groups: dX = Conv(dY, Transpose(W)), a GEMM with no col2im.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
+from tinytlc.passes.forward._values import add_constant, const_array
 from tinytlc.passes.training._graph import replace_node_outputs, wanted as _wanted
 
 
@@ -59,17 +67,48 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                 db_value = tape.op("ReduceSum", [dy, axes], attributes={"keepdims": 0})
                 replacements.append((db, db_value))
             if _wanted(dx):
-                inputs = [dy, w]
-                if db_value is not None:  # a zero bias that exists only once dB does
+                group = a.get_int("group", 1)
+                first = None
+                if db_value is not None:  # dB[0:1]: what the input gradient waits for
                     first = tape.op("Slice", [db_value, add_constant(graph, "tinytlc.const", [0]),
                                               add_constant(graph, "tinytlc.const", [1])])
-                    zeros = add_constant(graph, "tinytlc.zeros", np.zeros(w.shape[1] * a.get_int("group", 1), np.float32))
-                    inputs.append(tape.op("Mul", [zeros, first]))
-                tape.op("ConvTranspose", inputs, attributes={
-                    "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
-                    "group": a.get_int("group", 1), "output_padding": out_pad})
+                flipped = _flipped(w, group, kernel, dilations, pads) if max(strides) == 1 and group > 1 else None
+                if flipped is not None:
+                    w2, pads2 = flipped
+                    if first is not None:
+                        zero = add_constant(graph, "tinytlc.zero_1111", np.zeros((1, 1, 1, 1), np.float32))
+                        ordered = tape.op("Add", [dy, tape.op("Mul", [zero, first])])
+                        ordered.name, dy = f"{dy.name}.after_bias_grad", ordered
+                    tape.op("Conv", [dy, add_constant(graph, f"{w.name}.flipped", w2)], attributes={
+                        "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
+                else:
+                    pointwise = max(strides) == 1 and group == 1 and kernel == [1, 1] and not any(pads)
+                    inputs = [dy, tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]}) if pointwise else w]
+                    if first is not None:  # a zero bias that exists only once dB does
+                        zeros = add_constant(graph, "tinytlc.zeros", np.zeros(w.shape[1] * group, np.float32))
+                        inputs.append(tape.op("Mul", [zeros, first]))
+                    if pointwise:
+                        tape.op("Conv", inputs, attributes={"kernel_shape": [1, 1]})
+                    else:
+                        tape.op("ConvTranspose", inputs, attributes={
+                            "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
+                            "group": group, "output_padding": out_pad})
                 replacements.append((dx, tape.nodes[-1].outputs[0]))
             graph.insert_before(grad, tape.nodes)
             replace_node_outputs(graph, grad, replacements)
             modified = True
         return ir.passes.PassResult(model, modified)
+
+
+def _flipped(w: ir.Value, group: int, kernel: list[int], dilations: list[int], pads: list[int]):
+    """(W', pads') such that Conv(dY, W', pads') is the input gradient of a stride-1 grouped conv
+    with frozen weight W, or None when W is not a constant here or a padding would be negative."""
+    weight = const_array(w)
+    if weight is None or weight.ndim != 4:
+        return None
+    pads2 = [dilations[i % 2] * (kernel[i % 2] - 1) - pads[i] for i in range(4)]
+    if min(pads2) < 0:
+        return None
+    cout, cin_g, kh, kw = weight.shape
+    w2 = weight.reshape(group, cout // group, cin_g, kh, kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
+    return np.ascontiguousarray(w2.reshape(group * cin_g, cout // group, kh, kw)), pads2
