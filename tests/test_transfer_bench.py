@@ -71,3 +71,18 @@ def test_protocol_never_chooses_on_the_test_images(monkeypatch):
     a, b = (tb.draw(d.train, pool, s, per_class=4) for s in (0, 1))
     assert list(np.bincount(a.labels)) == [4] * 10
     assert [a.load(i).tobytes() for i in range(40)] != [b.load(i).tobytes() for i in range(40)]
+
+
+def test_sweep_goes_past_an_edge_of_the_grid_while_it_improves(monkeypatch):
+    from tinytlc import transfer_bench as tb
+    from tinytlc.data import synthetic
+    d = synthetic(100, 10)
+    val, pool = tb.carve(d.train, 20)
+    curve = {0.001: 0.5, 0.003: 0.6, 0.01: 0.7, 0.03: 0.8, 0.09: 0.75}  # best past the grid's top
+
+    def fake_run(art, data, lr, epochs, batch_size, seed):
+        return curve[round(lr, 6)] if data.test is val else 0.5
+    monkeypatch.setattr(tb, "_run", fake_run)
+    r = tb.protocol(None, d.train, pool, val, d.test, d.classes, [0.001, 0.003, 0.01], 1, 8, 1,
+                    {"images": 30}, log=lambda s: None)
+    assert [round(float(k), 6) for k in r["sweep"]] == [0.001, 0.003, 0.01, 0.03, 0.09] and round(r["lr"], 6) == 0.03

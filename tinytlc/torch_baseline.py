@@ -19,13 +19,12 @@ METHODS = ("full", "bias")
 
 def probe(model: str, method: str, resolution: int, batch_size: int, num_classes: int, steps: int, warmup: int,
           what: str) -> dict:
-    import time
 
     import torch
     import torch.nn as nn
 
     from tinytlc import zoo
-    from tinytlc.runtime.memory import peak_during
+    from tinytlc.runtime.memory import median_seconds, peak_during
     torch.set_num_threads(max(1, torch.get_num_threads()))
     net = zoo.get(model).build(resolution=resolution, pretrained=False)
     head = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
@@ -46,10 +45,7 @@ def probe(model: str, method: str, resolution: int, batch_size: int, num_classes
     for _ in range(warmup):
         step()
     if what == "time":
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return {"step_seconds": (time.perf_counter() - t0) / steps}
+        return {"step_seconds": median_seconds(step, steps)}
     n_all = sum(p.numel() for p in net.parameters())
     n_train = sum(p.numel() for p in trainable)
     return {"param_bytes": 4 * (n_all + 3 * n_train), "trainable_elements": n_train, **peak_during(step, steps)}

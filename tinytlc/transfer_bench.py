@@ -7,8 +7,9 @@ The protocol (the README has the settings and the figures):
   split) are used only for the final runs, never to choose anything.
 - Settings: `many` (`--train-images` images, `--epochs`) and `few` (`--few-shot` images a class,
   `--few-shot-epochs`); each seed draws its own training images.
-- Learning rate of each method: a sweep over `--lr-grid` (Adam, cosine decay), one run per value
-  with seed 0, scored on the validation split; the best one is kept.
+- Learning rate of each method: a sweep over LR_GRID (Adam, cosine decay), one run per value with
+  seed 0, scored on the validation split, going on past an edge of the grid (x3 a step, at most
+  EXTEND steps) while the score improves; the best one is kept.
 - Final runs: `--seeds` seeds with the chosen rate, scored on the test images; mean and standard
   deviation. Batch size 1 (`lite+bias`, the paper's Figure 5) gets its own sweep and seeds.
 - Memory: each method's training step measured once (`tinytlc memory`: fresh process, memray peak),
@@ -41,6 +42,7 @@ from tinytlc.torch_baseline import measure_torch
 FASHION = "/usr/share/datasets/fashion-mnist"
 # Adam learning rates swept per method: fine-tuning every weight wants smaller steps
 LR_GRID = {"full": [1e-4, 3e-4, 1e-3], "other": [1e-3, 3e-3, 1e-2]}
+EXTEND = 2  # a best rate at the edge of the grid: up to this many more steps past it
 
 
 def take(split: Split, idx: np.ndarray) -> Split:
@@ -75,10 +77,23 @@ def protocol(art, train_split: Split, pool, val: Split, test: Split, classes, gr
              batch_size: int, seeds: int, draw_args: dict, log) -> dict:
     """Sweep the learning rate on the validation split, then train `seeds` times and test."""
     sweep = {}
-    for lr in grid:
+
+    def score(lr: float) -> float:
         sweep[lr] = _run(art, Data(classes, draw(train_split, pool, 0, **draw_args), val), lr, epochs, batch_size, 0)
         log(f"lr {lr:g}: validation {sweep[lr]:.2%}")
-    lr = max(grid, key=lambda v: (sweep[v], -v))
+        return sweep[lr]
+
+    for lr in grid:
+        score(lr)
+    best = lambda: max(sweep, key=lambda v: (sweep[v], -v))  # noqa: E731  (a tie goes to the smaller rate)
+    factor = grid[1] / grid[0] if len(grid) > 1 else 3.0
+    for _ in range(EXTEND):  # the best rate at an edge of the grid: go on past it while it improves
+        lr = best()
+        if lr not in (min(sweep), max(sweep)):
+            break
+        if score(lr / factor if lr == min(sweep) else lr * factor) <= sweep[lr]:
+            break
+    lr = best()
     accs = [_run(art, Data(classes, draw(train_split, pool, s, **draw_args), test), lr, epochs, batch_size, s)
             for s in range(seeds)]
     sd = statistics.stdev(accs) if len(accs) > 1 else 0.0  # (sample standard deviation)
