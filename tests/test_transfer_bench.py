@@ -38,7 +38,7 @@ def test_bench_writes_table_plot_and_json(tmp_path, cli):
     assert rows == [("few", "last", 8), ("few", "lite+bias", 8), ("few", "lite+bias", 1)]
     for r in report["results"]:
         assert len(r["accuracies"]) == 2 and r["accuracy"] == sum(r["accuracies"]) / 2
-        assert set(r["sweep"]) == {"0.001", "0.003", "0.01"}
+        assert {"0.001", "0.003", "0.01"} <= set(r["sweep"])  # (and further past an edge, if it helped)
         assert r["sweep"][f"{r['lr']:g}"] == max(r["sweep"].values())  # the best validation score chose it
         assert r["total_bytes"] > 0
     b1 = report["results"][-1]

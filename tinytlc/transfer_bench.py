@@ -103,7 +103,10 @@ def protocol(art, train_split: Split, pool, val: Split, test: Split, classes, gr
 
 
 def run(model: str, data: str, methods: list[str], resolution: int, batch_size: int, seeds: int,
-        settings: dict[str, dict], val_images: int, test_images: int, batch1: bool, log=print) -> dict:
+        settings: dict[str, dict], val_images: int, test_images: int, batch1: bool, lite_reference: int = 128,
+        log=print) -> dict:
+    from tinytlc.passes.forward import LiteOptions
+    lite = LiteOptions(reference=lite_reference)
     d = load_data(data, 10, test_limit=test_images, seed=0)
     val, pool = carve(d.train, val_images)
     results, memory = [], {}
@@ -111,7 +114,7 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
         for method in methods:
             t0 = time.perf_counter()
             art = compile_model(model, method, Path(tmp) / method.replace("+", "_"), num_classes=10,
-                                batch_size=batch_size, resolution=resolution)
+                                batch_size=batch_size, resolution=resolution, lite=lite)
             memory[method] = measure(art.path)
             for name, s in settings.items():
                 tag = lambda msg, m=method, n=name: log(f"  [{n} {m}] {msg}")  # noqa: E731
@@ -123,7 +126,7 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
                 + f"; total {mib(memory[method]['total_bytes'])} MiB ({time.perf_counter() - t0:.0f} s)")
         if batch1 and "lite+bias" in methods:
             art = compile_model(model, "lite+bias", Path(tmp) / "lite_bias_b1", num_classes=10, batch_size=1,
-                                resolution=resolution)
+                                resolution=resolution, lite=lite)
             mem = measure(art.path)
             for name, s in settings.items():
                 if s["draw"].get("per_class") is None:
@@ -139,7 +142,7 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
         log(f"pytorch eager {method}: total {mib(r['total_bytes'])} MiB")
     return {"setting": {"model": model, "data": data, "resolution": resolution, "batch_size": batch_size,
                         "seeds": seeds, "val_images": val_images, "test_images": len(d.test),
-                        "label_smoothing": 0.1, "lr_grid": LR_GRID,
+                        "label_smoothing": 0.1, "lr_grid": LR_GRID, "lite_reference": lite_reference,
                         "settings": {k: {"epochs": v["epochs"], **v["draw"]} for k, v in settings.items()}},
             "results": results, "pytorch_eager": baselines}
 
@@ -246,6 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test-images", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--no-batch1", action="store_true", help="leave out lite+bias at batch size 1")
+    ap.add_argument("--lite-reference", type=int, default=0,
+                    help="lite module kernels as compile's --lite-reference (default 0 here: sized by the real maps; "
+                         "at 32 px the paper's 128 px reference puts 5x5 kernels on 1x1 and 2x2 maps)")
     ap.add_argument("--out", type=Path, default=Path("results"))
     a = ap.parse_args(argv)
     settings = {}
@@ -259,7 +265,7 @@ def main(argv=None) -> int:
         return 2
     try:
         report = run(a.model, a.data, a.methods.split(","), a.resolution, a.batch_size, a.seeds, settings,
-                     a.val_images, a.test_images, not a.no_batch1, log=lambda s: print(s, flush=True))
+                     a.val_images, a.test_images, not a.no_batch1, a.lite_reference, log=lambda s: print(s, flush=True))
     except TinyTLError as e:
         print(f"tinytlc: error: {e}", file=sys.stderr)
         return 2
