@@ -8,9 +8,9 @@ per group), and a final norm whose scale starts at 0, so the network computes ex
 before training starts. k = 5, shrunk by 2 while it exceeds the pooled size the block would have if
 the first module's input were 128 px on a side (each stride before it halving that), as the paper
 fixes its kernels; so modules do not grow with the input resolution. `reference=0` sizes k by the
-real pooled size instead. Everything in the branch is
-written with ops ONNX Runtime 1.19.2 differentiates on the CPU: average pooling as a constant
-depthwise conv, GroupNorm as Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilinear upsampling
+real pooled size instead. Everything in the branch is written with ops ONNX Runtime 1.19.2
+differentiates on the CPU: average pooling as a constant depthwise conv, GroupNorm as
+Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilinear upsampling
 (torch's align_corners=False) as two MatMuls with fixed interpolation matrices.
 Beside a transformer block (tokens x of shape (T, D_in), output (T, D_out)) the same idea over the
 token sequence: y + norm2(relu(norm1(x W1)) W2), W1 of width D_in * expand, both norms LayerNorms
