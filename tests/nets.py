@@ -148,8 +148,7 @@ def paper_rules_net():
 
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
-    (stride 1: Conv with a flipped weight), 1x1 (Conv with the transposed weight), strided
-    depthwise (ConvTranspose)."""
+    (stride 1: Conv with a flipped weight), 1x1 and strided depthwise (ConvTranspose)."""
     torch.manual_seed(10)
     return randomize_bn(nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
