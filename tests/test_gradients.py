@@ -52,6 +52,21 @@ def ort_step(art, x, y, smoothing):
     return loss, logits, {n: sess.state.parameters[n].grad.copy() for n in art.manifest["trainable"]}
 
 
+def assert_same_step(plain, other, seed, logits_rtol, grad_atol) -> dict:
+    """One training step of `other` on a random batch equals ORT's own graph `plain` (logits and
+    every gradient); returns the reference gradients."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    _, ref_logits, ref = ort_step(plain, x, y, 0.0)
+    _, logits, got = ort_step(other, x, y, 0.0)
+    np.testing.assert_allclose(logits, ref_logits, rtol=logits_rtol, atol=1e-6)
+    assert set(got) == set(ref)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=grad_atol, err_msg=name)
+    return ref
+
+
 @pytest.mark.parametrize("net,method,smoothing", [
     ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
@@ -113,15 +128,8 @@ def test_frozen_conv_as_conv_is_exact(tmp_path, method):
     graph = onnx.load(lean.path / "training_model.onnx").graph
     flipped = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith(".flipped")]
     assert len(flipped) == 2  # the dilated depthwise and the grouped 3x5
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
-    y = rng.integers(0, 3, BATCH)
-    _, ref_logits, ref = ort_step(plain, x, y, 0.0)
-    _, logits, got = ort_step(lean, x, y, 0.0)
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-6, atol=1e-6)
-    assert set(got) == set(ref) and len(ref) > 2
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    ref = assert_same_step(plain, lean, seed=4, logits_rtol=1e-6, grad_atol=1e-6)
+    assert len(ref) > 2
 
 
 @pytest.mark.parametrize("net", ["small_net", "odd_net"])
@@ -132,14 +140,7 @@ def test_packed_masks_keep_training_exact(tmp_path, net):
                            passes=["frozen-conv", "activation-masks", "pack-masks", "dce"])
     import onnx
     assert "MatMulInteger" in [n.op_type for n in onnx.load(packed.path / "training_model.onnx").graph.node]
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
-    y = rng.integers(0, 3, BATCH)
-    _, ref_logits, ref = ort_step(plain, x, y, 0.0)
-    _, logits, got = ort_step(packed, x, y, 0.0)
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert_same_step(plain, packed, seed=2, logits_rtol=1e-5, grad_atol=1e-7)
 
 
 def test_bias_backward_reads_no_float_activation(tmp_path):

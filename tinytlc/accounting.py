@@ -30,7 +30,7 @@ import onnx_ir as ir
 from tinytlc.passes.forward import find_blocks
 from tinytlc.passes.forward._values import LITE, LOWERED, is_constant
 from tinytlc.passes.forward.blocks import param_source, residual_segments
-from tinytlc.passes.forward.norms import find_norms
+from tinytlc.passes.forward.norms import find_norms, param_sources
 
 ACT_1BIT = {"Relu", "Clip", "LeakyRelu"}
 ACT_32BIT = {"Sigmoid", "HardSwish", "HardSigmoid", "Tanh"}  # (GELU: the paper's profiler counts none)
@@ -165,21 +165,11 @@ def _exact(graph: ir.Graph, trainable: set[str]) -> dict:
     param_bytes = _param_bytes(graph, trainable, 4)
 
     nodes = list(graph)
-    sources: dict[int, set[str] | None] = {}  # value -> initializers it is computed from (None: data)
+    sources = param_sources(graph)  # value -> initializers it is computed from (None: data)
     grad_after: dict[int, bool] = {}  # value -> does backward reach it (a trainable parameter at/before it)
-    for v in graph.inputs:
-        sources[id(v)] = None
-    for name, v in graph.initializers.items():
-        sources[id(v)] = {name}
     for node in nodes:
-        ins = [i for i in node.inputs if i is not None]
-        src = set()
-        for i in ins:
-            s_i = sources.get(id(i), set())
-            src = None if s_i is None or src is None else src | s_i
-        flows = any(i.name in trainable or grad_after.get(id(i), False) for i in ins)
+        flows = any(i is not None and (i.name in trainable or grad_after.get(id(i), False)) for i in node.inputs)
         for o in node.outputs:
-            sources[id(o)] = src
             grad_after[id(o)] = flows
 
     def through(node: ir.Node) -> bool:
@@ -217,7 +207,7 @@ def _exact(graph: ir.Graph, trainable: set[str]) -> dict:
                                                               for v in node.inputs[1:2]):
             keep = (node.inputs[0], 4.0)
         elif node.op_type == "Mul" and through(node) and len(inputs) == 1 and \
-                (sources.get(id(next(v for v in node.inputs if not data(v))), set()) or set()) & trainable:
+                {p.name for p in sources.get(id(next(v for v in node.inputs if not data(v))), set()) or ()} & trainable:
             keep = (inputs[0], 4.0)  # a norm whose scale trains keeps its (normalised) input
         elif node.op_type in ACT_1BIT and through(node):
             keep = (node.outputs[0], 1 / 8)

@@ -30,50 +30,36 @@ class Norm:
     nodes: list[ir.Node] = field(default_factory=list)
 
 
-def _param_sources(v: ir.Value | None, memo: dict) -> set | None:
-    """The initializers `v` is computed from, or None when it depends on data (a graph input).
-    Iterative: a data tensor's ancestry is the whole network up to the image."""
-    if v is None:
-        return set()
-    stack = [v]
-    while stack:
-        u = stack[-1]
-        if id(u) in memo:
-            stack.pop()
-            continue
-        p = u.producer()
-        if u.is_initializer() or p is None:
-            memo[id(u)] = {u} if u.is_initializer() else (None if u.const_value is None else set())
-            stack.pop()
-            continue
-        pending = [i for i in p.inputs if i is not None and id(i) not in memo]
-        if pending:
-            stack.extend(pending)
-            continue
-        out: set | None = set()
-        for i in p.inputs:
-            s = memo[id(i)] if i is not None else set()
+def param_sources(graph: ir.Graph) -> dict[int, set | None]:
+    """For every value (by id): the initializers it is computed from, or None when it depends on
+    data (a graph input). One pass in graph order."""
+    sources: dict[int, set | None] = {id(v): None for v in graph.inputs}
+    sources.update({id(v): {v} for v in graph.initializers.values()})
+    for node in graph:
+        src: set | None = set()
+        for i in node.inputs:
+            s = sources.get(id(i), set()) if i is not None else set()
             if s is None:
-                out = None
+                src = None
                 break
-            out |= s
-        memo[id(u)] = out
-        stack.pop()
-    return memo[id(v)]
+            src = src | s
+        for o in node.outputs:
+            sources[id(o)] = src
+    return sources
 
 
-def _params(v: ir.Value, memo: dict) -> list[ir.Value] | None:
+def _params(v: ir.Value, sources: dict) -> list[ir.Value] | None:
     """The parameters (not constants) a per-channel value is made of, or None for data."""
-    s = _param_sources(v, memo)
+    s = sources.get(id(v), set())
     if s is None:
         return None
     return [p for p in s if not is_constant(p)]
 
 
-def _per_channel(v: ir.Value, memo: dict) -> bool:
+def _per_channel(v: ir.Value, sources: dict) -> bool:
     """A scale with one value per channel (not a layer scale over a whole tensor), judged from its
     parameters where shapes are not inferred yet."""
-    shapes = [v.shape] if v.shape is not None else [p.shape for p in (_params(v, memo) or [])]
+    shapes = [v.shape] if v.shape is not None else [p.shape for p in (_params(v, sources) or [])]
     return bool(shapes) and all(s is not None and sum(d != 1 for d in s) <= 1 for s in shapes) and \
         (v.shape is None or len(v.shape) >= 2)
 
@@ -85,19 +71,19 @@ def _single_user(v: ir.Value, op_types: set[str]) -> ir.Node | None:
     return None
 
 
-def _scale_shift(y: ir.Value, memo: dict):
+def _scale_shift(y: ir.Value, sources: dict):
     """After y: Mul(y, scale) then Add(., shift) with parameter-made scale and shift, if present."""
     scales, shifts, nodes = [], [], []
     mul = _single_user(y, {"Mul"})
     if mul is not None:
         other = next((i for i in mul.inputs if i is not y), None)
-        p = _params(other, memo) if other is not None else None
+        p = _params(other, sources) if other is not None else None
         if p is not None:
             scales, nodes, y = p, [mul], mul.outputs[0]
     add = _single_user(y, {"Add"})
     if add is not None:
         other = next((i for i in add.inputs if i is not y), None)
-        p = _params(other, memo) if other is not None else None
+        p = _params(other, sources) if other is not None else None
         if p is not None:
             shifts, y = p, add.outputs[0]
             nodes.append(add)
@@ -141,7 +127,7 @@ def _written_out(div: ir.Node) -> tuple[ir.Value, ir.Value] | None:
 
 def find_norms(graph: ir.Graph) -> list[Norm]:
     """Every norm layer in graph order (module docstring)."""
-    memo: dict = {}
+    sources = param_sources(graph)
     norms, claimed = [], set()
     for node in graph:
         if id(node) in claimed:
@@ -153,16 +139,16 @@ def find_norms(graph: ir.Graph) -> list[Norm]:
             norm = Norm(node.inputs[0], node.outputs[0], scale, shift, [node])
         elif node.op_type == "Div" and (found := _written_out(node)) is not None:
             x, y = found
-            scales, shifts, _, out = _scale_shift(y, memo)
+            scales, shifts, _, out = _scale_shift(y, sources)
             norm = Norm(x, out, scales, shifts, _between(x, out))
         elif node.op_type == "Mul" and len(node.inputs) == 2:
             for i, x in enumerate(node.inputs):
                 other = node.inputs[1 - i]
-                if x is None or other is None or _param_sources(x, memo) is not None:
+                if x is None or other is None or sources.get(id(x), set()) is not None:
                     continue
-                if not _per_channel(other, memo):
+                if not _per_channel(other, sources):
                     continue
-                scales, shifts, nodes, out = _scale_shift(x, memo)
+                scales, shifts, nodes, out = _scale_shift(x, sources)
                 if scales and shifts:
                     norm = Norm(x, out, scales, shifts, _between(x, out))
                 break
