@@ -148,7 +148,9 @@ def paper_rules_net():
 
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
-    (stride 1: Conv with a flipped weight), 1x1 and strided depthwise (ConvTranspose)."""
+    (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise
+    and strided grouped 5x5 whose input size the stride rounds away (Conv over zeros between dY's
+    elements), and a 1x1 conv on a map smaller than its weight (ConvTranspose)."""
     torch.manual_seed(10)
     return randomize_bn(nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -156,7 +158,9 @@ def conv_kinds_net():
         nn.Conv2d(8, 16, 1), nn.ReLU(),
         nn.Conv2d(16, 16, (3, 5), padding=(1, 2), groups=4), nn.ReLU6(),
         nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)))
+        nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=4), nn.ReLU(),
+        nn.Conv2d(16, 32, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3)))
 
 
 class _Res(nn.Module):

@@ -112,8 +112,11 @@ def test_passes_rewrite_what_they_claim(tmp_path):
     assert not {"ConvGrad", "ReluGrad", "LeakyReluGrad"} & set(after)
     assert after.count("DropoutGrad") == 4  # 2 ReLU, 1 ReLU6, 1 LeakyReLU backward from bool masks
     assert "Where" not in after  # ORT's CPU Where allocates a full-size temporary
-    # 5 convs + the pooling conv; the first needs no dX; the stride-1 grouped ones become Convs
-    assert after.count("ConvTranspose") == 3 and after.count("Conv") == before.count("Conv") + 2
+    # 5 convs + the pooling conv; the first needs no dX; all others become Convs: the grouped ones
+    # (the strided pooling conv over dY with zeros between, spread by a 1x1 ConvTranspose), and the
+    # 1x1 ones over Transpose(W)
+    assert after.count("Transpose") == 2 and after.count("Conv") == before.count("Conv") + 5
+    assert after.count("ConvTranspose") == 1
 
 
 @pytest.mark.parametrize("method", ["bias", "norm+last"])
@@ -127,7 +130,10 @@ def test_frozen_conv_as_conv_is_exact(tmp_path, method):
     lean = compile_model(f"{NETS}:conv_kinds_net", method, tmp_path / "lean", resolution=RES, batch_size=BATCH)
     graph = onnx.load(lean.path / "training_model.onnx").graph
     flipped = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith(".flipped")]
-    assert len(flipped) == 2  # the dilated depthwise and the grouped 3x5
+    assert len(flipped) == 4  # the dilated depthwise, the grouped 3x5, the strided depthwise and 5x5
+    spread = [n for n in graph.node if n.op_type == "ConvTranspose" and n.input[1].startswith("tinytlc.one")]
+    assert len(spread) == 2 and all(n.input[0] not in [m.output[0] for m in flipped] for n in spread)
+    assert sum(n.op_type == "ConvTranspose" for n in graph.node) == 3  # + the 1x1 conv on a 2x2 map
     ref = assert_same_step(plain, lean, seed=4, logits_rtol=1e-6, grad_atol=1e-6)
     assert len(ref) > 2
 

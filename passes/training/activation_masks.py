@@ -3,7 +3,7 @@
 What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float output Y, and its
 Clip gradient compares the float input X with min/max inside the backward, so a 4-byte-per-element
 tensor per activation lives until backward. This pass computes the mask m in the forward
-(Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds), stores it as bool (1 byte per
+(Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds, as Clip(X) == X), stores it as bool (1 byte per
 element), and writes the backward as dX = DropoutGrad(dY, m)
 (LeakyReLU: (1 - alpha) DropoutGrad(dY, m) + alpha dY).
 DropoutGrad multiplies by a bool mask without a float copy of it (Mul needs Cast(m) to float, a
@@ -32,6 +32,7 @@ def scalar(graph: ir.Graph, value: float) -> ir.Value:
 
 MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
 MASK_DEPENDENCY = "tinytlc.mask_dependency"  # Node.meta: the forward's read that waits for the mask
+MASK_WAIT = "tinytlc.mask_wait"  # Node.meta: the Add Y + 0 * m[0] that the readers of Y read instead
 
 # 1 - 2**-25 rounds to 1.0f, so DropoutGrad's scale 1 / (1 - ratio) is exactly 1.
 _RATIO = np.float32(2.0 ** -25)
@@ -81,11 +82,8 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         """Insert m = predicate(X) after `act` and make Y's readers wait for it; return m."""
         x, y = act.inputs[0], act.outputs[0]
         tape = ir.tape.Tape(graph)
-        if act.op_type == "Clip":
-            lo, hi = (list(act.inputs[1:3]) + [None, None])[:2]
-            parts = ([tape.op("GreaterOrEqual", [x, lo])] if lo is not None else []) + \
-                    ([tape.op("LessOrEqual", [x, hi])] if hi is not None else [])
-            mask = parts[0] if len(parts) == 1 else tape.op("And", parts)
+        if act.op_type == "Clip":  # min <= X <= max iff Clip(X) == X (NaN: false both ways); one op, not three
+            mask = tape.op("Equal", [y, x])
         else:
             mask = tape.op("Greater", [x, scalar_zero()])
         mask.name = f"{y.name}.mask"
@@ -97,9 +95,10 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         first.producer().meta[MASK_DEPENDENCY] = True
         dep = tape.op("Mul", [tape.op("Cast", [first], attributes={"to": ir.DataType.FLOAT}), scalar_zero()])
         graph.insert_after(act, tape.nodes)
-        readers = list(y.uses())
+        readers = [(user, i) for user, i in y.uses() if user not in tape.nodes]
         rebuilt = ir.tape.Tape(graph)
         y2 = rebuilt.op("Add", [y, dep])
+        y2.producer().meta[MASK_WAIT] = True
         graph.insert_after(tape.nodes[-1], rebuilt.nodes)
         for user, index in readers:
             user.replace_input_with(index, y2)

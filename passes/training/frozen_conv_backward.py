@@ -21,8 +21,9 @@ padding (k - 1) d - p. W' is a constant computed here from the frozen weight (as
 for depthwise and grouped convs), so ORT's NCHWc kernels take the Conv; the dB ordering then waits
 on dY itself, dY + 0 * dB[0] broadcast from [1, 1, 1, 1] (NCHWc needs a constant weight and no
 bias). Measured on MobileNetV2 `bias`, 128 px, batch 8: 129 -> 97 ms a step, step peak unchanged.
-(1x1 convs as Conv(dY, Transpose(W)) gained 7 ms more but the transposed weight raised the
-norm+last step peak by 0.5 MiB, so they stay ConvTranspose.)
+1x1 convs whose weight is no larger than one image's input are written dX = Conv(dY, Transpose(W)),
+one GEMM without col2im (see _pointwise: unrestricted, the transposed weights raised norm+last's
+step peak on MobileNetV2 by 0.5 MiB).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
             strides = list(a.get_ints("strides", [1, 1]))
             dilations = list(a.get_ints("dilations", [1, 1]))
             pads = list(a.get_ints("pads", [0, 0, 0, 0]))
-            out_pad = []  # what strided convs round away from the input size
+            out_pad, dy_size = [], []  # what strided convs round away from the input size; dY's size
             for i in range(2):
                 size = x.shape[2 + i]
                 if not isinstance(size, int):
@@ -58,6 +59,7 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                 y = (size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
                 natural = strides[i] * (y - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + 2]
                 out_pad.append(size - natural)
+                dy_size.append(y)
             if _wanted(dx) and len(out_pad) != 2:
                 continue  # spatial size unknown: keep ConvGrad
             tape, replacements = ir.tape.Tape(graph), []
@@ -73,23 +75,29 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                 if db_value is not None:  # dB[0:1]: what the input gradient waits for
                     first = tape.op("Slice", [db_value, add_constant(graph, "tinytlc.const", [0]),
                                               add_constant(graph, "tinytlc.const", [1])])
-                flipped = _flipped(w, group, kernel, dilations, pads) if max(strides) == 1 and group > 1 else None
+                flipped = _flipped(w, group, kernel, dilations, pads, out_pad) if group > 1 else None
                 if flipped is not None:
                     w2, pads2 = flipped
                     if first is not None:
                         zero = add_constant(graph, "tinytlc.zero_1111", np.zeros((1, 1, 1, 1), np.float32))
                         ordered = tape.op("Add", [dy, tape.op("Mul", [zero, first])])
                         ordered.name, dy = f"{dy.name}.after_bias_grad", ordered
+                    if max(strides) > 1:
+                        dy = _zeros_between(graph, tape, dy, w.shape[0], dy_size, strides)
                     tape.op("Conv", [dy, add_constant(graph, f"{w.name}.flipped", w2)], attributes={
                         "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
                 else:
-                    inputs = [dy, w]
+                    gemm = _pointwise(x, w, strides, pads, group)
+                    inputs = [dy, tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]}) if gemm else w]
                     if first is not None:  # a zero bias that exists only once dB does
                         zeros = add_constant(graph, "tinytlc.zeros", np.zeros(w.shape[1] * group, np.float32))
                         inputs.append(tape.op("Mul", [zeros, first]))
-                    tape.op("ConvTranspose", inputs, attributes={
-                        "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
-                        "group": group, "output_padding": out_pad})
+                    if gemm:
+                        tape.op("Conv", inputs, attributes={"kernel_shape": [1, 1]})
+                    else:
+                        tape.op("ConvTranspose", inputs, attributes={
+                            "kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
+                            "group": group, "output_padding": out_pad})
                 replacements.append((dx, tape.nodes[-1].outputs[0]))
             graph.insert_before(grad, tape.nodes)
             replace_node_outputs(graph, grad, replacements)
@@ -97,15 +105,40 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified)
 
 
-def _flipped(w: ir.Value, group: int, kernel: list[int], dilations: list[int], pads: list[int]):
-    """(W', pads') such that Conv(dY, W', pads') is the input gradient of a stride-1 grouped conv
-    with frozen weight W, or None when W is not a constant here or a padding would be negative."""
+def _pointwise(x: ir.Value, w: ir.Value, strides: list[int], pads: list[int], group: int) -> bool:
+    """A 1x1 stride-1 conv whose weight is no larger than one image's input: dX = Conv(dY,
+    Transpose(W)) is one GEMM where ConvTranspose adds a col2im, and the transposed copy of W, alive
+    for that one Conv, is at most 1/batch of dX, alive then anyway. (The wide 1x1 convs at the end of
+    a network, whose weights outweigh their maps, stay on ConvTranspose.)"""
+    if group != 1 or max(strides) != 1 or any(pads) or list(w.shape[2:]) != [1, 1]:
+        return False
+    image = list(x.shape[1:])
+    return all(isinstance(d, int) for d in image) and w.shape[0] * w.shape[1] <= np.prod(image)
+
+
+def _flipped(w: ir.Value, group: int, kernel: list[int], dilations: list[int], pads: list[int],
+             out_pad: list[int]):
+    """(W', pads') such that Conv(dY, W', pads') is the input gradient of a grouped conv with frozen
+    weight W (for strides > 1, of dY with zeros between its elements), or None when W is not a
+    constant here or a padding would be negative."""
     weight = const_array(w)
     if weight is None or weight.ndim != 4:
         return None
-    pads2 = [dilations[i % 2] * (kernel[i % 2] - 1) - pads[i] for i in range(4)]
+    pads2 = [dilations[i % 2] * (kernel[i % 2] - 1) - pads[i] + (out_pad[i - 2] if i >= 2 else 0) for i in range(4)]
     if min(pads2) < 0:
         return None
     cout, cin_g, kh, kw = weight.shape
     w2 = weight.reshape(group, cout // group, cin_g, kh, kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
     return np.ascontiguousarray(w2.reshape(group * cin_g, cout // group, kh, kw)), pads2
+
+
+def _zeros_between(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, channels: int, size: list[int],
+                   strides: list[int]) -> ir.Value:
+    """dY with stride - 1 zeros between neighbours, [N, C, s (H - 1) + 1, s (W - 1) + 1]: a 1x1
+    ConvTranspose with weight 1 and the conv's strides, each channel of each image as an image of
+    its own (one channel: no GEMM to speak of, unlike the grouped ConvTranspose it replaces)."""
+    one = add_constant(graph, "tinytlc.one_1111", np.ones((1, 1, 1, 1), np.float32))
+    planes = tape.op("Reshape", [dy, add_constant(graph, "tinytlc.ints", [-1, 1] + size)])
+    spread = tape.op("ConvTranspose", [planes, one], attributes={"kernel_shape": [1, 1], "strides": strides})
+    return tape.op("Reshape", [spread, add_constant(
+        graph, "tinytlc.ints", [-1, channels] + [s * (n - 1) + 1 for s, n in zip(strides, size)])])
