@@ -207,3 +207,18 @@ def global_max_net():
     torch.manual_seed(9)
     return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
                          nn.Linear(6, 3)).eval()
+
+
+class WideLiteNet(LiteNet):
+    """LiteNet with 16 and 32 channels: wide enough for ORT's NCHWc kernels (blocks of 16 channels)."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.blocks = nn.Sequential(IRBlock(16, 16, 1), IRBlock(16, 16, 2), IRBlock(16, 16, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+
+
+def wide_lite_net():
+    torch.manual_seed(5)
+    return randomize_bn(WideLiteNet())

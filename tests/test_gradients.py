@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import odd_net, small_net
+from nets import odd_net, small_net, wide_lite_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -70,7 +70,7 @@ def assert_same_step(plain, other, seed, logits_rtol, grad_atol) -> dict:
 @pytest.mark.parametrize("net,method,smoothing", [
     ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
-    ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0)])
+    ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     plain = compile_model(f"{NETS}:{net}", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
@@ -80,7 +80,7 @@ def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
     y = rng.integers(0, 3, BATCH)
 
-    model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net}[net])
+    model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net, "wide_lite_net": wide_lite_net}[net])
     assert set(plain.manifest["trainable"]) == train == set(lean.manifest["trainable"])
     logits_t = model(torch.from_numpy(x))
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
@@ -190,3 +190,33 @@ def test_frozen_linear_backward_reads_no_input(tmp_path):
     ref, got = ort_step(plain, x, y, 0.0)[2], ort_step(art, x, y, 0.0)[2]
     for name in ref:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_conv_bias_add_puts_frozen_convs_on_nchwc(tmp_path):
+    """conv-bias-add: the frozen depthwise convs of `bias` (each with a trainable bias) run on ORT's
+    NCHWc kernels in the training session, and the step is ORT's own (torch autograd too:
+    test_one_step_matches_torch_autograd[wide_lite_net])."""
+    import onnx
+    from onnxruntime.training.api import CheckpointState, Module
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    from tinytlc.runtime.session import session_options
+
+    def nchwc_convs(art):
+        opts = session_options(art.manifest["session"])
+        opts.optimized_model_filepath = str(art.path / "optimized.onnx")
+        Module(str(art.path / "training_model.onnx"), CheckpointState.load_checkpoint(str(art.path / "checkpoint")),
+               None, session_options=opts)
+        return sum(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"
+                   for n in onnx.load(art.path / "optimized.onnx").graph.node)
+
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:wide_lite_net", "bias", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:wide_lite_net", "bias", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "conv-bias-add"], **build)
+    lean = compile_model(f"{NETS}:wide_lite_net", "bias", tmp_path / "lean", **build)
+    graph = onnx.load(lean.path / "training_model.onnx").graph
+    split = [n for n in graph.node if n.op_type == "Conv" and n.output[0].endswith(".without_bias")]
+    assert len(split) == 3 and all(len(n.input) == 2 for n in split)  # the three depthwise convs
+    assert nchwc_convs(lean) - nchwc_convs(without) == 3
+    assert_same_step(plain, lean, seed=5, logits_rtol=1e-5, grad_atol=1e-6)

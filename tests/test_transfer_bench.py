@@ -3,9 +3,13 @@
 import json
 
 import numpy as np
+import pytest
+
+from tinytlc.methods import METHODS
+from tinytlc.pipeline import compile_model
 
 from tinytlc.data import random_resized_crop
-from tinytlc.torch_baseline import measure_torch
+from tinytlc.torch_baseline import eager_model, measure_torch
 
 
 def test_random_resized_crop_stays_inside_and_varies():
@@ -25,6 +29,16 @@ def test_pytorch_baseline_trains_what_tinytlc_trains():
     assert r["trainable_elements"] == 29_866  # `tinytlc compile mobilenetv2 --method bias --num-classes 10`
     assert r["step_peak_bytes"] > 0 and r["step_seconds"] > 0
     assert r["total_bytes"] == r["param_bytes"] + r["step_peak_bytes"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_eager_baseline_trains_as_many_parameters_as_tinytlc(tmp_path, method):
+    """Every method's eager network (lite modules placed by the artifact's manifest) trains exactly
+    as many elements as the compiled artifact."""
+    art = compile_model("mobilenetv2", method, tmp_path / "a", num_classes=10, resolution=32, pretrained=False)
+    _, lite, trainable = eager_model("mobilenetv2", method, 32, 10, art.manifest.get("lite_modules"))
+    assert sum(p.numel() for p in trainable) == art.manifest["trainable_elements"]
+    assert len(lite) == (16 if method.startswith("lite") else 0)
 
 
 def test_bench_writes_table_plot_and_json(tmp_path, cli):

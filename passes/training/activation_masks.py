@@ -32,7 +32,6 @@ def scalar(graph: ir.Graph, value: float) -> ir.Value:
 
 MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
 MASK_DEPENDENCY = "tinytlc.mask_dependency"  # Node.meta: the forward's read that waits for the mask
-MASK_WAIT = "tinytlc.mask_wait"  # Node.meta: the Add Y + 0 * m[0] that the readers of Y read instead
 
 # 1 - 2**-25 rounds to 1.0f, so DropoutGrad's scale 1 / (1 - ratio) is exactly 1.
 _RATIO = np.float32(2.0 ** -25)
@@ -98,7 +97,6 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         readers = [(user, i) for user, i in y.uses() if user not in tape.nodes]
         rebuilt = ir.tape.Tape(graph)
         y2 = rebuilt.op("Add", [y, dep])
-        y2.producer().meta[MASK_WAIT] = True
         graph.insert_after(tape.nodes[-1], rebuilt.nodes)
         for user, index in readers:
             user.replace_input_with(index, y2)

@@ -88,7 +88,15 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                         "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
                 else:
                     gemm = _pointwise(x, w, strides, pads, group)
-                    inputs = [dy, tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]}) if gemm else w]
+                    if gemm:  # W^T + 0 * dY[0, 0, 0, 0]: made when the Conv runs, not whenever ORT likes
+                        corner = tape.op("Slice", [dy, add_constant(graph, "tinytlc.ints", [0, 0, 0, 0]),
+                                                   add_constant(graph, "tinytlc.ints", [1, 1, 1, 1])])
+                        zero = add_constant(graph, "tinytlc.zero", np.float32(0))
+                        wt = tape.op("Add", [tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]}),
+                                             tape.op("Mul", [corner, zero])])
+                        for i, node in enumerate(tape.nodes[-4:]):  # backward values, named after dX
+                            node.outputs[0].name = f"{dx.name}.transposed_weight.{i}"
+                    inputs = [dy, wt if gemm else w]
                     if first is not None:  # a zero bias that exists only once dB does
                         zeros = add_constant(graph, "tinytlc.zeros", np.zeros(w.shape[1] * group, np.float32))
                         inputs.append(tape.op("Mul", [zeros, first]))
