@@ -9,8 +9,9 @@ Method: load the artifacts and run warm-up steps, then
   glibc is told to serve blocks of 64 KiB and more with mmap (MALLOC_MMAP_THRESHOLD_), so freed
   activations go back to the OS and the resident size follows live memory.
 - time (another process, as training runs: ORT's arena on, default malloc, no tracking): median
-  wall time of `steps` steps. (With the arena off every step pays page faults for the memory it
-  returns to the OS: 35 ms a step on MobileNetV2 at 128 px, more for plain ORT's graph.)
+  wall time of `steps` steps, at least TIMED_STEPS. (With the arena off every step pays page
+  faults for the memory it returns to the OS: 35 ms a step on MobileNetV2 at 128 px, more for
+  plain ORT's graph.)
 `param_bytes` counts parameters plus, for every trainable one, its gradient buffer and Adam's two
 moments. `total_bytes` = param_bytes + step_peak_bytes.
 """
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from tinytlc.errors import TinyTLError
+
+TIMED_STEPS = 10  # time wants more steps than memory: a median, not one step's luck
 
 FLOAT = 4
 
@@ -59,6 +62,15 @@ def probe(directory: Path, steps: int, warmup: int, batch_size: int | None, what
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
     y = rng.integers(0, mf["num_classes"], shape[0]).astype(np.int64)
+    if what == "forward":  # inference: ORT's own session over the forward graph, all optimizations
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        infer = ort.InferenceSession(str(directory / "forward_model.onnx"), opts, providers=["CPUExecutionProvider"])
+        feed = {infer.get_inputs()[0].name: x}
+        for _ in range(warmup):
+            infer.run(None, feed)
+        return {"forward_seconds": median_seconds(lambda: infer.run(None, feed), steps)}
     sess = open_session(directory, mf, directory / "checkpoint", with_eval=False, measure=what == "memory")
     sess.module.train()
     for _ in range(warmup):
@@ -94,7 +106,9 @@ def peak_during(step, steps: int) -> dict:
             "hwm_rise_bytes": _proc_status("VmHWM") - rss_before if hwm_ok else None}
 
 
-def _child(directory, steps, warmup, batch_size, what: str, timeout: float) -> dict:
+def child(directory, steps, warmup, batch_size, what: str, timeout: float = 1800) -> dict:
+    """`what` of one artifact, measured in a fresh process: "memory", "time" (a training step) or
+    "forward" (an inference forward of the same batch)."""
     cmd = [sys.executable, "-m", "tinytlc.runtime.memory", str(directory), "--steps", str(steps),
            "--warmup", str(warmup), "--what", what] + (["--batch-size", str(batch_size)] if batch_size else [])
     return run_child(cmd, what == "memory", timeout)
@@ -120,8 +134,8 @@ def measure(directory: str | Path, steps: int = 3, warmup: int = 2, batch_size: 
     mf = load_artifact(directory).manifest  # fail here, with a clear message, rather than in a child
     if steps < 1 or warmup < 0:
         raise TinyTLError("--steps must be >= 1 and --warmup >= 0")
-    mem = _child(directory, steps, warmup, batch_size, "memory", timeout)
-    timing = _child(directory, steps, warmup, batch_size, "time", timeout)
+    mem = child(directory, steps, warmup, batch_size, "memory", timeout)
+    timing = child(directory, max(steps, TIMED_STEPS), warmup, batch_size, "time", timeout)
     param_bytes = FLOAT * (mf["total_elements"] + 3 * mf["trainable_elements"])
     return {"model": mf["model"], "method": mf["method"], "passes": mf.get("passes", []), **mem,
             "param_bytes": param_bytes, "total_bytes": param_bytes + mem["step_peak_bytes"], **timing,
@@ -144,7 +158,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--what", choices=("memory", "time"), default="memory")
+    ap.add_argument("--what", choices=("memory", "time", "forward"), default="memory")
     a = ap.parse_args()
     try:
         results = [probe(d, a.steps, a.warmup, a.batch_size, a.what) for d in a.directories]

@@ -222,3 +222,14 @@ class WideLiteNet(LiteNet):
 def wide_lite_net():
     torch.manual_seed(5)
     return randomize_bn(WideLiteNet())
+
+
+def clip_boundary_net():
+    """A ReLU6 whose inputs sit exactly on its bounds and beyond: a 1x1 conv with zero weights and
+    biases 0, 6, -1, 7, 3 (every channel constant), then a trained-through 3x3 conv."""
+    torch.manual_seed(6)
+    first = nn.Conv2d(3, 5, 1)
+    nn.init.zeros_(first.weight)
+    first.bias.data = torch.tensor([0.0, 6.0, -1.0, 7.0, 3.0])
+    return nn.Sequential(first, nn.ReLU6(), nn.Conv2d(5, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()

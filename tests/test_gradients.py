@@ -220,3 +220,15 @@ def test_conv_bias_add_puts_frozen_convs_on_nchwc(tmp_path):
     assert len(split) == 3 and all(len(n.input) == 2 for n in split)  # the three depthwise convs
     assert nchwc_convs(lean) - nchwc_convs(without) == 3
     assert_same_step(plain, lean, seed=5, logits_rtol=1e-5, grad_atol=1e-6)
+
+
+def test_clip_mask_at_its_bounds(tmp_path):
+    """ReLU6's mask (Clip(X) == X) passes the gradient exactly where ORT's own Clip gradient does,
+    at X == 0 and X == 6 included, and stops it below and above (torch stops it at the bounds too,
+    so the reference here is ORT's graph)."""
+    plain = compile_model(f"{NETS}:clip_boundary_net", "bias", tmp_path / "plain", resolution=RES, batch_size=BATCH,
+                          passes=[])
+    lean = compile_model(f"{NETS}:clip_boundary_net", "bias", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    ref = assert_same_step(plain, lean, seed=6, logits_rtol=1e-6, grad_atol=1e-7)
+    first_bias = ref[next(n for n in ref if n.startswith("0.") and n.endswith("bias"))]
+    assert (first_bias[[0, 1, 4]] != 0).all() and (first_bias[[2, 3]] == 0).all()

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from tinytlc.errors import TinyTLError
 from tinytlc.methods import METHODS
 from tinytlc.passes.training import DEFAULT_PASSES
@@ -171,6 +173,67 @@ def render_families(rows: list[dict]) -> str:
                    f"{r['lite_passes'] / r['lite_plain']:.2f}"] for r in rows])
 
 
+def speed_table(model: str, resolution: int, batch_size: int, methods=METHODS, rounds: int = 3, steps: int = 10,
+                log=print) -> list[dict]:
+    """Each method's training step in tinytlc, in plain ORT (ORT's graph, ORT's session settings) and
+    in PyTorch eager (torch_baseline.py: the same network and trainable set), plus an ORT inference
+    forward of the same batch. Every figure is the median step of a fresh process (arena on, as
+    training runs); `rounds` rounds run the four in turn (tinytlc, plain, eager, forward), and a
+    ratio is taken within a round, so drift of the machine's speed cancels; medians over rounds."""
+    from tinytlc.runtime.memory import child, run_child
+    from tinytlc.torch_baseline import eager_args, measure_torch
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            arts = {tag: compile_model(model, method, Path(tmp) / f"{method.replace('+', '_')}-{tag}", num_classes=10,
+                                       batch_size=batch_size, resolution=resolution, passes=passes)
+                    for tag, passes in (("tinytlc", None), ("plain", []))}
+            lite = arts["tinytlc"].manifest.get("lite_modules")
+            eager = eager_args(model, method, resolution, batch_size, 10, steps, 3, lite) + ["time"]
+            times = {k: [] for k in ("tinytlc", "plain", "eager", "forward")}
+            for _ in range(rounds):
+                for tag in ("tinytlc", "plain"):
+                    times[tag].append(child(arts[tag].path, steps, 3, None, "time")["step_seconds"])
+                times["eager"].append(run_child(eager, False)["step_seconds"])
+                times["forward"].append(child(arts["plain"].path, steps, 3, None, "forward")["forward_seconds"])
+            row = {"model": model, "method": method, "resolution": resolution, "batch_size": batch_size,
+                   "seconds": times, **{f"{k}_seconds": float(np.median(v)) for k, v in times.items()},
+                   "vs_eager": float(np.median([a / b for a, b in zip(times["tinytlc"], times["eager"])])),
+                   "vs_plain": float(np.median([a / b for a, b in zip(times["tinytlc"], times["plain"])])),
+                   "vs_forward": float(np.median([a / b for a, b in zip(times["tinytlc"], times["forward"])]))}
+            row["memory"] = {"tinytlc": measure(arts["tinytlc"].path), "plain": measure(arts["plain"].path),
+                             "eager": measure_torch(model, method, resolution, batch_size, lite_modules=lite)}
+            rows.append(row)
+            log(f"  {method}: tinytlc {row['tinytlc_seconds'] * 1000:.0f} ms, plain ORT "
+                f"{row['plain_seconds'] * 1000:.0f} ms, eager {row['eager_seconds'] * 1000:.0f} ms "
+                f"({row['vs_eager']:.2f}x eager), forward {row['forward_seconds'] * 1000:.1f} ms", flush=True)
+    return rows
+
+
+def render_speed(rows: list[dict]) -> str:
+    ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
+    return table(["method", "step ms: tinytlc", "plain ORT", "eager", "tinytlc / eager",
+                  "total MiB: tinytlc", "plain ORT", "eager"],
+                 [[r["method"], ms(r["tinytlc_seconds"]), ms(r["plain_seconds"]), ms(r["eager_seconds"]),
+                   f"{r['vs_eager']:.2f}x", *(mib(r["memory"][k]["total_bytes"]) for k in ("tinytlc", "plain", "eager"))]
+                  for r in rows])
+
+
+def speed_targets(rows: list[dict]) -> list[str]:
+    """The speed targets (issue 11), each with its measured figure: bias and lite+bias steps <= 0.8x
+    eager's, full <= 1.0x, a bias step <= 3x an inference forward."""
+    out = []
+    for r in rows:
+        limit = {"bias": 0.8, "lite+bias": 0.8, "full": 1.0}.get(r["method"])
+        if limit is not None:
+            out.append(f"[{'met' if r['vs_eager'] <= limit else 'MISSED'}] {r['method']} step <= {limit}x eager: "
+                       f"{r['vs_eager']:.2f}x")
+        if r["method"] == "bias":
+            out.append(f"[{'met' if r['vs_forward'] <= 3 else 'MISSED'}] bias step <= 3x an inference forward: "
+                       f"{r['vs_forward']:.2f}x")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mobilenetv2,efficientnet-lite0")
@@ -182,7 +245,21 @@ def main(argv=None) -> int:
                     help="instead: ProxylessNAS-Mobile (GroupNorm) by the paper's accounting beside measured")
     ap.add_argument("--families", default=None,
                     help="instead: bias and lite+bias step peaks of these model sources (comma-separated)")
+    ap.add_argument("--speed", action="store_true",
+                    help="instead: step time of tinytlc, plain ORT and PyTorch eager, with memory, per method")
+    ap.add_argument("--rounds", type=int, default=3, help="--speed: alternating rounds of fresh processes")
     a = ap.parse_args(argv)
+    if a.speed:
+        everything = {}
+        for model in a.models.split(","):
+            print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)
+            rows = speed_table(model, a.resolution, a.batch_size, a.methods.split(","), a.rounds,
+                               log=lambda s, flush=True: print(s, flush=flush))
+            everything[model] = rows
+            print("\n" + render_speed(rows) + "\n\n" + "\n".join(speed_targets(rows)) + "\n", flush=True)
+        if a.json:
+            a.json.write_text(json.dumps(everything, indent=2))
+        return 0
     if a.families:
         print(f"bias and lite+bias step peaks (MiB), {a.resolution} px, batch {a.batch_size}, 10 classes:", flush=True)
         rows = families_table(a.families.split(","), a.resolution, a.batch_size,

@@ -3,8 +3,9 @@
 What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float output Y, and its
 Clip gradient compares the float input X with min/max inside the backward, so a 4-byte-per-element
 tensor per activation lives until backward. This pass computes the mask m in the forward
-(Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds, as Clip(X) == X), stores it as bool (1 byte per
-element), and writes the backward as dX = DropoutGrad(dY, m)
+(Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds, computed in one op as
+Clip(X) == X), stores it as bool (1 byte per element), and writes the backward as
+dX = DropoutGrad(dY, m)
 (LeakyReLU: (1 - alpha) DropoutGrad(dY, m) + alpha dY).
 DropoutGrad multiplies by a bool mask without a float copy of it (Mul needs Cast(m) to float, a
 temporary as large as dY; ORT's CPU Where allocates one too). Its ratio is 2**-25, for which
@@ -13,8 +14,8 @@ Why the float tensor really dies: ORT orders nodes itself and would run a mask n
 likes, possibly just before backward. So the readers of Y read Y + 0 * float(m[0, ..., 0]): the
 same values, but the forward cannot go on before m exists, so X's last reader runs in the forward.
 The Add works in place; Where would be simpler but ORT's CPU Where allocates a full-size temporary.
-Exact: m is the predicate ORT's gradient uses (X > 0 iff Relu(X) > 0 or LeakyRelu(X) > 0), and
-adding 0 changes no finite value.
+Exact: m is the predicate ORT's gradient uses (X > 0 iff Relu(X) > 0 or LeakyRelu(X) > 0;
+Clip(X) == X iff min <= X <= max, false for NaN either way), and adding 0 changes no finite value.
 """
 
 from __future__ import annotations

@@ -15,15 +15,21 @@ before dB, so dY's last reader is the ConvTranspose. (An earlier version waited 
 W + 0 * dB[0], a full copy of the weight: 9 MiB for a 512x512x3x3 conv, more than dY itself deep
 in a ResNet.) Adding 0 changes no finite value.
 Speed: ORT's CPU ConvTranspose loops over images and groups with small GEMMs and col2im, on one
-thread. A stride-1 conv with groups (depthwise) is written as a Conv instead, exact the same way:
-dX = Conv(dY, W') with W' = W flipped in space and its in/out channels swapped within each group,
-padding (k - 1) d - p. W' is a constant computed here from the frozen weight (as large as W: small
-for depthwise and grouped convs), so ORT's NCHWc kernels take the Conv; the dB ordering then waits
-on dY itself, dY + 0 * dB[0] broadcast from [1, 1, 1, 1] (NCHWc needs a constant weight and no
-bias). Measured on MobileNetV2 `bias`, 128 px, batch 8: 129 -> 97 ms a step, step peak unchanged.
-1x1 convs whose weight is no larger than one image's input are written dX = Conv(dY, Transpose(W)),
-one GEMM without col2im (see _pointwise: unrestricted, the transposed weights raised norm+last's
-step peak on MobileNetV2 by 0.5 MiB).
+thread. Two kinds of frozen conv are written as a Conv instead, exact the same way:
+- grouped (depthwise): dX = Conv(dY, W') with W' = W flipped in space and its in/out channels
+  swapped within each group, padding (k - 1) d - p (+ output_padding at the end). W' is a constant
+  computed here from the frozen weight (as large as W: small for grouped convs), so ORT's NCHWc
+  kernels take the Conv; the dB ordering then waits on dY itself, dY + 0 * dB[0] broadcast from
+  [1, 1, 1, 1] (NCHWc needs a constant weight and no bias). With strides s > 1 the Conv reads dY
+  with s - 1 zeros between neighbours (_zeros_between), which is what a transposed conv convolves;
+- 1x1, stride 1, weight no larger than one image's input: dX = Conv(dY, W^T), one GEMM without
+  col2im. W^T = Transpose(W) + 0 * dY[0, 0, 0, 0] is made when the Conv runs: with no input but the
+  weight ORT ran the Transposes at the start of the step and held them all (+0.5 MiB on
+  MobileNetV2 norm+last, 128 px); the size rule keeps the wide 1x1 convs at a network's end, whose
+  weights outweigh their maps, on ConvTranspose.
+Measured on MobileNetV2 `bias`, 128 px, batch 8, arena on: 129 ms a step with ConvTranspose
+everywhere, 97 ms with stride-1 grouped convs as Conv, 68 ms with the rest of this and
+conv-bias-add; step peak unchanged (29.06 MiB).
 """
 
 from __future__ import annotations
