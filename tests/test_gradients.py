@@ -232,3 +232,26 @@ def test_clip_mask_at_its_bounds(tmp_path):
     ref = assert_same_step(plain, lean, seed=6, logits_rtol=1e-6, grad_atol=1e-7)
     first_bias = ref[next(n for n in ref if n.startswith("0.") and n.endswith("bias"))]
     assert (first_bias[[0, 1, 4]] != 0).all() and (first_bias[[2, 3]] == 0).all()
+
+
+def test_depthwise_input_grad_for_trained_convs(tmp_path):
+    """full: stride-1 depthwise convs get dX from a Conv over their flipped (trained) weight and
+    ConvGrad computes only dW and dB; the step equals ORT's own graph (torch autograd too:
+    test_one_step_matches_torch_autograd[small_net-full])."""
+    import onnx
+    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", resolution=RES, batch_size=BATCH,
+                          passes=[])
+    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    graph = onnx.load(lean.path / "training_model.onnx").graph
+    grads = [n for n in graph.node if n.op_type == "ConvGrad"]
+    without_dx = [n for n in grads if n.output[0] == ""]
+    # the first conv (its input is the image: ORT asks no dX) and the dilated depthwise one; the
+    # strided depthwise keeps ConvGrad's dX, the grouped 3x5 is no depthwise conv
+    groups = sorted(next((a.i for a in n.attribute if a.name == "group"), 1) for n in without_dx)
+    assert len(grads) == 7 and groups == [1, 8]
+    producers = {o: n for n in graph.node for o in n.output}
+    flipped = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in producers
+               and producers[n.input[1]].op_type == "Slice"]
+    assert len(flipped) == 1
+    ref = assert_same_step(plain, lean, seed=7, logits_rtol=1e-6, grad_atol=1e-6)
+    assert len(ref) == 2 * 7 + 2 + 2  # 7 convs, the BatchNorm's scale and shift, the classifier

@@ -23,7 +23,8 @@ from tinytlc.report import mib, table
 from tinytlc.runtime.memory import measure
 
 
-PACKED = DEFAULT_PASSES[:2] + ["pack-masks"] + DEFAULT_PASSES[2:]
+_MASKS = DEFAULT_PASSES.index("activation-masks") + 1
+PACKED = DEFAULT_PASSES[:_MASKS] + ["pack-masks"] + DEFAULT_PASSES[_MASKS:]
 
 
 def measure_methods(model: str, resolution: int, batch_size: int, methods=METHODS, steps: int = 3,

@@ -4,12 +4,14 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.conv_bias_add import ConvBiasAddPass
+from tinytlc.passes.training.depthwise_input_grad import DepthwiseInputGradPass
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
 from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
 PASSES = {
     "frozen-conv": FrozenConvBackwardPass,
+    "depthwise-input-grad": DepthwiseInputGradPass,
     "activation-masks": ActivationMaskPass,
     "conv-bias-add": ConvBiasAddPass,
     "pack-masks": PackMasksPass,
@@ -20,7 +22,8 @@ PASSES = {
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "activation-masks", "conv-bias-add", "shapes-from-input", "dce"]
+DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "activation-masks", "conv-bias-add", "shapes-from-input",
+                  "dce"]
 
-__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "FrozenConvBackwardPass", "PackMasksPass",
+__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DepthwiseInputGradPass", "FrozenConvBackwardPass", "PackMasksPass",
            "ShapesFromInputPass"]

@@ -21,7 +21,7 @@ thread. Two kinds of frozen conv are written as a Conv instead, exact the same w
   computed here from the frozen weight (as large as W: small for grouped convs), so ORT's NCHWc
   kernels take the Conv; the dB ordering then waits on dY itself, dY + 0 * dB[0] broadcast from
   [1, 1, 1, 1] (NCHWc needs a constant weight and no bias). With strides s > 1 the Conv reads dY
-  with s - 1 zeros between neighbours (_zeros_between), which is what a transposed conv convolves;
+  with s - 1 zeros between neighbours (zeros_between), which is what a transposed conv convolves;
 - 1x1, stride 1, weight no larger than one image's input: dX = Conv(dY, W^T), one GEMM without
   col2im. W^T = Transpose(W) + 0 * dY[0, 0, 0, 0] is made when the Conv runs: with no input but the
   weight ORT ran the Transposes at the start of the step and held them all (+0.5 MiB on
@@ -53,20 +53,8 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
             if _wanted(dw) or x.shape is None or w.shape is None or len(x.shape) != 4:
                 continue
             a = grad.attributes
-            kernel = list(a.get_ints("kernel_shape", list(w.shape[2:])))
-            strides = list(a.get_ints("strides", [1, 1]))
-            dilations = list(a.get_ints("dilations", [1, 1]))
-            pads = list(a.get_ints("pads", [0, 0, 0, 0]))
-            out_pad, dy_size = [], []  # what strided convs round away from the input size; dY's size
-            for i in range(2):
-                size = x.shape[2 + i]
-                if not isinstance(size, int):
-                    break
-                y = (size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
-                natural = strides[i] * (y - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + 2]
-                out_pad.append(size - natural)
-                dy_size.append(y)
-            if _wanted(dx) and len(out_pad) != 2:
+            kernel, strides, dilations, pads, out_pad, dy_size = conv_geometry(grad, x, w)
+            if _wanted(dx) and out_pad is None:
                 continue  # spatial size unknown: keep ConvGrad
             tape, replacements = ir.tape.Tape(graph), []
             db_value = None
@@ -89,7 +77,7 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                         ordered = tape.op("Add", [dy, tape.op("Mul", [zero, first])])
                         ordered.name, dy = f"{dy.name}.after_bias_grad", ordered
                     if max(strides) > 1:
-                        dy = _zeros_between(graph, tape, dy, w.shape[0], dy_size, strides)
+                        dy = zeros_between(graph, tape, dy, w.shape[0], dy_size, strides)
                     tape.op("Conv", [dy, add_constant(graph, f"{w.name}.flipped", w2)], attributes={
                         "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
                 else:
@@ -130,23 +118,48 @@ def _pointwise(x: ir.Value, w: ir.Value, strides: list[int], pads: list[int], gr
     return all(isinstance(d, int) for d in image) and w.shape[0] * w.shape[1] <= np.prod(image)
 
 
+def conv_geometry(grad: ir.Node, x: ir.Value, w: ir.Value):
+    """A ConvGrad's kernel, strides, dilations, pads, and per spatial axis what a strided conv
+    rounds away from the input size (output_padding) and dY's size; those two are None when the
+    input's spatial size is not known."""
+    a = grad.attributes
+    kernel = list(a.get_ints("kernel_shape", list(w.shape[2:])))
+    strides = list(a.get_ints("strides", [1, 1]))
+    dilations = list(a.get_ints("dilations", [1, 1]))
+    pads = list(a.get_ints("pads", [0, 0, 0, 0]))
+    out_pad, dy_size = [], []
+    for i in range(2):
+        size = x.shape[2 + i]
+        if not isinstance(size, int):
+            return kernel, strides, dilations, pads, None, None
+        y = (size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+        natural = strides[i] * (y - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + 2]
+        out_pad.append(size - natural)
+        dy_size.append(y)
+    return kernel, strides, dilations, pads, out_pad, dy_size
+
+
+def flipped_pads(kernel: list[int], dilations: list[int], pads: list[int], out_pad: list[int]) -> list[int] | None:
+    """The pads of Conv(dY, W flipped) that give a conv's input gradient, or None if one is negative."""
+    pads2 = [dilations[i % 2] * (kernel[i % 2] - 1) - pads[i] + (out_pad[i - 2] if i >= 2 else 0) for i in range(4)]
+    return pads2 if min(pads2) >= 0 else None
+
+
 def _flipped(w: ir.Value, group: int, kernel: list[int], dilations: list[int], pads: list[int],
              out_pad: list[int]):
     """(W', pads') such that Conv(dY, W', pads') is the input gradient of a grouped conv with frozen
     weight W (for strides > 1, of dY with zeros between its elements), or None when W is not a
     constant here or a padding would be negative."""
     weight = const_array(w)
-    if weight is None or weight.ndim != 4:
-        return None
-    pads2 = [dilations[i % 2] * (kernel[i % 2] - 1) - pads[i] + (out_pad[i - 2] if i >= 2 else 0) for i in range(4)]
-    if min(pads2) < 0:
+    pads2 = flipped_pads(kernel, dilations, pads, out_pad)
+    if weight is None or weight.ndim != 4 or pads2 is None:
         return None
     cout, cin_g, kh, kw = weight.shape
     w2 = weight.reshape(group, cout // group, cin_g, kh, kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
     return np.ascontiguousarray(w2.reshape(group * cin_g, cout // group, kh, kw)), pads2
 
 
-def _zeros_between(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, channels: int, size: list[int],
+def zeros_between(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, channels: int, size: list[int],
                    strides: list[int]) -> ir.Value:
     """dY with stride - 1 zeros between neighbours, [N, C, s (H - 1) + 1, s (W - 1) + 1]: a 1x1
     ConvTranspose with weight 1 and the conv's strides, each channel of each image as an image of
