@@ -112,10 +112,9 @@ def test_passes_rewrite_what_they_claim(tmp_path):
     assert not {"ConvGrad", "ReluGrad", "LeakyReluGrad"} & set(after)
     assert after.count("DropoutGrad") == 4  # 2 ReLU, 1 ReLU6, 1 LeakyReLU backward from bool masks
     assert "Where" not in after  # ORT's CPU Where allocates a full-size temporary
-    # 5 convs + the pooling conv; the first needs no dX; all others become Convs: the grouped ones
-    # (the strided pooling conv over dY with zeros between, spread by a 1x1 ConvTranspose), and the
-    # 1x1 ones over Transpose(W)
-    assert after.count("Transpose") == 2 and after.count("Conv") == before.count("Conv") + 5
+    # 5 convs + the pooling conv; the first needs no dX; the grouped ones and the 1x1 ones (over
+    # Transpose(W)) become Convs; the pooling conv (kernel = stride) stays a ConvTranspose
+    assert after.count("Transpose") == 2 and after.count("Conv") == before.count("Conv") + 4
     assert after.count("ConvTranspose") == 1
 
 
