@@ -1,6 +1,8 @@
 """`make bench` target checks: each reads the right rows and says met or MISSED with the figure."""
 
-from tinytlc.bench import targets
+import json
+
+from tinytlc.bench import main, speed_targets, targets
 
 
 def row(method, variant, peak, seconds=1.0, total=None):
@@ -18,3 +20,25 @@ def test_targets_read_the_right_rows():
     assert "[MISSED] full step peak no worse with passes: 1.045x" in text
     assert "[MISSED] lite+bias total <= 1/6 of full without passes (default passes): 1/5.79" in text
     assert "[met] lite+bias total <= 1/6 of full without passes (with pack-masks): 1/6.31" in text
+
+
+def test_speed_targets_read_the_right_ratios():
+    rows = [{"method": "bias", "vs_eager": 0.79, "vs_forward": 3.2}, {"method": "lite+bias", "vs_eager": 0.81},
+            {"method": "full", "vs_eager": 1.0}, {"method": "last", "vs_eager": 0.2}]
+    assert speed_targets(rows) == ["[met] bias step <= 0.8x eager: 0.79x",
+                                   "[MISSED] bias step <= 3x an inference forward: 3.20x",
+                                   "[MISSED] lite+bias step <= 0.8x eager: 0.81x",
+                                   "[met] full step <= 1.0x eager: 1.00x"]
+
+
+def test_speed_bench_times_all_four_runtimes(tmp_path, capsys):
+    """One round, one method, a small size: every runtime timed in its own process, memory beside."""
+    out = tmp_path / "speed.json"
+    assert main(["--speed", "--models", "mobilenetv2", "--methods", "bias", "--resolution", "32", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["mobilenetv2"]
+    for k in ("tinytlc", "plain", "eager", "forward"):
+        assert len(row["seconds"][k]) == 1 and row[f"{k}_seconds"] > 0
+    assert row["vs_eager"] == row["tinytlc_seconds"] / row["eager_seconds"]
+    assert row["memory"]["tinytlc"]["total_bytes"] < row["memory"]["plain"]["total_bytes"]
+    assert "bias step <= 0.8x eager" in capsys.readouterr().out

@@ -251,6 +251,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="--speed: alternating rounds of fresh processes")
     a = ap.parse_args(argv)
     if a.speed:
+        if a.rounds < 1:
+            print("tinytlc: error: --rounds must be >= 1", file=sys.stderr)
+            return 2
         everything = {}
         for model in a.models.split(","):
             print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)
