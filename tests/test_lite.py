@@ -1,5 +1,6 @@
 """Lite residual modules: found from graph structure, output unchanged at start, gradients equal to
-a PyTorch model carrying the same modules, on zoo models and an unseen residual CNN."""
+a PyTorch model carrying the same modules (the eager baseline's), on zoo models and an unseen
+residual CNN."""
 
 import numpy as np
 import onnx
@@ -14,35 +15,24 @@ from test_gradients import fold_all_bn, ort_step
 from tinytlc.export import export_module
 from tinytlc.passes.forward import LiteOptions
 from tinytlc.pipeline import compile_model
+from tinytlc.torch_baseline import lite_module
 
 RES, BATCH = 13, 4
 
 
-class LiteRef(nn.Module):
-    """The lite residual branch in PyTorch, with weights taken from the compiled graph."""
+class WithLite(nn.Module):
+    """A block with the eager baseline's lite branch beside it (torch_baseline.lite_module), weights
+    taken from the compiled graph."""
 
-    def __init__(self, block, params, name, stride, out_size, groups=2, group_channels=8):
+    def __init__(self, block, spec, params, name):
         super().__init__()
-        self.block, self.stride, self.out_size = block, stride, out_size
-        get = lambda n: nn.Parameter(torch.from_numpy(params[f"{name}.{n}"].copy()))  # noqa: E731
-        self.w1, self.w2 = get("conv1.weight"), get("conv2.weight")
-        self.g1, self.b1 = get("norm1.weight"), get("norm1.bias")
-        self.g2, self.b2 = get("norm2.weight"), get("norm2.bias")
-        self.groups, self.gc = groups, group_channels
-
-    def norm(self, x, g, b):
-        c = x.shape[1]
-        return F.group_norm(x, max(1, c // self.gc), eps=1e-5) * g + b
+        self.block, self.lite = block, lite_module(spec)
+        with torch.no_grad():
+            for n, p in self.lite.named_parameters():
+                p.copy_(torch.from_numpy(params[f"{name}.{n}"]).reshape(p.shape))
 
     def forward(self, x):
-        y = F.avg_pool2d(x, 2)
-        k = self.w1.shape[-1]
-        y = F.conv2d(y, self.w1, stride=self.stride, padding=k // 2, groups=self.groups)
-        y = F.conv2d(F.relu(self.norm(y, self.g1, self.b1)), self.w2)
-        y = self.norm(y, self.g2, self.b2)
-        if tuple(y.shape[-2:]) != tuple(self.out_size):
-            y = F.interpolate(y, size=self.out_size, mode="bilinear", align_corners=False)
-        return self.block(x) + y
+        return self.block(x) + self.lite(x)
 
 
 def initializers(art):
@@ -61,7 +51,7 @@ def test_lite_gradients_match_torch(tmp_path, method):
 
     model = fold_all_bn(lite_net())
     for i, r in enumerate(report, start=1):
-        model.blocks[i] = LiteRef(model.blocks[i], params, f"lite{i}", r["stride"], tuple(r["output"][1:]))
+        model.blocks[i] = WithLite(model.blocks[i], r, params, f"lite{i}")
     trainable = lean.manifest["trainable"]
     lite = [n for n in trainable if n.startswith("lite")]
     # two convs and two norms (scale, shift) per module; lite+bias keeps the final shift frozen
@@ -82,9 +72,7 @@ def test_lite_gradients_match_torch(tmp_path, method):
     def torch_grad(name):
         if name.startswith("lite"):
             i, rest = name[4:].split(".", 1)
-            attr = {"conv1.weight": "w1", "conv2.weight": "w2", "norm1.weight": "g1", "norm1.bias": "b1",
-                    "norm2.weight": "g2", "norm2.bias": "b2"}[rest]
-            return getattr(model.blocks[int(i)], attr).grad.numpy()
+            return dict(model.blocks[int(i)].lite.named_parameters())[rest].grad.numpy().reshape(params[name].shape)
         n = name.replace(f"blocks.{1}.conv", "blocks.1.block.conv").replace("blocks.2.conv", "blocks.2.block.conv")
         return torch_names[n].grad.numpy()
 
