@@ -28,6 +28,7 @@ from tinytlc.passes.training.frozen_conv_backward import conv_geometry, flipped_
 class DepthwiseInputGradPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
+        flip = None  # the Slice that reverses both spatial axes: starts, ends, axes, steps
         for grad in list(graph):
             if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft" or len(grad.outputs) < 2:
                 continue
@@ -41,11 +42,11 @@ class DepthwiseInputGradPass(ir.passes.InPlacePass):
             pads2 = None if out_pad is None else flipped_pads(kernel, dilations, pads, out_pad)
             if pads2 is None or max(strides) > 1:
                 continue
+            if flip is None:
+                flip = [add_constant(graph, "tinytlc.ints", v) for v in ([-1, -1], [-2 ** 62, -2 ** 62], [2, 3],
+                                                                         [-1, -1])]
             tape = ir.tape.Tape(graph)
-            flipped = tape.op("Slice", [w, add_constant(graph, "tinytlc.ints", [-1, -1]),
-                                        add_constant(graph, "tinytlc.ints", [-2 ** 62, -2 ** 62]),
-                                        add_constant(graph, "tinytlc.ints", [2, 3]),
-                                        add_constant(graph, "tinytlc.ints", [-1, -1])])
+            flipped = tape.op("Slice", [w, *flip])
             new_dx = tape.op("Conv", [dy, flipped], attributes={
                 "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
             for i, node in enumerate(tape.nodes):  # backward values, named after dX
