@@ -89,6 +89,7 @@ class TrainingSession:
 def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None, *, with_eval: bool = True,
                  with_optimizer: bool = True, measure: bool = False) -> TrainingSession:
     """Load `checkpoint` (default: the trained one if any, else the compiled one)."""
+    check_cpu(directory, manifest)
     checkpoint = checkpoint or trained_checkpoint(directory) or directory / "checkpoint"
     verify_checkpoint(directory, manifest, checkpoint)
     state = load_state(checkpoint)
@@ -100,6 +101,16 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
     except Exception as e:
         raise TinyTLError(f"{directory}: ONNX Runtime cannot load the artifacts ({ort_cause(str(e))[:200]})") from e
     return TrainingSession(state, module, optimizer, manifest)
+
+
+def check_cpu(directory: Path, manifest: dict) -> None:
+    """nchwc-conv writes filters in this CPU's NCHWc block layout: elsewhere they would be wrong."""
+    block = manifest.get("nchwc_block")
+    if block is not None:
+        from tinytlc.passes.training.nchwc_conv import block_size
+        if block != block_size():
+            raise TinyTLError(f"{directory}: compiled on a CPU whose NCHWc convs take blocks of {block} channels; "
+                              f"this CPU's take {block_size()}: compile it again on this machine")
 
 
 def ort_cause(message: str) -> str:

@@ -311,3 +311,24 @@ def test_output_folder_that_cannot_be_made(tmp_path, cli):
     one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", 16,
                        "--out", blocker / "art"), "blocker")
     assert blocker.read_text() == "a file"
+
+
+def test_artifact_from_a_cpu_with_other_nchwc_blocks(tmp_path, cli):
+    """nchwc-conv writes filters in the compiling CPU's block layout: on a CPU with another block,
+    every command that opens a session says so in one line (and trains nothing)."""
+    import json
+    import shutil
+
+    from tinytlc.passes.training.nchwc_conv import block_size
+    art = tmp_path / "art"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", 16, "--out", art)[0] == 0
+    manifest = json.loads((art / "tinytlc.json").read_text())
+    assert manifest["nchwc_block"] == block_size()
+    other = tmp_path / "other"
+    shutil.copytree(art, other)
+    manifest["nchwc_block"] = 24 - block_size()  # 8 <-> 16
+    (other / "tinytlc.json").write_text(json.dumps(manifest))
+    for args in (("train", other, "--data", "synthetic:8"), ("eval", other, "--data", "synthetic:8"),
+                 ("memory", other), ("export", other, tmp_path / "m.onnx")):
+        one_line_error(cli(*args), "NCHWc convs take blocks of", "compile it again")
+    assert not (other / "trained").exists() and not (tmp_path / "m.onnx").exists()

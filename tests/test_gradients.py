@@ -70,7 +70,8 @@ def assert_same_step(plain, other, seed, logits_rtol, grad_atol) -> dict:
 @pytest.mark.parametrize("net,method,smoothing", [
     ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
-    ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0)])
+    ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0),
+    ("wide_lite_net", "full", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     plain = compile_model(f"{NETS}:{net}", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
@@ -234,23 +235,52 @@ def test_clip_mask_at_its_bounds(tmp_path):
 
 
 def test_depthwise_input_grad_for_trained_convs(tmp_path):
-    """full: stride-1 depthwise convs get dX from a Conv over their flipped (trained) weight and
-    ConvGrad computes only dW and dB; the step equals ORT's own graph (torch autograd too:
-    test_one_step_matches_torch_autograd[small_net-full])."""
+    """full: depthwise convs get dX from a Conv over their flipped (trained) weight, strided ones over
+    dY spread with zeros, and ConvGrad computes only dW and dB; the step equals ORT's own graph
+    (torch autograd too: test_one_step_matches_torch_autograd[small_net-full])."""
     import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
     plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
-    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH,
+                         passes=[p for p in DEFAULT_PASSES if p != "nchwc-conv"])
     graph = onnx.load(lean.path / "training_model.onnx").graph
     grads = [n for n in graph.node if n.op_type == "ConvGrad"]
     without_dx = [n for n in grads if n.output[0] == ""]
-    # the first conv (its input is the image: ORT asks no dX) and the dilated depthwise one; the
-    # strided depthwise keeps ConvGrad's dX, the grouped 3x5 is no depthwise conv
+    # the first conv (its input is the image: ORT asks no dX), the dilated and the strided depthwise
+    # ones; the grouped 3x5 and 5x5 are no depthwise convs
     groups = sorted(next((a.i for a in n.attribute if a.name == "group"), 1) for n in without_dx)
-    assert len(grads) == 7 and groups == [1, 8]
+    assert len(grads) == 7 and groups == [1, 8, 16]
     producers = {o: n for n in graph.node for o in n.output}
     flipped = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in producers
                and producers[n.input[1]].op_type == "Slice"]
-    assert len(flipped) == 1
+    assert len(flipped) == 2
     ref = assert_same_step(plain, lean, seed=7, logits_rtol=1e-6, grad_atol=1e-6)
     assert len(ref) == 2 * 7 + 2 + 2  # 7 convs, the BatchNorm's scale and shift, the classifier
+
+
+def test_nchwc_conv_for_trained_depthwise_convs(tmp_path):
+    """full: depthwise convs whose weight trains (and the input-gradient Convs over their flipped
+    weights) are written as ORT's NCHWc ops, with this CPU's block recorded; the step equals ORT's
+    own graph and the graph without the pass (torch autograd too:
+    test_one_step_matches_torch_autograd[wide_lite_net-full])."""
+    import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    from tinytlc.passes.training.nchwc_conv import block_size
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "nchwc-conv"], **build)
+    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
+    assert lean.manifest["nchwc_block"] == block_size() and "nchwc_block" not in without.manifest
+    nodes = onnx.load(lean.path / "training_model.onnx").graph.node
+    blocked = [n for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    # depthwise convs of 8 (dilated) and 16 (strided) channels: forward and input gradient each,
+    # those whose channels fill whole blocks
+    assert len(blocked) == 2 * sum(c % block_size() == 0 for c in (8, 16)) > 0
+    assert all(next(a.i for a in n.attribute if a.name == "group") % block_size() == 0 for n in blocked)
+    ref = assert_same_step(plain, lean, seed=8, logits_rtol=1e-5, grad_atol=1e-5)
+    assert_same_step(without, lean, seed=8, logits_rtol=1e-5, grad_atol=1e-5)
+    assert len(ref) == 2 * 7 + 2 + 2

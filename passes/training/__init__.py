@@ -6,6 +6,7 @@ from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.conv_bias_add import ConvBiasAddPass
 from tinytlc.passes.training.depthwise_input_grad import DepthwiseInputGradPass
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
+from tinytlc.passes.training.nchwc_conv import NchwcConvPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
 from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
@@ -14,6 +15,7 @@ PASSES = {
     "depthwise-input-grad": DepthwiseInputGradPass,
     "activation-masks": ActivationMaskPass,
     "conv-bias-add": ConvBiasAddPass,
+    "nchwc-conv": NchwcConvPass,
     "pack-masks": PackMasksPass,
     "shapes-from-input": ShapesFromInputPass,
     # Dead code: nodes whose results nothing reads (onnx_ir's pass; the others leave some behind).
@@ -22,8 +24,8 @@ PASSES = {
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "activation-masks", "conv-bias-add", "shapes-from-input",
-                  "dce"]
+DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "activation-masks", "conv-bias-add", "nchwc-conv",
+                  "shapes-from-input", "dce"]
 
-__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DepthwiseInputGradPass", "FrozenConvBackwardPass", "PackMasksPass",
-           "ShapesFromInputPass"]
+__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DepthwiseInputGradPass",
+           "FrozenConvBackwardPass", "NchwcConvPass", "PackMasksPass", "ShapesFromInputPass"]

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_constant
 from tinytlc.passes.training._graph import wanted
-from tinytlc.passes.training.frozen_conv_backward import conv_geometry, flipped_pads
+from tinytlc.passes.training.frozen_conv_backward import conv_geometry, flipped_pads, zeros_between
 
 
 class DepthwiseInputGradPass(ir.passes.InPlacePass):
@@ -38,15 +38,18 @@ class DepthwiseInputGradPass(ir.passes.InPlacePass):
             if not (wanted(dx) and wanted(dw)) or x.shape is None or w.shape is None or len(w.shape) != 4 \
                     or group == 1 or w.shape[0] != group or w.shape[1] != 1:
                 continue
-            kernel, strides, dilations, pads, out_pad, _ = conv_geometry(grad, x, w)
+            kernel, strides, dilations, pads, out_pad, dy_size = conv_geometry(grad, x, w)
             pads2 = None if out_pad is None else flipped_pads(kernel, dilations, pads, out_pad)
-            if pads2 is None or max(strides) > 1:
-                continue
+            if pads2 is None or (max(strides) > 1 and kernel == strides):
+                continue  # a pooling written as a conv: frozen-conv keeps such ones on ConvTranspose too
             if flip is None:
                 flip = [add_constant(graph, "tinytlc.ints", v) for v in ([-1, -1], [-2 ** 62, -2 ** 62], [2, 3],
                                                                          [-1, -1])]
             tape = ir.tape.Tape(graph)
             flipped = tape.op("Slice", [w, *flip])
+            flipped.shape, flipped.type = w.shape, w.type  # read by nchwc-conv
+            if max(strides) > 1:
+                dy = zeros_between(graph, tape, dy, group, dy_size, strides)
             new_dx = tape.op("Conv", [dy, flipped], attributes={
                 "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
             for i, node in enumerate(tape.nodes):  # backward values, named after dX
@@ -58,3 +61,4 @@ class DepthwiseInputGradPass(ir.passes.InPlacePass):
             new_dx.name = name
             modified = True
         return ir.passes.PassResult(model, modified)
+
