@@ -104,7 +104,8 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
 
 
 def check_cpu(directory: Path, manifest: dict) -> None:
-    """nchwc-conv writes filters in this CPU's NCHWc block layout: elsewhere they would be wrong."""
+    """nchwc-conv and depthwise-weight-grad write tensors in this CPU's NCHWc block layout: on a CPU
+    with another block they would be read wrong."""
     block = manifest.get("nchwc_block")
     if block is not None:
         from tinytlc.passes.training.nchwc_conv import block_size

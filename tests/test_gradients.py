@@ -52,12 +52,12 @@ def ort_step(art, x, y, smoothing):
     return loss, logits, {n: sess.state.parameters[n].grad.copy() for n in art.manifest["trainable"]}
 
 
-def assert_same_step(plain, other, seed, logits_rtol, grad_atol) -> dict:
+def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH) -> dict:
     """One training step of `other` on a random batch equals ORT's own graph `plain` (logits and
     every gradient); returns the reference gradients."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
-    y = rng.integers(0, 3, BATCH)
+    x = rng.standard_normal((batch, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, batch)
     _, ref_logits, ref = ort_step(plain, x, y, 0.0)
     _, logits, got = ort_step(other, x, y, 0.0)
     np.testing.assert_allclose(logits, ref_logits, rtol=logits_rtol, atol=1e-6)
@@ -244,7 +244,7 @@ def test_depthwise_input_grad_for_trained_convs(tmp_path):
     plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
     lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH,
-                         passes=[p for p in DEFAULT_PASSES if p != "nchwc-conv"])
+                         passes=[p for p in DEFAULT_PASSES if p not in ("nchwc-conv", "depthwise-weight-grad")])
     graph = onnx.load(lean.path / "training_model.onnx").graph
     grads = [n for n in graph.node if n.op_type == "ConvGrad"]
     without_dx = [n for n in grads if n.output[0] == ""]
@@ -267,16 +267,17 @@ def test_nchwc_conv_for_trained_depthwise_convs(tmp_path):
     test_one_step_matches_torch_autograd[wide_lite_net-full])."""
     import onnx
 
-    from tinytlc.passes.training import DEFAULT_PASSES
+    from tinytlc.passes.training import DEFAULT_PASSES, NCHWC_PASSES
     from tinytlc.passes.training.nchwc_conv import block_size
     build = dict(resolution=RES, batch_size=BATCH)
     plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
     without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "nchwc-conv"], **build)
+                            passes=[p for p in DEFAULT_PASSES if p not in NCHWC_PASSES], **build)
     lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
     assert lean.manifest["nchwc_block"] == block_size() and "nchwc_block" not in without.manifest
     nodes = onnx.load(lean.path / "training_model.onnx").graph.node
-    blocked = [n for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    blocked = [n for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"
+               and ".stacked." not in n.output[0]]  # depthwise-weight-grad's
     # depthwise convs of 8 (dilated) and 16 (strided) channels: forward and input gradient each,
     # those whose channels fill whole blocks
     assert len(blocked) == 2 * sum(c % block_size() == 0 for c in (8, 16)) > 0
@@ -284,3 +285,30 @@ def test_nchwc_conv_for_trained_depthwise_convs(tmp_path):
     ref = assert_same_step(plain, lean, seed=8, logits_rtol=1e-5, grad_atol=1e-5)
     assert_same_step(without, lean, seed=8, logits_rtol=1e-5, grad_atol=1e-5)
     assert len(ref) == 2 * 7 + 2 + 2
+
+
+def test_depthwise_weight_grad_stacks_the_batch(tmp_path):
+    """full: a depthwise conv's weight gradient on a small map is one NCHWc conv over the batch
+    stacked in rows (here the strided one: odd input, so its rows are padded to the stride); the
+    step equals ORT's own graph and the graph without the pass, for a batch other than the
+    compiled one too (torch autograd: test_one_step_matches_torch_autograd[wide_lite_net-full])."""
+    import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    from tinytlc.passes.training.nchwc_conv import block_size
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "depthwise-weight-grad"], **build)
+    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
+    assert lean.manifest["nchwc_block"] == block_size()
+    grads = lambda art: [n for n in onnx.load(art.path / "training_model.onnx").graph.node if n.op_type == "ConvGrad"]
+    stacked = [n for n in onnx.load(lean.path / "training_model.onnx").graph.node
+               if n.output[0].endswith(".stacked.0")]
+    # the strided 16-channel depthwise conv (the dilated one keeps ConvGrad)
+    assert len(stacked) == 1 and len(grads(without)) - len(grads(lean)) == 1
+    ref = assert_same_step(plain, lean, seed=9, logits_rtol=1e-5, grad_atol=1e-5)
+    assert_same_step(without, lean, seed=9, logits_rtol=1e-5, grad_atol=1e-5)
+    assert len(ref) == 2 * 7 + 2 + 2
+    # a batch other than the compiled one: the stacking follows it
+    assert_same_step(plain, lean, seed=10, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)

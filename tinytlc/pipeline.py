@@ -23,7 +23,7 @@ from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidu
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
-from tinytlc.passes.training import DEFAULT_PASSES, PASSES
+from tinytlc.passes.training import DEFAULT_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
 from tinytlc.runtime import artifacts
 from tinytlc.runtime.session import check_step
@@ -209,7 +209,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "preprocess": {**source.preprocess, "resolution": resolution, "channels": channels},
             "passes": passes,
             "session": session,
-            **({"nchwc_block": block_size()} if "nchwc-conv" in passes else {}),
+            **({"nchwc_block": block_size()} if set(passes) & set(NCHWC_PASSES) else {}),
             **report,
             "versions": _versions(),
         }

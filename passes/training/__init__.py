@@ -5,6 +5,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.conv_bias_add import ConvBiasAddPass
 from tinytlc.passes.training.depthwise_input_grad import DepthwiseInputGradPass
+from tinytlc.passes.training.depthwise_weight_grad import DepthwiseWeightGradPass
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
 from tinytlc.passes.training.nchwc_conv import NchwcConvPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
@@ -13,6 +14,7 @@ from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 PASSES = {
     "frozen-conv": FrozenConvBackwardPass,
     "depthwise-input-grad": DepthwiseInputGradPass,
+    "depthwise-weight-grad": DepthwiseWeightGradPass,
     "activation-masks": ActivationMaskPass,
     "conv-bias-add": ConvBiasAddPass,
     "nchwc-conv": NchwcConvPass,
@@ -22,10 +24,13 @@ PASSES = {
     "dce": RemoveUnusedNodesPass,
 }
 
+# Passes that write ORT's NCHWc ops, whose layout depends on the CPU (compile records its block).
+NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
+
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "activation-masks", "conv-bias-add", "nchwc-conv",
+DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "depthwise-weight-grad", "activation-masks", "conv-bias-add", "nchwc-conv",
                   "shapes-from-input", "dce"]
 
-__all__ = ["DEFAULT_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DepthwiseInputGradPass",
+__all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DepthwiseInputGradPass", "DepthwiseWeightGradPass",
            "FrozenConvBackwardPass", "NchwcConvPass", "PackMasksPass", "ShapesFromInputPass"]
