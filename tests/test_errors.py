@@ -315,13 +315,17 @@ def test_output_folder_that_cannot_be_made(tmp_path, cli):
 
 def test_artifact_from_a_cpu_with_other_nchwc_blocks(tmp_path, cli):
     """nchwc-conv writes filters in the compiling CPU's block layout: on a CPU with another block,
-    every command that opens a session says so in one line (and trains nothing)."""
+    every command that opens a session says so in one line (and trains nothing). An artifact the
+    NCHWc passes left unchanged (bias-only training: no trained depthwise conv) records no block."""
     import json
     import shutil
 
     from tinytlc.passes.training.nchwc_conv import block_size
     art = tmp_path / "art"
-    assert cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", 16, "--out", art)[0] == 0
+    assert cli("compile", f"{NETS}:wide_lite_net", "--method", "full", "--resolution", 16, "--out", art)[0] == 0
+    assert cli("compile", f"{NETS}:wide_lite_net", "--method", "bias", "--resolution", 16,
+               "--out", tmp_path / "bias")[0] == 0
+    assert "nchwc_block" not in json.loads((tmp_path / "bias" / "tinytlc.json").read_text())
     manifest = json.loads((art / "tinytlc.json").read_text())
     assert manifest["nchwc_block"] == block_size()
     other = tmp_path / "other"

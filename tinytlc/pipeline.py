@@ -149,14 +149,18 @@ def resolve_passes(passes: list[str] | None) -> list[str]:
     return [p for p in PASSES if p in passes]
 
 
-def run_training_passes(path: Path, names: list[str]) -> None:
-    """Rewrite the training model at `path` in place with the named passes."""
+def run_training_passes(path: Path, names: list[str]) -> list[str]:
+    """Rewrite the training model at `path` in place with the named passes; the ones that changed it."""
     if not names:
-        return
-    model = ir.load(path)
+        return []
+    model, changed = ir.load(path), []
     for name in names:
-        model = PASSES[name]()(model).model
+        result = PASSES[name]()(model)
+        model = result.model
+        if result.modified:
+            changed.append(name)
     ir.save(model, path)
+    return changed
 
 
 # ORT session settings for graphs the passes rewrote. Measured (README, `tinytlc diff`): ORT's
@@ -193,7 +197,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         tmp.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, tmp / "forward_model.onnx")
         artifacts.generate(proto, trainable, tmp)
-        run_training_passes(tmp / "training_model.onnx", passes)
+        changed = run_training_passes(tmp / "training_model.onnx", passes)
         manifest = {
             "model": model,
             "source": source.description,
@@ -209,7 +213,8 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "preprocess": {**source.preprocess, "resolution": resolution, "channels": channels},
             "passes": passes,
             "session": session,
-            **({"nchwc_block": block_size()} if set(passes) & set(NCHWC_PASSES) else {}),
+            # NCHWc ops are laid out for this CPU's block: recorded where a pass wrote some
+            **({"nchwc_block": block_size()} if set(changed) & set(NCHWC_PASSES) else {}),
             **report,
             "versions": _versions(),
         }
