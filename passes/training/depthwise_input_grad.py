@@ -6,14 +6,19 @@ by group, a small GEMM and a col2im each, on one thread: for a depthwise 3x3 con
 (`full`), this pass leaves ConvGrad only dW and dB and computes
     dX = Conv(dY, W')   with W' = W flipped in space (a Slice, each step: W trains) and padding
                         (k - 1) d - p
-which ORT runs with its depthwise kernel. Nothing more is kept for backward: ConvGrad still reads
-X for dW, W' lives for one Conv. Stride 1 only: a strided conv's Conv would read dY with zeros
-between its elements (as frozen-conv does), and without NCHWc (W is no constant) that measured
-slower than ConvGrad (MobileNetV2 `full`, 128 px: 10.4 ms for the first strided block's).
+which nchwc-conv puts on ORT's NCHWc depthwise kernel. Strided convs read dY with s - 1 zeros
+between its elements (frozen-conv's zeros_between), what a transposed conv convolves. Nothing more
+is kept for backward: ConvGrad still reads X for dW, W' lives for one Conv, the spread dY for one.
+Before nchwc-conv existed the strided ones measured slower this way (plain NCHW depthwise conv: 10.4
+ms for MobileNetV2's first strided block at 128 px, against ConvGrad's); with it, MobileNetV2
+`full` at 128 px profiled 165 ms a step with stride-1 convs only, 162 ms with strided ones too.
+Poolings written as convs (kernel = stride) stay on ConvGrad, as in frozen-conv.
 Exact: a conv's input gradient is the correlation of dY with the flipped weight; the same products
 are summed in another order.
 Only depthwise convs (one input and one output channel per group, where W' is W flipped): a
-grouped conv with wider groups (the lite modules' 2-group convs) was as often slower as faster.
+grouped conv with wider groups (the lite modules' 2-group convs) was as often slower as faster,
+and still lost on NCHWc: swapping channels within each group is a 5-D Transpose, which ORT runs
+element by element (10 ms a step on MobileNetV2 lite+bias, 128 px).
 """
 
 from __future__ import annotations
