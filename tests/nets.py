@@ -233,3 +233,15 @@ def clip_boundary_net():
     first.bias.data = torch.tensor([0.0, 6.0, -1.0, 7.0, 3.0])
     return nn.Sequential(first, nn.ReLU6(), nn.Conv2d(5, 4, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+def depthwise_kinds_net():
+    """Depthwise convs on small maps for depthwise-weight-grad, 16 and 32 channels (whole NCHWc
+    blocks): 5x5 stride 2, a non-square 3x5 kernel with strides (2, 1), and one without padding."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 1), nn.ReLU(),
+                         nn.Conv2d(32, 32, (3, 5), stride=(2, 1), padding=(1, 2), groups=32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, groups=32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))

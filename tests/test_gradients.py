@@ -289,26 +289,26 @@ def test_nchwc_conv_for_trained_depthwise_convs(tmp_path):
 
 def test_depthwise_weight_grad_stacks_the_batch(tmp_path):
     """full: a depthwise conv's weight gradient on a small map is one NCHWc conv over the batch
-    stacked in rows (here the strided one: odd input, so its rows are padded to the stride); the
-    step equals ORT's own graph and the graph without the pass, for a batch other than the
-    compiled one too (torch autograd: test_one_step_matches_torch_autograd[wide_lite_net-full])."""
+    stacked in rows (5x5 stride 2 on an odd input, whose rows are padded to the stride; a 3x5
+    kernel with strides (2, 1); no padding); the step equals ORT's own graph and the graph without
+    the pass, for a batch other than the compiled one too (torch autograd:
+    test_one_step_matches_torch_autograd[wide_lite_net-full])."""
     import onnx
 
     from tinytlc.passes.training import DEFAULT_PASSES
     from tinytlc.passes.training.nchwc_conv import block_size
     build = dict(resolution=RES, batch_size=BATCH)
-    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
+    plain = compile_model(f"{NETS}:depthwise_kinds_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:depthwise_kinds_net", "full", tmp_path / "without",
                             passes=[p for p in DEFAULT_PASSES if p != "depthwise-weight-grad"], **build)
-    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
+    lean = compile_model(f"{NETS}:depthwise_kinds_net", "full", tmp_path / "lean", **build)
     assert lean.manifest["nchwc_block"] == block_size()
     grads = lambda art: [n for n in onnx.load(art.path / "training_model.onnx").graph.node if n.op_type == "ConvGrad"]
     stacked = [n for n in onnx.load(lean.path / "training_model.onnx").graph.node
                if n.output[0].endswith(".stacked.0")]
-    # the strided 16-channel depthwise conv (the dilated one keeps ConvGrad)
-    assert len(stacked) == 1 and len(grads(without)) - len(grads(lean)) == 1
+    assert len(stacked) == 3 and len(grads(without)) - len(grads(lean)) == 3
     ref = assert_same_step(plain, lean, seed=9, logits_rtol=1e-5, grad_atol=1e-5)
     assert_same_step(without, lean, seed=9, logits_rtol=1e-5, grad_atol=1e-5)
-    assert len(ref) == 2 * 7 + 2 + 2
+    assert len(ref) == 2 * 5 + 2
     # a batch other than the compiled one: the stacking follows it
     assert_same_step(plain, lean, seed=10, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)

@@ -29,8 +29,9 @@ NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "depthwise-weight-grad", "activation-masks", "conv-bias-add", "nchwc-conv",
-                  "shapes-from-input", "dce"]
+DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "depthwise-weight-grad", "activation-masks", "conv-bias-add",
+                  "nchwc-conv", "shapes-from-input", "dce"]
 
-__all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DepthwiseInputGradPass", "DepthwiseWeightGradPass",
-           "FrozenConvBackwardPass", "NchwcConvPass", "PackMasksPass", "ShapesFromInputPass"]
+__all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass",
+           "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "NchwcConvPass",
+           "PackMasksPass", "ShapesFromInputPass"]

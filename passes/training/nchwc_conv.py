@@ -1,18 +1,19 @@
-"""Convs with a trained weight on ORT's NCHWc kernels, written out by hand.
+"""Depthwise convs with a trained weight on ORT's NCHWc kernels, written out by hand.
 
 Why: ORT's fastest CPU convs are its NCHWc ones (channels in blocks of 8 or 16, the CPU's vector
 width). Its layout transformer gives them only to a Conv whose weight is an initializer, because it
-reorders the weight once, at load. A trained weight is a graph input, so the convs of `full` and
-the lite modules' convs ran in plain NCHW, where ORT loops over images and groups with one small
-GEMM each: a depthwise 3x3 conv on [8, 960, 4, 4] took 1.6 ms there, 0.09 ms on NCHWc.
+reorders the weight once, at load. A trained weight is a graph input, so the depthwise convs of
+`full` ran in plain NCHW, where ORT loops over images and channels with one small GEMM each: a 3x3
+conv on [8, 960, 4, 4] took 1.6 ms there, 0.09 ms on NCHWc.
 
 What it writes, for such a Conv(X, W, B) (and the Convs the backward passes build over a flipped
 trained weight):
-    Y = ReorderOutput(nchwc.Conv(ReorderInput(X), W_blocked, B_padded))
-where W_blocked is W in MLAS's blocked filter layout, made each step by a Reshape and a Transpose:
-a copy of W, which is small. The ops are ORT's
-own contrib ops (domain com.microsoft.nchwc), the ones its transformer writes. Nothing more is kept
-for backward: ConvGrad still reads the NCHW X; the blocked copies of X and Y live for one node each.
+    Y = ReorderOutput(nchwc.Conv(ReorderInput(X), W_blocked, B))
+where W_blocked is W in MLAS's blocked filter layout, made each step by a Reshape and a Transpose
+(a copy of W, which is small). The ops are ORT's own contrib ops (domain com.microsoft.nchwc), the
+ones its transformer writes. Nothing more is kept for backward: ConvGrad still reads the NCHW X;
+the blocked copies of X and Y live for one node each. Measured on MobileNetV2 `full`, 128 px,
+batch 8 (ORT's profiler): 196 -> 161 ms a step.
 
 Which convs: depthwise ones, channels a multiple of the block: `full`'s, and the input-gradient
 Convs depthwise-input-grad writes over their flipped weights. Measured and left out (MobileNetV2,
