@@ -9,8 +9,8 @@ with the images stacked along the rows, [1, C, N Hp, Wp], and whose kernel is dY
 way, [C, 1, N R, Wo], dilated by the stride: R = Hp / s rows a image (dY padded with zero rows, Hp
 rounded up to a multiple of s), so that dY's row n R + h meets X's row n Hp + h s + i, and rows
 past an image's end meet only zeros. The output is [1, C, >= kh, >= kw], cut to the kernel.
-Both stackings are NCHWc tensors already after ReorderInput and a Transpose that moves whole
-[Hp, Wp, block] planes (a copy each; small maps only), so the conv is ORT's NCHWc depthwise
+Both stackings are NCHWc tensors already after ReorderInput, a Pad and a Transpose that moves
+whole [Hp, Wp, block] planes (a copy each; small maps only), so the conv is ORT's NCHWc depthwise
 kernel: 0.7 ms for that [8, 960, 4, 4] conv. On larger maps the copies cost more than ConvGrad's
 loops (32 x 32: as fast; 64 x 64 with stride 2: 3.4 against 2.6 ms), so those keep ConvGrad.
 ConvGrad keeps what else it computes (dX, when depthwise-input-grad did not take it; dB becomes a
@@ -65,14 +65,19 @@ class DepthwiseWeightGradPass(ir.passes.InPlacePass):
             wp, rows = wd + pads[1] + pads[3], hp // sh
             tape = ir.tape.Tape(graph)
 
-            def stacked(t: ir.Value, pad: list[int], height: int, width: int, shape: list[int]) -> ir.Value:
-                blocked = tape.op("ReorderInput", [tape.op("Pad", [t, const(pad)])], domain=DOMAIN)
-                planes = tape.op("Reshape", [blocked, const([-1, group // block, height * width * block])])
+            def stacked(t: ir.Value, size: list[int], pad: list[int], height: int, width: int,
+                        shape: list[int]) -> ir.Value:
+                # padded as [N, C / block, H, W, block]: runs of a block's channels, 1.2 to 2.7x
+                # faster than padding the NCHW tensor before ReorderInput
+                blocked = tape.op("Reshape", [tape.op("ReorderInput", [t], domain=DOMAIN),
+                                              const([-1, group // block, *size, block])])
+                padded = tape.op("Pad", [blocked, const([0, 0, pad[0], pad[1], 0, 0, 0, pad[2], pad[3], 0])])
+                planes = tape.op("Reshape", [padded, const([-1, group // block, height * width * block])])
                 moved = tape.op("Transpose", [planes], attributes={"perm": [1, 0, 2]})
                 return tape.op("Reshape", [moved, const(shape)])
 
-            xs = stacked(x, [0, 0, pads[0], pads[1], 0, 0, hp - h - pads[0], pads[3]], hp, wp, [1, group, -1, wp])
-            ks = stacked(dy, [0, 0, 0, 0, 0, 0, rows - dy_size[0], 0], rows, dy_size[1], [group, 1, -1, dy_size[1]])
+            xs = stacked(x, [h, wd], [pads[0], pads[1], hp - h - pads[0], pads[3]], hp, wp, [1, group, -1, wp])
+            ks = stacked(dy, dy_size, [0, 0, rows - dy_size[0], 0], rows, dy_size[1], [group, 1, -1, dy_size[1]])
             out = tape.op("Conv", [xs, ks], attributes={"group": group, "dilations": [sh, sw],
                                                          "pads": [0, 0, max(0, kh - sh), 0]}, domain=DOMAIN)
             out = tape.op("ReorderOutput", [out], attributes={"channels": group}, domain=DOMAIN)
