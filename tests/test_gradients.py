@@ -244,7 +244,8 @@ def test_depthwise_input_grad_for_trained_convs(tmp_path):
     plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
     lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH,
-                         passes=[p for p in DEFAULT_PASSES if p not in ("nchwc-conv", "depthwise-weight-grad")])
+                         passes=[p for p in DEFAULT_PASSES
+                                 if p not in ("nchwc-conv", "depthwise-weight-grad", "pointwise-grad")])
     graph = onnx.load(lean.path / "training_model.onnx").graph
     grads = [n for n in graph.node if n.op_type == "ConvGrad"]
     without_dx = [n for n in grads if n.output[0] == ""]
@@ -312,3 +313,26 @@ def test_depthwise_weight_grad_stacks_the_batch(tmp_path):
     assert len(ref) == 2 * 5 + 2
     # a batch other than the compiled one: the stacking follows it
     assert_same_step(plain, lean, seed=10, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)
+
+
+def test_pointwise_grad_on_large_maps(tmp_path):
+    """full: a trained 1x1 conv whose map has at least as many pixels as it has channels gets dX
+    from a Conv over W^T and dW from one batched GEMM summed over the batch, without ConvGrad; the
+    1x1 conv on the 4 x 4 map (32 channels out) keeps ConvGrad. The step equals ORT's own graph
+    and the graph without the pass (torch autograd: test_one_step_matches_torch_autograd[*-full])."""
+    import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "pointwise-grad"], **build)
+    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
+    nodes = onnx.load(lean.path / "training_model.onnx").graph.node
+    grads = [n for n in nodes if n.op_type == "ConvGrad"]
+    pointwise = [n for n in nodes if n.op_type == "FusedMatMul" and ".pointwise." in n.output[0]]
+    kept_1x1 = [n for n in grads if next(a.ints for a in n.attribute if a.name == "kernel_shape") == [1, 1]]
+    assert len(pointwise) == 1 and len(kept_1x1) == 1
+    ref = assert_same_step(plain, lean, seed=11, logits_rtol=1e-5, grad_atol=1e-5)
+    assert_same_step(without, lean, seed=11, logits_rtol=1e-5, grad_atol=1e-5)
+    assert len(ref) == 2 * 7 + 2 + 2

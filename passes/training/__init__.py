@@ -9,12 +9,14 @@ from tinytlc.passes.training.depthwise_weight_grad import DepthwiseWeightGradPas
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
 from tinytlc.passes.training.nchwc_conv import NchwcConvPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
+from tinytlc.passes.training.pointwise_grad import PointwiseGradPass
 from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
 PASSES = {
     "frozen-conv": FrozenConvBackwardPass,
     "depthwise-input-grad": DepthwiseInputGradPass,
     "depthwise-weight-grad": DepthwiseWeightGradPass,
+    "pointwise-grad": PointwiseGradPass,
     "activation-masks": ActivationMaskPass,
     "conv-bias-add": ConvBiasAddPass,
     "nchwc-conv": NchwcConvPass,
@@ -29,9 +31,9 @@ NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "depthwise-weight-grad", "activation-masks", "conv-bias-add",
-                  "nchwc-conv", "shapes-from-input", "dce"]
+DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "depthwise-weight-grad", "pointwise-grad", "activation-masks",
+                  "conv-bias-add", "nchwc-conv", "shapes-from-input", "dce"]
 
 __all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass",
            "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "NchwcConvPass",
-           "PackMasksPass", "ShapesFromInputPass"]
+           "PackMasksPass", "PointwiseGradPass", "ShapesFromInputPass"]
