@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
+
+from tinytlc.passes.forward._values import add_constant
 
 
 def wanted(v: ir.Value | None) -> bool:
@@ -10,12 +13,38 @@ def wanted(v: ir.Value | None) -> bool:
     return v is not None and v.name != "" and (len(v.uses()) > 0 or v.is_graph_output())
 
 
-def replace_node_outputs(graph: ir.Graph, node: ir.Node, replacements: list[tuple[ir.Value, ir.Value]]) -> None:
-    """Point every reader of node's outputs at the new values, drop the node, keep the old names
-    (ORT's accumulator and optimizer wiring refers to gradients by name)."""
+def is_depthwise(w: ir.Value, group: int) -> bool:
+    """A conv weight [C, 1, kh, kw] with one group per channel."""
+    return w.shape is not None and len(w.shape) == 4 and w.shape[0] == group and w.shape[1] == 1
+
+
+class Constants:
+    """Small constants (shapes, axes, slice bounds, zeros) for one pass over one graph: one
+    initializer per distinct value, however many nodes read it."""
+
+    def __init__(self, graph: ir.Graph, name: str = "tinytlc.const"):
+        self.graph, self.name, self.made = graph, name, {}
+
+    def __call__(self, value) -> ir.Value:
+        array = np.asarray(value, np.int64) if isinstance(value, list) else np.asarray(value)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.made:
+            self.made[key] = add_constant(self.graph, self.name, array)
+        return self.made[key]
+
+
+def move_outputs(replacements: list[tuple[ir.Value, ir.Value]]) -> None:
+    """Point every reader of each old value at its new one, which takes the old name (ORT's
+    accumulator and optimizer wiring refers to gradients by name); the old value is left unnamed,
+    so ORT's gradient op does not compute it."""
     for old, new in replacements:
         ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
         new.shape, new.type = old.shape, old.type
+        name, old.name = old.name, ""
+        new.name = name
+
+
+def replace_node_outputs(graph: ir.Graph, node: ir.Node, replacements: list[tuple[ir.Value, ir.Value]]) -> None:
+    """move_outputs, then drop the node."""
+    move_outputs(replacements)
     graph.remove(node, safe=True)
-    for old, new in replacements:
-        new.name = old.name

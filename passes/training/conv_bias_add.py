@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
-from tinytlc.passes.training._graph import replace_node_outputs
+from tinytlc.passes.training._graph import Constants, replace_node_outputs
 
 
 def _splits(node: ir.Node) -> bool:
@@ -38,14 +37,11 @@ def _splits(node: ir.Node) -> bool:
 class ConvBiasAddPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
-        shapes: dict[int, ir.Value] = {}  # [1, -1, 1, 1] by conv rank, one initializer each
+        const = Constants(graph, "tinytlc.bias_shape")
         for conv in [n for n in graph if _splits(n)]:
             x, w, b = conv.inputs[:3]
             tape = ir.tape.Tape(graph)
-            rank = len(w.shape)
-            if rank not in shapes:
-                shapes[rank] = add_constant(graph, "tinytlc.bias_shape", [1, -1] + [1] * (rank - 2))
-            shape = shapes[rank]
+            shape = const([1, -1] + [1] * (len(w.shape) - 2))  # [1, C, 1, 1]
             y = tape.op("Conv", [x, w], attributes={k: a.value for k, a in conv.attributes.items()})
             y.name = f"{conv.outputs[0].name}.without_bias"
             out = tape.op("Add", [y, tape.op("Reshape", [b, shape])])

@@ -25,45 +25,38 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
-from tinytlc.passes.training._graph import wanted
+from tinytlc.passes.training._graph import Constants, is_depthwise, move_outputs, wanted
 from tinytlc.passes.training.frozen_conv_backward import conv_geometry, flipped_pads, zeros_between
 
 
 class DepthwiseInputGradPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
-        flip = None  # the Slice that reverses both spatial axes: starts, ends, axes, steps
+        const = Constants(graph)
         for grad in list(graph):
             if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft" or len(grad.outputs) < 2:
                 continue
             dy, x, w = grad.inputs[:3]
             dx, dw = grad.outputs[:2]
             group = grad.attributes.get_int("group", 1)
-            if not (wanted(dx) and wanted(dw)) or x.shape is None or w.shape is None or len(w.shape) != 4 \
-                    or group == 1 or w.shape[0] != group or w.shape[1] != 1:
+            if not (wanted(dx) and wanted(dw)) or x.shape is None or group == 1 or not is_depthwise(w, group):
                 continue
             kernel, strides, dilations, pads, out_pad, dy_size = conv_geometry(grad, x, w)
             pads2 = None if out_pad is None else flipped_pads(kernel, dilations, pads, out_pad)
             if pads2 is None or (max(strides) > 1 and kernel == strides):
                 continue  # a pooling written as a conv: frozen-conv keeps such ones on ConvTranspose too
-            if flip is None:
-                flip = [add_constant(graph, "tinytlc.ints", v) for v in ([-1, -1], [-2 ** 62, -2 ** 62], [2, 3],
-                                                                         [-1, -1])]
             tape = ir.tape.Tape(graph)
-            flipped = tape.op("Slice", [w, *flip])
+            # both spatial axes reversed: starts, ends, axes, steps
+            flipped = tape.op("Slice", [w, const([-1, -1]), const([-2 ** 62, -2 ** 62]), const([2, 3]),
+                                        const([-1, -1])])
             flipped.shape, flipped.type = w.shape, w.type  # read by nchwc-conv
             if max(strides) > 1:
-                dy = zeros_between(graph, tape, dy, group, dy_size, strides)
+                dy = zeros_between(const, tape, dy, group, dy_size, strides)
             new_dx = tape.op("Conv", [dy, flipped], attributes={
                 "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
             for i, node in enumerate(tape.nodes):  # backward values, named after dX
                 node.outputs[0].name = f"{dx.name}.depthwise.{i}"
             graph.insert_after(grad, tape.nodes)
-            ir.convenience.replace_all_uses_with(dx, new_dx, replace_graph_outputs=True)
-            new_dx.shape, new_dx.type = dx.shape, dx.type
-            name, dx.name = dx.name, ""  # ConvGrad computes no dX now: its output is unnamed
-            new_dx.name = name
+            move_outputs([(dx, new_dx)])  # ConvGrad computes no dX now: its output is unnamed
             modified = True
         return ir.passes.PassResult(model, modified)
-

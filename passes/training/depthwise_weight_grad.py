@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
-from tinytlc.passes.training._graph import wanted
+from tinytlc.passes.training._graph import Constants, is_depthwise, move_outputs, replace_node_outputs, wanted
 from tinytlc.passes.training.frozen_conv_backward import conv_geometry
 from tinytlc.passes.training.nchwc_conv import DOMAIN, block_size
 
@@ -39,12 +38,7 @@ class DepthwiseWeightGradPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, block, modified = model.graph, self.block or block_size(), False
-        consts: dict[tuple, ir.Value] = {}
-
-        def const(values: list[int]) -> ir.Value:
-            if tuple(values) not in consts:
-                consts[tuple(values)] = add_constant(graph, "tinytlc.ints", values)
-            return consts[tuple(values)]
+        const = Constants(graph)
 
         for grad in list(graph):
             if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft" or len(grad.outputs) < 2:
@@ -52,8 +46,7 @@ class DepthwiseWeightGradPass(ir.passes.InPlacePass):
             dy, x, w = grad.inputs[:3]
             dx, dw, db = (list(grad.outputs) + [None])[:3]
             group = grad.attributes.get_int("group", 1)
-            if not wanted(dw) or x.shape is None or w.shape is None or len(w.shape) != 4 or len(x.shape) != 4 \
-                    or w.shape[0] != group or w.shape[1] != 1 or group % block \
+            if not wanted(dw) or x.shape is None or len(x.shape) != 4 or not is_depthwise(w, group) or group % block \
                     or not all(isinstance(d, int) for d in x.shape[2:]) or x.shape[2] * x.shape[3] > MAX_MAP:
                 continue
             kernel, strides, dilations, pads, _, dy_size = conv_geometry(grad, x, w)
@@ -89,13 +82,10 @@ class DepthwiseWeightGradPass(ir.passes.InPlacePass):
             for i, node in enumerate(tape.nodes):  # backward values, named after dW
                 node.outputs[0].name = f"{dw.name}.stacked.{i}"
             graph.insert_after(grad, tape.nodes)
-            for old, value in new:
-                ir.convenience.replace_all_uses_with(old, value, replace_graph_outputs=True)
-                value.shape, value.type = old.shape, old.type
-                name, old.name = old.name, ""
-                value.name = name
-            if not wanted(dx):
-                graph.remove(grad, safe=True)
+            if wanted(dx):
+                move_outputs(new)
+            else:
+                replace_node_outputs(graph, grad, new)
             modified = True
         if modified:
             model.opset_imports[DOMAIN] = 1

@@ -40,13 +40,13 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_constant, const_array
-from tinytlc.passes.training._graph import replace_node_outputs, wanted as _wanted
+from tinytlc.passes.training._graph import Constants, replace_node_outputs, wanted as _wanted
 
 
 class FrozenConvBackwardPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
-        axes = None
+        const = Constants(graph)
         for grad in list(graph):
             if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft":
                 continue
@@ -61,42 +61,36 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
             tape, replacements = ir.tape.Tape(graph), []
             db_value = None
             if _wanted(db):
-                if axes is None:
-                    axes = add_constant(graph, "tinytlc.conv_bias_grad_axes", [0, 2, 3])
-                db_value = tape.op("ReduceSum", [dy, axes], attributes={"keepdims": 0})
+                db_value = tape.op("ReduceSum", [dy, const([0, 2, 3])], attributes={"keepdims": 0})
                 replacements.append((db, db_value))
             if _wanted(dx):
                 group = a.get_int("group", 1)
                 first = None
                 if db_value is not None:  # dB[0:1]: what the input gradient waits for
-                    first = tape.op("Slice", [db_value, add_constant(graph, "tinytlc.const", [0]),
-                                              add_constant(graph, "tinytlc.const", [1])])
+                    first = tape.op("Slice", [db_value, const([0]), const([1])])
                 pooling = max(strides) > 1 and kernel == strides
                 flipped = _flipped(w, group, kernel, dilations, pads, out_pad) if group > 1 and not pooling else None
                 if flipped is not None:
                     w2, pads2 = flipped
                     if first is not None:
-                        zero = add_constant(graph, "tinytlc.zero_1111", np.zeros((1, 1, 1, 1), np.float32))
-                        ordered = tape.op("Add", [dy, tape.op("Mul", [zero, first])])
+                        ordered = tape.op("Add", [dy, tape.op("Mul", [const(np.zeros((1, 1, 1, 1), np.float32)),
+                                                                      first])])
                         ordered.name, dy = f"{dy.name}.after_bias_grad", ordered
                     if max(strides) > 1:
-                        dy = zeros_between(graph, tape, dy, w.shape[0], dy_size, strides)
+                        dy = zeros_between(const, tape, dy, w.shape[0], dy_size, strides)
                     tape.op("Conv", [dy, add_constant(graph, f"{w.name}.flipped", w2)], attributes={
                         "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
                 else:
                     gemm = _pointwise(x, w, strides, pads, group)
                     if gemm:  # W^T + 0 * dY[0, 0, 0, 0]: made when the Conv runs, not whenever ORT likes
-                        corner = tape.op("Slice", [dy, add_constant(graph, "tinytlc.ints", [0, 0, 0, 0]),
-                                                   add_constant(graph, "tinytlc.ints", [1, 1, 1, 1])])
-                        zero = add_constant(graph, "tinytlc.zero", np.float32(0))
+                        corner = tape.op("Slice", [dy, const([0, 0, 0, 0]), const([1, 1, 1, 1])])
                         wt = tape.op("Add", [tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]}),
-                                             tape.op("Mul", [corner, zero])])
+                                             tape.op("Mul", [corner, const(np.float32(0))])])
                         for i, node in enumerate(tape.nodes[-4:]):  # backward values, named after dX
                             node.outputs[0].name = f"{dx.name}.transposed_weight.{i}"
                     inputs = [dy, wt if gemm else w]
                     if first is not None:  # a zero bias that exists only once dB does
-                        zeros = add_constant(graph, "tinytlc.zeros", np.zeros(w.shape[1] * group, np.float32))
-                        inputs.append(tape.op("Mul", [zeros, first]))
+                        inputs.append(tape.op("Mul", [const(np.zeros(w.shape[1] * group, np.float32)), first]))
                     if gemm:
                         tape.op("Conv", inputs, attributes={"kernel_shape": [1, 1]})
                     else:
@@ -162,13 +156,12 @@ def _flipped(w: ir.Value, group: int, kernel: list[int], dilations: list[int], p
     return np.ascontiguousarray(w2.reshape(group * cin_g, cout // group, kh, kw)), pads2
 
 
-def zeros_between(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, channels: int, size: list[int],
-                   strides: list[int]) -> ir.Value:
+def zeros_between(const: Constants, tape: ir.tape.Tape, dy: ir.Value, channels: int, size: list[int],
+                  strides: list[int]) -> ir.Value:
     """dY with stride - 1 zeros between neighbours, [N, C, s (H - 1) + 1, s (W - 1) + 1]: a 1x1
     ConvTranspose with weight 1 and the conv's strides, each channel of each image as an image of
     its own (one channel: no GEMM to speak of, unlike the grouped ConvTranspose it replaces)."""
-    one = add_constant(graph, "tinytlc.one_1111", np.ones((1, 1, 1, 1), np.float32))
-    planes = tape.op("Reshape", [dy, add_constant(graph, "tinytlc.ints", [-1, 1] + size)])
+    one = const(np.ones((1, 1, 1, 1), np.float32))
+    planes = tape.op("Reshape", [dy, const([-1, 1] + size)])
     spread = tape.op("ConvTranspose", [planes, one], attributes={"kernel_shape": [1, 1], "strides": strides})
-    return tape.op("Reshape", [spread, add_constant(
-        graph, "tinytlc.ints", [-1, channels] + [s * (n - 1) + 1 for s, n in zip(strides, size)])])
+    return tape.op("Reshape", [spread, const([-1, channels] + [s * (n - 1) + 1 for s, n in zip(strides, size)])])

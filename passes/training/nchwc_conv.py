@@ -35,7 +35,7 @@ import functools
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
+from tinytlc.passes.training._graph import Constants, is_depthwise, replace_node_outputs
 
 DOMAIN = "com.microsoft.nchwc"
 
@@ -61,12 +61,9 @@ def _fits(conv: ir.Node, block: int) -> bool:
     """A depthwise 2-D float Conv whose weight is no initializer, channels in whole blocks."""
     if conv.op_type != "Conv" or conv.domain != "" or len(conv.inputs) < 2:
         return False
-    x, w = conv.inputs[:2]
-    if w.shape is None or len(w.shape) != 4 or not all(isinstance(d, int) for d in w.shape) \
-            or w.dtype != ir.DataType.FLOAT or ir.convenience.get_const_tensor(w) is not None:
-        return False
-    group = conv.attributes.get_int("group", 1)
-    return w.shape[1] == 1 and w.shape[0] == group and group % block == 0
+    w, group = conv.inputs[1], conv.attributes.get_int("group", 1)
+    return is_depthwise(w, group) and all(isinstance(d, int) for d in w.shape) and group % block == 0 \
+        and w.dtype == ir.DataType.FLOAT and ir.convenience.get_const_tensor(w) is None
 
 
 class NchwcConvPass(ir.passes.InPlacePass):
@@ -76,12 +73,7 @@ class NchwcConvPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, block = model.graph, self.block or block_size()
-        consts: dict[tuple, ir.Value] = {}
-
-        def const(values: list[int]) -> ir.Value:
-            if tuple(values) not in consts:
-                consts[tuple(values)] = add_constant(graph, "tinytlc.nchwc_shape", values)
-            return consts[tuple(values)]
+        const = Constants(graph)
 
         convs = [n for n in graph if _fits(n, block)]
         for conv in convs:
@@ -102,10 +94,7 @@ class NchwcConvPass(ir.passes.InPlacePass):
             for i, node in enumerate(tape.nodes):
                 node.outputs[0].name = f"{old.name}.nchwc.{i}"
             graph.insert_before(conv, tape.nodes)
-            ir.convenience.replace_all_uses_with(old, y, replace_graph_outputs=True)
-            y.shape, y.type = old.shape, old.type
-            graph.remove(conv, safe=True)
-            y.name = old.name
+            replace_node_outputs(graph, conv, [(old, y)])
         if convs:
             model.opset_imports[DOMAIN] = 1
         return ir.passes.PassResult(model, bool(convs))

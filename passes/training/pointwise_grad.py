@@ -24,8 +24,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
-from tinytlc.passes.training._graph import replace_node_outputs, wanted
+from tinytlc.passes.training._graph import Constants, replace_node_outputs, wanted
 
 
 def _takes(grad: ir.Node) -> bool:
@@ -44,13 +43,7 @@ def _takes(grad: ir.Node) -> bool:
 class PointwiseGradPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        consts: dict[tuple, ir.Value] = {}
-
-        def const(values) -> ir.Value:
-            key = (type(values).__name__, tuple(np.ravel(values)), np.shape(values))
-            if key not in consts:
-                consts[key] = add_constant(graph, "tinytlc.const", values)
-            return consts[key]
+        const = Constants(graph)
 
         grads = [n for n in graph if _takes(n)]
         for grad in grads:
