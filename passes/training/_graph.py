@@ -25,11 +25,12 @@ class Constants:
     def __init__(self, graph: ir.Graph, name: str = "tinytlc.const"):
         self.graph, self.name, self.made = graph, name, {}
 
-    def __call__(self, value) -> ir.Value:
+    def __call__(self, value, name: str | None = None) -> ir.Value:
+        """`value` as an initializer; `name` names it where it is made first."""
         array = np.asarray(value, np.int64) if isinstance(value, list) else np.asarray(value)
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self.made:
-            self.made[key] = add_constant(self.graph, self.name, array)
+            self.made[key] = add_constant(self.graph, name or self.name, array)
         return self.made[key]
 
 

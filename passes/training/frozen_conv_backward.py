@@ -161,7 +161,7 @@ def zeros_between(const: Constants, tape: ir.tape.Tape, dy: ir.Value, channels: 
     """dY with stride - 1 zeros between neighbours, [N, C, s (H - 1) + 1, s (W - 1) + 1]: a 1x1
     ConvTranspose with weight 1 and the conv's strides, each channel of each image as an image of
     its own (one channel: no GEMM to speak of, unlike the grouped ConvTranspose it replaces)."""
-    one = const(np.ones((1, 1, 1, 1), np.float32))
+    one = const(np.ones((1, 1, 1, 1), np.float32), "tinytlc.one_1111")
     planes = tape.op("Reshape", [dy, const([-1, 1] + size)])
     spread = tape.op("ConvTranspose", [planes, one], attributes={"kernel_shape": [1, 1], "strides": strides})
     return tape.op("Reshape", [spread, const([-1, channels] + [s * (n - 1) + 1 for s, n in zip(strides, size)])])
