@@ -97,9 +97,13 @@ def test_lite_kernels_are_fixed_by_the_128_px_reference():
     """Rule 6: the paper sizes kernels from a reference, so modules do not grow with the input:
     1,816,416 parameters at any resolution (4,746,500 - 2,930,174 in the paper's model sizes)."""
     for resolution in (96, 320):
-        mods = _lite_report(resolution)
+        mods = _lite_report(resolution, crop=False)
         assert len(mods) == 19 and sum(m["params"] for m in mods) == 1_816_416
         assert [m["kernel"] for m in mods] == [5] * 15 + [3] * 4
+    # compiled (crop on): at 96 px the last stage's 3x3 kernels meet 1x1 maps, so only their middle tap is made
+    mods = _lite_report(96)
+    assert [m["taps"] for m in mods] == [[5, 5]] * 15 + [[1, 1]] * 4
+    assert sum(m["params"] for m in mods) < 1_816_416
     real = _lite_report(320, reference=0)  # by the real pooled size: 5x5 down to the last stage
     assert [m["kernel"] for m in real] == [5] * 19 and sum(m["params"] for m in real) > 2_500_000
 

@@ -24,12 +24,22 @@ class WithLite(nn.Module):
     """A block with the eager baseline's lite branch beside it (torch_baseline.lite_module), weights
     taken from the compiled graph."""
 
-    def __init__(self, block, spec, params, name):
+    def __init__(self, block, spec, params, name, whole_kernel=True):
         super().__init__()
-        self.block, self.lite = block, lite_module(spec)
+        # whole_kernel: all k x k taps, not only the ones compiled: those go in its middle, the ring gets
+        # noise (which must change nothing, and get no gradient). Else the branch as the eager baseline has it.
+        k = spec["kernel"]
+        self.block = block
+        self.lite = lite_module(dict(spec, taps=[k, k], pads=[k // 2] * 4) if whole_kernel else spec)
         with torch.no_grad():
             for n, p in self.lite.named_parameters():
-                p.copy_(torch.from_numpy(params[f"{name}.{n}"]).reshape(p.shape))
+                value = torch.from_numpy(params[f"{name}.{n}"])
+                if n == "conv1.weight" and whole_kernel:
+                    a, b = [(k - t) // 2 for t in value.shape[2:]]
+                    p.normal_()
+                    p[:, :, a:k - a, b:k - b] = value
+                else:
+                    p.copy_(value.reshape(p.shape))
 
     def forward(self, x):
         return self.block(x) + self.lite(x)
@@ -39,14 +49,18 @@ def initializers(art):
     return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(art.path / "forward_model.onnx").graph.initializer}
 
 
-@pytest.mark.parametrize("method", ["lite", "lite+bias"])
-def test_lite_gradients_match_torch(tmp_path, method):
+@pytest.mark.parametrize("method,res", [("lite", RES), ("lite+bias", RES), ("lite", 8)])
+def test_lite_gradients_match_torch(tmp_path, method, res):
+    """At 8 px the second module's 5x5 kernel meets a 2x2 map: its conv reads the 3x3 taps that reach
+    the map (lite_residual.reach); the torch reference convolves with all 25."""
     opts = LiteOptions(final_scale=0.5)  # a nonzero start, so every lite parameter gets a gradient
-    plain = compile_model(f"{NETS}:lite_net", method, tmp_path / "p", resolution=RES, batch_size=BATCH, lite=opts,
+    plain = compile_model(f"{NETS}:lite_net", method, tmp_path / "p", resolution=res, batch_size=BATCH, lite=opts,
                           passes=[])
-    lean = compile_model(f"{NETS}:lite_net", method, tmp_path / "l", resolution=RES, batch_size=BATCH, lite=opts)
+    lean = compile_model(f"{NETS}:lite_net", method, tmp_path / "l", resolution=res, batch_size=BATCH, lite=opts)
     report = lean.manifest["lite_modules"]
     assert [m["stride"] for m in report] == [2, 1]  # blocks 2 and 3; the first block gets none
+    assert [m["taps"] for m in report] == ([[5, 5], [5, 5]] if res == RES else [[5, 5], [3, 3]])
+    assert all(m["kernel"] == 5 for m in report)
     params = initializers(lean)
 
     model = fold_all_bn(lite_net())
@@ -63,7 +77,7 @@ def test_lite_gradients_match_torch(tmp_path, method):
         (method == "lite" or len(others) == 10)  # lite+bias: the biases of the 10 folded convs
     torch_names = {n: p.requires_grad_(True) for n, p in model.named_parameters()}  # fusing may turn it off
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    x = rng.standard_normal((BATCH, 3, res, res), dtype=np.float32)
     y = rng.integers(0, 3, BATCH)
     logits_t = model(torch.from_numpy(x))
     F.cross_entropy(logits_t, torch.from_numpy(y)).backward()
@@ -72,9 +86,23 @@ def test_lite_gradients_match_torch(tmp_path, method):
     def torch_grad(name):
         if name.startswith("lite"):
             i, rest = name[4:].split(".", 1)
-            return dict(model.blocks[int(i)].lite.named_parameters())[rest].grad.numpy().reshape(params[name].shape)
+            grad = dict(model.blocks[int(i)].lite.named_parameters())[rest].grad.numpy()
+            if rest == "conv1.weight":
+                k = grad.shape[-1]
+                a, b = [(k - t) // 2 for t in params[name].shape[2:]]
+                ring = grad.copy()
+                ring[:, :, a:k - a, b:k - b] = 0
+                assert not ring.any(), f"{name}: taps outside the map got a gradient"
+                return grad[:, :, a:k - a, b:k - b]
+            return grad.reshape(params[name].shape)
         n = name.replace(f"blocks.{1}.conv", "blocks.1.block.conv").replace("blocks.2.conv", "blocks.2.block.conv")
         return torch_names[n].grad.numpy()
+
+    baseline = fold_all_bn(lite_net())  # as the eager baseline builds it: the compiled taps only
+    for i, r in enumerate(report, start=1):
+        baseline.blocks[i] = WithLite(baseline.blocks[i], r, params, f"lite{i}", whole_kernel=False)
+    np.testing.assert_allclose(baseline(torch.from_numpy(x)).detach().numpy(), logits_t.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
 
     for art in (plain, lean):
         _, logits, grads = ort_step(art, x, y, 0.0)

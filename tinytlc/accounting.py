@@ -233,6 +233,11 @@ def analyze(model: str, method: str, *, resolution: int = 224, batch_size: int =
     from tinytlc.pipeline import forward_graph
     if accounting not in ("paper", "exact"):
         raise ValueError(accounting)
+    if accounting == "paper":  # the paper's modules: whole kernels, also where taps reach only padding
+        from dataclasses import replace
+
+        from tinytlc.passes.forward import LiteOptions
+        lite = replace(lite or LiteOptions(), crop=False)
     irm, trainable, _, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, norm=norm,
                                                lite_modules=lite_modules, fold_norms=accounting != "paper")
     r = account(irm.graph, set(trainable), accounting, masks=method != "last")

@@ -38,6 +38,12 @@ def cmd_compile(a) -> dict:
             print(f"  lite residual modules: {len(mods)} beside {m['lite_blocks']} blocks (the first gets none), "
                   f"{params:,} parameters" + (f"; e.g. {mods[0]['block']} {mods[0]['input']} -> {mods[0]['output']}, "
                                              f"stride {mods[0]['stride']}, kernel {mods[0]['kernel']}" if mods else ""))
+            cropped = [x for x in mods if x.get("taps", [x["kernel"]] * 2) != [x["kernel"]] * 2]
+            if cropped:
+                c = cropped[0]
+                print(f"  {len(cropped)} modules' kernels are wider than their maps reach: only the taps that reach "
+                      f"the map are made (e.g. {c['kernel']}x{c['kernel']} -> {c['taps'][0]}x{c['taps'][1]} on "
+                      f"{'x'.join(map(str, c['pooled']))})")
             for skip in m.get("lite_skipped", []):
                 print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
     sys.stdout.flush()

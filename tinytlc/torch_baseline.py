@@ -37,12 +37,18 @@ def lite_module(spec: dict):
             super().__init__()
             d = 2 if min(hin, win) >= 2 else 1
             self.pool = nn.AvgPool2d(d) if d > 1 else nn.Identity()
-            self.conv1 = nn.Conv2d(cin, cin, k, spec["stride"], k // 2, groups=2 if cin % 2 == 0 else 1, bias=False)
+            # the taps that reach the map, and their paddings (top, left, bottom, right), as compiled
+            top, left, bottom, right = spec.get("pads", [k // 2] * 4)
+            same = (top, left) == (bottom, right)
+            self.pad = None if same else (left, right, top, bottom)
+            self.conv1 = nn.Conv2d(cin, cin, tuple(spec.get("taps", [k, k])), spec["stride"], (top, left) if same else 0,
+                                   groups=2 if cin % 2 == 0 else 1, bias=False)
             self.norm1, self.conv2, self.norm2 = group_norm(cin), nn.Conv2d(cin, cout, 1, bias=False), group_norm(cout)
             nn.init.zeros_(self.norm2.weight)
 
         def forward(self, x):
-            r = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(self.pool(x))))))
+            x = self.pool(x) if self.pad is None else F.pad(self.pool(x), self.pad)
+            r = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
             return r if r.shape[-2:] == (hout, wout) else F.interpolate(r, (hout, wout), mode="bilinear",
                                                                        align_corners=False)
     return Lite()

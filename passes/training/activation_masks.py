@@ -23,12 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
-from tinytlc.passes.training._graph import replace_node_outputs
-
-
-def scalar(graph: ir.Graph, value: float) -> ir.Value:
-    return add_constant(graph, "tinytlc.scalar", np.float32(value))
+from tinytlc.passes.training._graph import Constants, replace_node_outputs
 
 
 MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
@@ -39,61 +34,54 @@ _RATIO = np.float32(2.0 ** -25)
 assert np.float32(1) - _RATIO == np.float32(1)
 
 
-def masked(graph: ir.Graph, tape: ir.tape.Tape, dy: ir.Value, mask: ir.Value) -> ir.Value:
+def masked(const: Constants, tape: ir.tape.Tape, dy: ir.Value, mask: ir.Value) -> ir.Value:
     """dY * m for a bool mask m, with no float copy of m."""
-    ratio = add_constant(graph, "tinytlc.mask_ratio", _RATIO)
-    training = add_constant(graph, "tinytlc.true", True)
+    ratio, training = const(_RATIO, "tinytlc.mask_ratio"), const(np.bool_(True), "tinytlc.true")
     return tape.op("DropoutGrad", [dy, mask, ratio, training], domain="com.microsoft")
 
 
 class ActivationMaskPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
-        zero = None
-
-        def scalar_zero() -> ir.Value:
-            nonlocal zero
-            if zero is None:
-                zero = add_constant(graph, "tinytlc.zero", np.float32(0))
-            return zero
+        const = Constants(graph, "tinytlc.mask_const")
 
         for node in list(graph):
             if node.domain == "com.microsoft" and node.op_type in ("ReluGrad", "LeakyReluGrad"):
                 act = node.inputs[1].producer()
                 if act is None or act.op_type != node.op_type[:-4]:
                     continue
-                mask = self._forward(graph, act, scalar_zero)
+                mask = self._forward(graph, const, act)
                 tape = ir.tape.Tape(graph)
                 dy = node.inputs[0]
-                dx = masked(graph, tape, dy, mask)
+                dx = masked(const, tape, dy, mask)
                 if act.op_type == "LeakyRelu":  # dY * (alpha + (1 - alpha) m); every term waits for dY
                     alpha = act.attributes.get_float("alpha", 0.01)
-                    dx = tape.op("Add", [tape.op("Mul", [dx, scalar(graph, 1 - alpha)]),
-                                         tape.op("Mul", [dy, scalar(graph, alpha)])])
+                    dx = tape.op("Add", [tape.op("Mul", [dx, const(np.float32(1 - alpha))]),
+                                         tape.op("Mul", [dy, const(np.float32(alpha))])])
                 graph.insert_before(node, tape.nodes)
                 replace_node_outputs(graph, node, [(node.outputs[0], dx)])
                 modified = True
             elif node.op_type == "Cast" and node.domain == "":
-                modified |= self._clip_backward(graph, node, scalar_zero)
+                modified |= self._clip_backward(graph, const, node)
         return ir.passes.PassResult(model, modified)
 
     @staticmethod
-    def _forward(graph: ir.Graph, act: ir.Node, scalar_zero) -> ir.Value:
+    def _forward(graph: ir.Graph, const: Constants, act: ir.Node) -> ir.Value:
         """Insert m = predicate(X) after `act` and make Y's readers wait for it; return m."""
         x, y = act.inputs[0], act.outputs[0]
         tape = ir.tape.Tape(graph)
         if act.op_type == "Clip":  # min <= X <= max iff Clip(X) == X (NaN: false both ways); one op, not three
             mask = tape.op("Equal", [y, x])
         else:
-            mask = tape.op("Greater", [x, scalar_zero()])
+            mask = tape.op("Greater", [x, const(np.float32(0), "tinytlc.zero")])
         mask.name = f"{y.name}.mask"
         mask.shape, mask.type = x.shape, ir.TensorType(ir.DataType.BOOL)
         mask.meta[MASK] = True
         rank = len(x.shape) if x.shape is not None else 4
-        first = tape.op("Slice", [mask, add_constant(graph, "tinytlc.ints", [0] * rank),
-                                       add_constant(graph, "tinytlc.ints", [1] * rank)])
+        first = tape.op("Slice", [mask, const([0] * rank), const([1] * rank)])
         first.producer().meta[MASK_DEPENDENCY] = True
-        dep = tape.op("Mul", [tape.op("Cast", [first], attributes={"to": ir.DataType.FLOAT}), scalar_zero()])
+        zero = const(np.float32(0), "tinytlc.zero")
+        dep = tape.op("Mul", [tape.op("Cast", [first], attributes={"to": ir.DataType.FLOAT}), zero])
         graph.insert_after(act, tape.nodes)
         readers = [(user, i) for user, i in y.uses() if user not in tape.nodes]
         rebuilt = ir.tape.Tape(graph)
@@ -104,7 +92,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         y2.shape, y2.type = y.shape, y.type
         return mask
 
-    def _clip_backward(self, graph: ir.Graph, cast: ir.Node, scalar_zero) -> bool:
+    def _clip_backward(self, graph: ir.Graph, const: Constants, cast: ir.Node) -> bool:
         """ORT's Clip gradient: Mul(dY, Cast(And(X >= min, X <= max))). Match and replace."""
         both = cast.inputs[0].producer()
         if both is None or both.op_type != "And" or len(cast.outputs[0].uses()) != 1:
@@ -117,10 +105,10 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         clip = next((u for u, i in x.uses() if u.op_type == "Clip" and i == 0), None)
         if clip is None or any(c.inputs[0] is not x for c in cmp):
             return False
-        mask = self._forward(graph, clip, scalar_zero)
+        mask = self._forward(graph, const, clip)
         dy = next(v for v in mul.inputs if v is not cast.outputs[0])
         tape = ir.tape.Tape(graph)
-        dx = masked(graph, tape, dy, mask)
+        dx = masked(const, tape, dy, mask)
         graph.insert_before(mul, tape.nodes)
         replace_node_outputs(graph, mul, [(mul.outputs[0], dx)])
         for dead in (cast, both, *cmp):

@@ -15,13 +15,14 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant as _const
+from tinytlc.passes.training._graph import Constants
 from tinytlc.passes.training.activation_masks import MASK, MASK_DEPENDENCY
 
 
 class PackMasksPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
+        const = Constants(graph, "tinytlc.pack_const")
         for maker in list(graph):
             for mask in maker.outputs:
                 if not mask.meta.get(MASK) or mask.shape is None:
@@ -29,41 +30,41 @@ class PackMasksPass(ir.passes.InPlacePass):
                 dims = list(mask.shape)[1:]
                 if not all(isinstance(d, int) for d in dims):
                     continue
-                modified |= self._pack(graph, maker, mask, dims)
+                modified |= self._pack(graph, const, maker, mask, dims)
         return ir.passes.PassResult(model, modified)
 
-    def _pack(self, graph: ir.Graph, maker: ir.Node, mask: ir.Value, dims: list[int]) -> bool:
+    def _pack(self, graph: ir.Graph, const: Constants, maker: ir.Node, mask: ir.Value, dims: list[int]) -> bool:
         per_sample = int(np.prod(dims))
         k = math.ceil(per_sample / 8)
         readers = list(mask.uses())
         t = ir.tape.Tape(graph)
         flat = t.op("Reshape", [t.op("Cast", [mask], attributes={"to": ir.DataType.UINT8}),
-                                _const(graph, "tinytlc.pack_shape", [-1, per_sample])])
+                                const([-1, per_sample])])
         if k * 8 != per_sample:
-            flat = t.op("Pad", [flat, _const(graph, "tinytlc.pack_pads", [0, 0, 0, k * 8 - per_sample])])
-        lanes = t.op("Reshape", [flat, _const(graph, "tinytlc.lanes_shape", [-1, k, 8])])
-        weights = _const(graph, "tinytlc.bit_weights", (1 << np.arange(8, dtype=np.uint8)).reshape(8, 1))
+            flat = t.op("Pad", [flat, const([0, 0, 0, k * 8 - per_sample])])
+        lanes = t.op("Reshape", [flat, const([-1, k, 8])])
+        weights = const((1 << np.arange(8, dtype=np.uint8)).reshape(8, 1))
         packed = t.op("Cast", [t.op("MatMulInteger", [lanes, weights])], attributes={"to": ir.DataType.UINT8})
         packed.name = f"{mask.name}.packed"
         graph.insert_after(maker, t.nodes)
         for reader, index in readers:
             if reader.meta.get(MASK_DEPENDENCY):
                 reader.replace_input_with(index, packed)  # rank 3 now: slice its first element
-                reader.replace_input_with(1, _const(graph, "tinytlc.zeros3", [0, 0, 0]))
-                reader.replace_input_with(2, _const(graph, "tinytlc.ones3", [1, 1, 1]))
+                reader.replace_input_with(1, const([0, 0, 0]))
+                reader.replace_input_with(2, const([1, 1, 1]))
                 continue
             u = ir.tape.Tape(graph)
             # bit j alone: shift it to the top (the higher bits fall off the byte), then to the bottom
             # (BitShift is opset 11; BitwiseAnd would need opset 18)
-            top = u.op("BitShift", [packed, _const(graph, "tinytlc.bit_shifts", 7 - np.arange(8, dtype=np.uint8))],
+            top = u.op("BitShift", [packed, const(7 - np.arange(8, dtype=np.uint8))],
                        attributes={"direction": "LEFT"})
-            bits = u.op("BitShift", [top, _const(graph, "tinytlc.seven_u8", np.array(7, np.uint8))],
+            bits = u.op("BitShift", [top, const(np.array(7, np.uint8))],
                         attributes={"direction": "RIGHT"})
-            flat_bits = u.op("Reshape", [bits, _const(graph, "tinytlc.unpack_flat", [-1, k * 8])])
+            flat_bits = u.op("Reshape", [bits, const([-1, k * 8])])
             if k * 8 != per_sample:
-                flat_bits = u.op("Slice", [flat_bits, _const(graph, "tinytlc.zero1", [0]),
-                                           _const(graph, "tinytlc.len1", [per_sample]), _const(graph, "tinytlc.axis1", [1])])
-            restored = u.op("Cast", [u.op("Reshape", [flat_bits, _const(graph, "tinytlc.unpack_shape", [-1, *dims])])],
+                flat_bits = u.op("Slice", [flat_bits, const([0]),
+                                           const([per_sample]), const([1])])
+            restored = u.op("Cast", [u.op("Reshape", [flat_bits, const([-1, *dims])])],
                             attributes={"to": ir.DataType.BOOL})
             graph.insert_before(reader, u.nodes)
             reader.replace_input_with(index, restored)
