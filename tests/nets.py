@@ -245,3 +245,24 @@ def depthwise_kinds_net():
                          nn.Conv2d(32, 32, (3, 5), stride=(2, 1), padding=(1, 2), groups=32), nn.ReLU(),
                          nn.Conv2d(32, 32, 3, groups=32), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+
+
+class DenseNet(nn.Module):
+    """ResNet's stem and plain 3x3 convs, small: conv, ReLU, then a 3x3 stride-2 MaxPool (ORT's
+    ReluGrad reads that ReLU's input, not its output), 3x3 convs of 16 input channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+
+    def forward(self, x):
+        return self.head(self.conv2(self.pool(self.conv1(self.stem(x)))))
+
+
+def dense_net():
+    torch.manual_seed(6)
+    return randomize_bn(DenseNet())

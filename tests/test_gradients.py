@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import odd_net, small_net, wide_lite_net
+from nets import dense_net, odd_net, small_net, wide_lite_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -71,7 +71,7 @@ def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH) ->
     ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
     ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0),
-    ("wide_lite_net", "full", 0.0)])
+    ("wide_lite_net", "full", 0.0), ("dense_net", "bias", 0.0), ("dense_net", "full", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     plain = compile_model(f"{NETS}:{net}", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
@@ -81,7 +81,8 @@ def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
     y = rng.integers(0, 3, BATCH)
 
-    model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net, "wide_lite_net": wide_lite_net}[net])
+    model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net, "wide_lite_net": wide_lite_net,
+                                      "dense_net": dense_net}[net])
     assert set(plain.manifest["trainable"]) == train == set(lean.manifest["trainable"])
     logits_t = model(torch.from_numpy(x))
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
@@ -220,6 +221,30 @@ def test_conv_bias_add_puts_frozen_convs_on_nchwc(tmp_path):
     assert len(split) == 3 and all(len(n.input) == 2 for n in split)  # the three depthwise convs
     assert nchwc_convs(lean) - nchwc_convs(without) == 3
     assert_same_step(plain, lean, seed=5, logits_rtol=1e-5, grad_atol=1e-6)
+
+
+def test_dense_convs_and_a_relu_before_a_max_pool(tmp_path):
+    """ResNet's kind of net in `bias`: a ReLU before a MaxPool gets a mask like any other (ORT's
+    ReluGrad reads its input there); the 3x3 convs of 16 input channels have their bias split off
+    (conv-bias-add) and so run on NCHWc; the 3x3 conv whose weight is no larger than one image's input
+    gets dX = Conv(dY, W^T flipped), the wider one keeps ConvTranspose. The step is ORT's own (and
+    torch autograd's: test_one_step_matches_torch_autograd[dense_net])."""
+    import onnx
+    plain = compile_model(f"{NETS}:dense_net", "bias", tmp_path / "plain", resolution=RES, batch_size=BATCH, passes=[])
+    lean = compile_model(f"{NETS}:dense_net", "bias", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    before = onnx.load(plain.path / "training_model.onnx").graph
+    graph = onnx.load(lean.path / "training_model.onnx").graph
+    relu_grads = [n for n in before.node if n.op_type == "ReluGrad"]
+    made = {o: n for n in before.node for o in n.output}
+    assert any(made[n.input[1]].op_type != "Relu" for n in relu_grads)  # one reads the ReLU's input
+    assert not any(n.op_type in ("ReluGrad", "ConvGrad") for n in graph.node)
+    assert sum(n.op_type == "DropoutGrad" for n in graph.node) == 3
+    split = [n for n in graph.node if n.op_type == "Conv" and n.output[0].endswith(".without_bias")]
+    assert len(split) == 2  # conv1 and conv2; the stem has 3 input channels
+    dense = [n for n in graph.node if n.op_type == "Conv" and "transposed_weight" in n.input[1]]
+    assert len(dense) == 1 and [a.ints for a in dense[0].attribute if a.name == "kernel_shape"] == [[3, 3]]
+    assert sum(n.op_type == "ConvTranspose" for n in graph.node) == 1  # conv2: 4,608 weights, 1,024 per image
+    assert_same_step(plain, lean, seed=6, logits_rtol=1e-5, grad_atol=1e-6)
 
 
 def test_clip_mask_at_its_bounds(tmp_path):

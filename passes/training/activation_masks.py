@@ -1,6 +1,7 @@
 """Activation masks: ReLU, LeakyReLU and Clip (ReLU6) backward from a 1-byte mask made in the forward.
 
-What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float output Y, and its
+What it removes: ORT's ReluGrad and LeakyReluGrad read the activation's float output Y (or its
+input X: a Relu before a MaxPool), and its
 Clip gradient compares the float input X with min/max inside the backward, so a 4-byte-per-element
 tensor per activation lives until backward. This pass computes the mask m in the forward
 (Relu, LeakyRelu: X > 0; Clip: min <= X <= max, ORT's own bounds, computed in one op as
@@ -47,8 +48,8 @@ class ActivationMaskPass(ir.passes.InPlacePass):
 
         for node in list(graph):
             if node.domain == "com.microsoft" and node.op_type in ("ReluGrad", "LeakyReluGrad"):
-                act = node.inputs[1].producer()
-                if act is None or act.op_type != node.op_type[:-4]:
+                act = self._activation(node)
+                if act is None:
                     continue
                 mask = self._forward(graph, const, act)
                 tape = ir.tape.Tape(graph)
@@ -64,6 +65,18 @@ class ActivationMaskPass(ir.passes.InPlacePass):
             elif node.op_type == "Cast" and node.domain == "":
                 modified |= self._clip_backward(graph, const, node)
         return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _activation(grad: ir.Node) -> ir.Node | None:
+        """The Relu or LeakyRelu that `grad` differentiates. ORT's gradient reads its output Y, or
+        its input X (a Relu before a MaxPool: ResNet's stem); X > 0 iff Y > 0 either way. By
+        input, the activation is the one whose output's gradient (ORT names it Y_grad) is dY."""
+        kind, read = grad.op_type[:-len("Grad")], grad.inputs[1]
+        producer = read.producer()
+        if producer is not None and producer.op_type == kind:
+            return producer
+        return next((user for user, i in read.uses() if user.op_type == kind and i == 0
+                     and grad.inputs[0].name == f"{user.outputs[0].name}_grad"), None)
 
     @staticmethod
     def _forward(graph: ir.Graph, const: Constants, act: ir.Node) -> ir.Value:
