@@ -833,3 +833,40 @@ def resnet50():
     """torchvision's resnet50 at full size (25.6 M parameters, random weights): for `make bench`."""
     torch.manual_seed(0)
     return _finish(ResNet(Bottleneck, layers=[3, 4, 6, 3], widths=[64, 128, 256, 512], stem=64))
+
+
+def mobilenetv3_large():
+    """torchvision's mobilenet_v3_large at full size (its inverted-residual table, random weights): for `make bench`."""
+    class Large(MobileNetV3):
+        CONFIG = [(16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2), (24, 3, 72, 24, False, False, 1),
+                  (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
+                  (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
+                  (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
+                  (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1)]
+    torch.manual_seed(0)
+    return _finish(Large(last_channel=1280))
+
+
+def efficientnet_b0():
+    """torchvision's efficientnet_b0 at full size (its stage table, random weights): for `make bench`."""
+    stages = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+              (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
+
+    class B0(EfficientNet):
+        CONFIG = [row for e, k, s, i, o, n in stages for row in [(e, k, s, i, o)] + [(e, k, 1, o, o)] * (n - 1)]
+    torch.manual_seed(0)
+    return _finish(B0())
+
+
+def shufflenetv2_x1():
+    """torchvision's shufflenet_v2_x1_0 at full size (random weights): for `make bench`."""
+    torch.manual_seed(0)
+    return _finish(ShuffleNetV2(stages_repeats=(4, 8, 4), stages_out_channels=(24, 116, 232, 464, 1024)))
+
+
+def convnext_tiny():
+    """torchvision's convnext_tiny at full size (random weights): for `make bench`."""
+    class Tiny(ConvNeXt):
+        CONFIG = [(96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)]
+    torch.manual_seed(0)
+    return _finish(Tiny())

@@ -42,3 +42,17 @@ def test_speed_bench_times_all_four_runtimes(tmp_path, capsys):
     assert row["vs_eager"] == row["tinytlc_seconds"] / row["eager_seconds"]
     assert row["memory"]["tinytlc"]["total_bytes"] < row["memory"]["plain"]["total_bytes"]
     assert "bias step <= 0.8x eager" in capsys.readouterr().out
+
+
+def test_speed_bench_on_your_own_module(tmp_path, capsys):
+    """A file.py:function model: eager runs where the method has no lite modules; with them (placed on
+    zoo models' blocks only) the row says so and keeps tinytlc against plain ORT."""
+    from conftest import TESTS
+    out = tmp_path / "speed.json"
+    source = f"{TESTS}/families.py:resnet_basic"
+    assert main(["--speed", "--models", source, "--methods", "lite+bias", "--resolution", "32", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())[source]
+    assert row["eager_seconds"] is None and row["vs_eager"] is None and row["memory"]["eager"] is None
+    assert row["vs_plain"] == row["tinytlc_seconds"] / row["plain_seconds"]
+    assert "no eager baseline (lite modules: zoo models only)" in capsys.readouterr().out

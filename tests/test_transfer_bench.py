@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TESTS
 
 from tinytlc.methods import METHODS
 from tinytlc.pipeline import compile_model
@@ -39,6 +40,29 @@ def test_eager_baseline_trains_as_many_parameters_as_tinytlc(tmp_path, method):
     _, lite, trainable = eager_model("mobilenetv2", method, 32, 10, art.manifest.get("lite_modules"))
     assert sum(p.numel() for p in trainable) == art.manifest["trainable_elements"]
     assert len(lite) == (16 if method.startswith("lite") else 0)
+
+
+@pytest.mark.parametrize("family", ["resnet_basic", "convnext"])
+@pytest.mark.parametrize("method", ["full", "last", "norm+last", "bias"])
+def test_eager_baseline_of_your_own_module(tmp_path, family, method):
+    """A file.py:function module (BatchNorm or LayerNorm, conv and linear biases) trains as many
+    elements eagerly as tinytlc compiles for it."""
+    source = f"{TESTS}/families.py:{family}"
+    art = compile_model(source, method, tmp_path / "a", num_classes=10, resolution=32)
+    _, lite, trainable = eager_model(source, method, 32, 10, None)
+    assert sum(p.numel() for p in trainable) == art.manifest["trainable_elements"] and len(lite) == 0
+
+
+def test_eager_lite_modules_need_a_zoo_model(tmp_path):
+    from tinytlc.errors import TinyTLError
+    from tinytlc.torch_baseline import has_baseline
+    source = f"{TESTS}/families.py:resnet_basic"
+    art = compile_model(source, "lite", tmp_path / "a", num_classes=10, resolution=32)
+    assert not has_baseline(source, "lite") and has_baseline(source, "bias") and has_baseline("mobilenetv2", "lite")
+    with pytest.raises(TinyTLError, match="zoo models only"):
+        eager_model(source, "lite", 32, 10, art.manifest["lite_modules"])
+    with pytest.raises(TinyTLError, match="neither a zoo model"):
+        eager_model("resnet-9000", "bias", 32, 10, None)
 
 
 def test_bench_writes_table_plot_and_json(tmp_path, cli):

@@ -182,7 +182,7 @@ def speed_table(model: str, resolution: int, batch_size: int, methods=METHODS, r
     training runs); `rounds` rounds run the four in turn (tinytlc, plain, eager, forward), and a
     ratio is taken within a round, so drift of the machine's speed cancels; medians over rounds."""
     from tinytlc.runtime.memory import child, run_child
-    from tinytlc.torch_baseline import eager_args, measure_torch
+    from tinytlc.torch_baseline import eager_args, has_baseline, measure_torch
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
@@ -190,33 +190,39 @@ def speed_table(model: str, resolution: int, batch_size: int, methods=METHODS, r
                                        batch_size=batch_size, resolution=resolution, passes=passes)
                     for tag, passes in (("tinytlc", None), ("plain", []))}
             lite = arts["tinytlc"].manifest.get("lite_modules")
+            with_eager = has_baseline(model, method)  # lite modules: placed on zoo models' blocks only
             eager = eager_args(model, method, resolution, batch_size, 10, steps, 3, lite) + ["time"]
             times = {k: [] for k in ("tinytlc", "plain", "eager", "forward")}
             for _ in range(rounds):
                 for tag in ("tinytlc", "plain"):
                     times[tag].append(child(arts[tag].path, steps, 3, None, "time")["step_seconds"])
-                times["eager"].append(run_child(eager, False)["step_seconds"])
+                if with_eager:
+                    times["eager"].append(run_child(eager, False)["step_seconds"])
                 times["forward"].append(child(arts["plain"].path, steps, 3, None, "forward")["forward_seconds"])
+            ratio = lambda k: float(np.median([a / b for a, b in zip(times["tinytlc"], times[k])])) if times[k] else None  # noqa: E731
             row = {"model": model, "method": method, "resolution": resolution, "batch_size": batch_size,
-                   "seconds": times, **{f"{k}_seconds": float(np.median(v)) for k, v in times.items()},
-                   "vs_eager": float(np.median([a / b for a, b in zip(times["tinytlc"], times["eager"])])),
-                   "vs_plain": float(np.median([a / b for a, b in zip(times["tinytlc"], times["plain"])])),
-                   "vs_forward": float(np.median([a / b for a, b in zip(times["tinytlc"], times["forward"])]))}
+                   "seconds": times, **{f"{k}_seconds": float(np.median(v)) if v else None for k, v in times.items()},
+                   "vs_eager": ratio("eager"), "vs_plain": ratio("plain"), "vs_forward": ratio("forward")}
             row["memory"] = {"tinytlc": measure(arts["tinytlc"].path), "plain": measure(arts["plain"].path),
-                             "eager": measure_torch(model, method, resolution, batch_size, lite_modules=lite)}
+                             "eager": measure_torch(model, method, resolution, batch_size, lite_modules=lite)
+                             if with_eager else None}
             rows.append(row)
+            versus = (f"eager {row['eager_seconds'] * 1000:.0f} ms ({row['vs_eager']:.2f}x eager)" if with_eager
+                      else "no eager baseline (lite modules: zoo models only)")
             log(f"  {method}: tinytlc {row['tinytlc_seconds'] * 1000:.0f} ms, plain ORT "
-                f"{row['plain_seconds'] * 1000:.0f} ms, eager {row['eager_seconds'] * 1000:.0f} ms "
-                f"({row['vs_eager']:.2f}x eager), forward {row['forward_seconds'] * 1000:.1f} ms", flush=True)
+                f"{row['plain_seconds'] * 1000:.0f} ms, {versus}, forward {row['forward_seconds'] * 1000:.1f} ms",
+                flush=True)
     return rows
 
 
 def render_speed(rows: list[dict]) -> str:
-    ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
-    return table(["method", "step ms: tinytlc", "plain ORT", "eager", "tinytlc / eager",
+    ms = lambda s: f"{s * 1000:.0f}" if s is not None else "-"  # noqa: E731
+    total = lambda m: mib(m["total_bytes"]) if m else "-"  # noqa: E731
+    return table(["method", "step ms: tinytlc", "plain ORT", "eager", "tinytlc / eager", "tinytlc / plain ORT",
                   "total MiB: tinytlc", "plain ORT", "eager"],
                  [[r["method"], ms(r["tinytlc_seconds"]), ms(r["plain_seconds"]), ms(r["eager_seconds"]),
-                   f"{r['vs_eager']:.2f}x", *(mib(r["memory"][k]["total_bytes"]) for k in ("tinytlc", "plain", "eager"))]
+                   f"{r['vs_eager']:.2f}x" if r["vs_eager"] is not None else "-", f"{r['vs_plain']:.2f}x",
+                   *(total(r["memory"][k]) for k in ("tinytlc", "plain", "eager"))]
                   for r in rows])
 
 
@@ -226,7 +232,7 @@ def speed_targets(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
         limit = {"bias": 0.8, "lite+bias": 0.8, "full": 1.0}.get(r["method"])
-        if limit is not None:
+        if limit is not None and r["vs_eager"] is not None:
             out.append(f"[{'met' if r['vs_eager'] <= limit else 'MISSED'}] {r['method']} step <= {limit}x eager: "
                        f"{r['vs_eager']:.2f}x")
         if r["method"] == "bias":
@@ -257,8 +263,12 @@ def main(argv=None) -> int:
         everything = {}
         for model in a.models.split(","):
             print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)
-            rows = speed_table(model, a.resolution, a.batch_size, a.methods.split(","), a.rounds,
-                               log=lambda s, flush=True: print(s, flush=flush))
+            try:
+                rows = speed_table(model, a.resolution, a.batch_size, a.methods.split(","), a.rounds,
+                                   log=lambda s, flush=True: print(s, flush=flush))
+            except TinyTLError as e:
+                print(f"tinytlc: error: {e}", file=sys.stderr)
+                return 2
             everything[model] = rows
             print("\n" + render_speed(rows) + "\n\n" + "\n".join(speed_targets(rows)) + "\n", flush=True)
         if a.json:

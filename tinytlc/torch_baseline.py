@@ -54,6 +54,13 @@ def lite_module(spec: dict):
     return Lite()
 
 
+def has_baseline(model: str, method: str) -> bool:
+    """Whether eager_model can build METHOD for MODEL: any module for the methods without lite
+    modules; lite modules go beside the blocks of zoo models only."""
+    from tinytlc import zoo
+    return model in zoo.MODELS or not method.startswith("lite")
+
+
 def eager_model(model: str, method: str, resolution: int, num_classes: int, lite_modules: list[dict] | None):
     """(network in eval mode, its lite branches, its trainable parameters) for METHOD, as tinytlc
     trains it; the branches run from forward hooks on the blocks they sit beside."""
@@ -61,24 +68,39 @@ def eager_model(model: str, method: str, resolution: int, num_classes: int, lite
     import torch.nn as nn
 
     from tinytlc import zoo
-    net = zoo.get(model).build(resolution=resolution, pretrained=False)
-    head = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    if model in zoo.MODELS:
+        net = zoo.get(model).build(resolution=resolution, pretrained=False)
+    elif ".py:" in model:
+        from tinytlc.export import load_function
+        net = load_function(model)
+    else:
+        raise TinyTLError(f"PyTorch baseline: {model} is neither a zoo model ({', '.join(zoo.MODELS)}) "
+                          "nor path/to/file.py:function")
+    heads = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise TinyTLError(f"PyTorch baseline: {model} has no nn.Linear classifier to re-initialise")
+    head = heads[-1]
     head.out_features, head.weight = num_classes, nn.Parameter(head.weight[:num_classes].clone())
     head.bias = nn.Parameter(head.bias[:num_classes].clone())
     lite = nn.ModuleList()
     if method.startswith("lite"):
         if not lite_modules:
             raise TinyTLError(f"PyTorch baseline {method}: no lite modules given (compile with tinytlc first)")
+        if not hasattr(net, "blocks"):  # where tinytlc's blocks are in a module's own tree is the zoo's alone
+            raise TinyTLError(f"PyTorch baseline {method}: lite modules are placed on zoo models only, not {model}")
         blocks = net.blocks
         for spec in lite_modules:
             block, branch = blocks[spec["index"]], lite_module(spec)
             lite.append(branch)
             block.register_forward_hook(lambda mod, args, out, b=branch: out + b(args[0]))
     net.eval()
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # what tinytlc trains (methods.py): norms' scales and shifts, every conv and linear bias
+    norm_kinds = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+    norm_layers = [m for m in net.modules() if isinstance(m, norm_kinds)]
     classifier = {id(head.weight), id(head.bias)}
-    norms = {id(p) for m in bns for p in m.parameters()}
-    shifts = {id(m.bias) for m in bns} | {id(m.bias) for m in net.modules() if isinstance(m, nn.Conv2d) and m.bias is not None}
+    norms = {id(p) for m in norm_layers for p in m.parameters()}
+    shifts = {id(m.bias) for m in net.modules() if isinstance(m, (*norm_kinds, nn.Conv2d, nn.Linear))
+              and getattr(m, "bias", None) is not None}
     branch = {id(p) for p in lite.parameters()} - {id(b.norm2.bias) for b in lite if method == "lite+bias"}
 
     def trains(p) -> bool:
