@@ -41,6 +41,7 @@ bench: $(STAMP) fashion-mnist
 	$(PY) -m tinytlc.bench --speed --resolution 128 --json results/speed-128.json
 	$(PY) -m tinytlc.bench --speed --resolution 224 --methods full,bias,lite+bias --rounds 2 --json results/speed-224.json
 	$(PY) -m tinytlc.bench --families $(FAMILIES) --resolution 32 --batch-size 8
+	$(PY) -m tinytlc.bench --speed --resolution 128 --methods full,bias,lite+bias --json results/speed-families-128.json --models tests/families.py:resnet18,tests/families.py:mobilenetv3_large,tests/families.py:efficientnet_b0,tests/families.py:shufflenetv2_x1,tests/families.py:convnext_tiny
 	$(PY) -m tinytlc.bench --families tests/families.py:resnet18,tests/families.py:resnet50,mobilenetv2,efficientnet-lite0 --resolution 64 --batch-size 8
 	$(PY) -m tinytlc bench
 
