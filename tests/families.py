@@ -842,7 +842,8 @@ def mobilenetv3_large():
                   (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
                   (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
                   (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
-                  (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1)]
+                  (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1),
+                  (160, 5, 960, 160, True, True, 1)]
     torch.manual_seed(0)
     return _finish(Large(last_channel=1280))
 

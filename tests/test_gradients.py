@@ -247,6 +247,29 @@ def test_dense_convs_and_a_relu_before_a_max_pool(tmp_path):
     assert_same_step(plain, lean, seed=6, logits_rtol=1e-5, grad_atol=1e-6)
 
 
+def test_dense_input_grad_for_trained_convs(tmp_path):
+    """dense-input-grad: in `full`, the trained 3x3 conv whose weight is no larger than one image's
+    input takes dX = Conv(dY, W^T flipped) and leaves ConvGrad dW alone; the wider one keeps ConvGrad
+    whole. Against ORT's own graph and the graph without the pass (torch autograd:
+    test_one_step_matches_torch_autograd[dense_net-full])."""
+    import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:dense_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:dense_net", "full", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "dense-input-grad"], **build)
+    lean = compile_model(f"{NETS}:dense_net", "full", tmp_path / "lean", **build)
+    graph = onnx.load(lean.path / "training_model.onnx").graph
+    dense = [n for n in graph.node if n.op_type == "Conv" and "transposed_weight" in n.input[1]]
+    assert len(dense) == 1  # conv1: 2,304 weights, 3,600 per image; conv2: 4,608 against 1,024
+    grads = [n for n in graph.node if n.op_type == "ConvGrad"]
+    # dX computed by ConvGrad: not the stem's (the image needs none), not conv1's (the Conv's now), conv2's
+    assert sorted(bool(n.output[0]) for n in grads) == [False, False, True]
+    assert_same_step(plain, lean, seed=7, logits_rtol=1e-5, grad_atol=1e-6)
+    assert_same_step(without, lean, seed=8, logits_rtol=1e-6, grad_atol=1e-6)
+
+
 def test_clip_mask_at_its_bounds(tmp_path):
     """ReLU6's mask (Clip(X) == X) passes the gradient exactly where ORT's own Clip gradient does,
     at X == 0 and X == 6 included, and stops it below and above (torch stops it at the bounds too,

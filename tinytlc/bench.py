@@ -199,7 +199,9 @@ def speed_table(model: str, resolution: int, batch_size: int, methods=METHODS, r
                 if with_eager:
                     times["eager"].append(run_child(eager, False)["step_seconds"])
                 times["forward"].append(child(arts["plain"].path, steps, 3, None, "forward")["forward_seconds"])
-            ratio = lambda k: float(np.median([a / b for a, b in zip(times["tinytlc"], times[k])])) if times[k] else None  # noqa: E731
+
+            def ratio(k):
+                return float(np.median([a / b for a, b in zip(times["tinytlc"], times[k])])) if times[k] else None
             row = {"model": model, "method": method, "resolution": resolution, "batch_size": batch_size,
                    "seconds": times, **{f"{k}_seconds": float(np.median(v)) if v else None for k, v in times.items()},
                    "vs_eager": ratio("eager"), "vs_plain": ratio("plain"), "vs_forward": ratio("forward")}

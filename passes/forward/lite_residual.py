@@ -154,8 +154,8 @@ class LiteResidualPass(ir.passes.InPlacePass):
         mid, groups = cin * o.expand, o.groups if cin % o.groups == 0 else 1
         fan = (cin // groups) * k * k
         # the outer taps of a kernel wider than its map meet only padding: keep the ones that reach it
-        (a0, b0, top, bottom), (a1, b1, left, right) = ((reach(n, k, block.stride) if o.crop else (0, k, k // 2, k // 2))
-                                                        for n in (h, w))
+        whole = (0, k, k // 2, k // 2)
+        (a0, b0, top, bottom), (a1, b1, left, right) = (reach(n, k, block.stride) if o.crop else whole for n in (h, w))
         init = rng.normal(0, np.sqrt(2.0 / fan), (mid, cin // groups, k, k)).astype(np.float32)
         w1 = self._param(graph, f"{name}.conv1.weight", np.ascontiguousarray(init[:, :, a0:b0, a1:b1]))
         pads = [top, left, bottom, right]

@@ -4,6 +4,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.conv_bias_add import ConvBiasAddPass
+from tinytlc.passes.training.dense_input_grad import DenseInputGradPass
 from tinytlc.passes.training.depthwise_input_grad import DepthwiseInputGradPass
 from tinytlc.passes.training.depthwise_weight_grad import DepthwiseWeightGradPass
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
@@ -15,6 +16,7 @@ from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 PASSES = {
     "frozen-conv": FrozenConvBackwardPass,
     "depthwise-input-grad": DepthwiseInputGradPass,
+    "dense-input-grad": DenseInputGradPass,
     "depthwise-weight-grad": DepthwiseWeightGradPass,
     "pointwise-grad": PointwiseGradPass,
     "activation-masks": ActivationMaskPass,
@@ -31,9 +33,9 @@ NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "depthwise-weight-grad", "pointwise-grad", "activation-masks",
-                  "conv-bias-add", "nchwc-conv", "shapes-from-input", "dce"]
+DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "dense-input-grad", "depthwise-weight-grad", "pointwise-grad",
+                  "activation-masks", "conv-bias-add", "nchwc-conv", "shapes-from-input", "dce"]
 
-__all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass",
+__all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DenseInputGradPass",
            "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "NchwcConvPass",
            "PackMasksPass", "PointwiseGradPass", "ShapesFromInputPass"]

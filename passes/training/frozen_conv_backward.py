@@ -86,16 +86,9 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                         "kernel_shape": kernel, "dilations": dilations, "pads": pads2, "group": group})
                 else:
                     gemm = _pointwise(x, w, strides, pads, group)
-                    dense = not gemm and _dense(x, w, strides, group, kernel, dilations, pads, out_pad)
-                    if gemm or dense:  # W^T + 0 * dY[0, 0, 0, 0]: made when the Conv runs, not whenever ORT likes
-                        corner = tape.op("Slice", [dy, const([0, 0, 0, 0]), const([1, 1, 1, 1])])
-                        wt = tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]})
-                        if dense:  # both spatial axes reversed
-                            wt = tape.op("Slice", [wt, const([-1, -1]), const([-2 ** 62, -2 ** 62]), const([2, 3]),
-                                                   const([-1, -1])])
-                        wt = tape.op("Add", [wt, tape.op("Mul", [corner, const(np.float32(0))])])
-                        for i, node in enumerate(tape.nodes[-(5 if dense else 4):]):  # backward values, named after dX
-                            node.outputs[0].name = f"{dx.name}.transposed_weight.{i}"
+                    dense = not gemm and small_dense(x, w, strides, group, kernel, dilations, pads, out_pad)
+                    if gemm or dense:
+                        wt = transposed_weight(const, tape, w, dy, flip=dense, name=f"{dx.name}.transposed_weight")
                     inputs = [dy, wt if gemm or dense else w]
                     if first is not None:  # a zero bias that exists only once dB does
                         inputs.append(tape.op("Mul", [const(np.zeros(w.shape[1] * group, np.float32)), first]))
@@ -126,13 +119,30 @@ def _pointwise(x: ir.Value, w: ir.Value, strides: list[int], pads: list[int], gr
     return all(isinstance(d, int) for d in image) and w.shape[0] * w.shape[1] <= np.prod(image)
 
 
-def _dense(x: ir.Value, w: ir.Value, strides: list[int], group: int, kernel: list[int], dilations: list[int],
-           pads: list[int], out_pad: list[int]) -> bool:
-    """An ungrouped k x k stride-1 conv: dX = Conv(dY, W^T flipped), W^T flipped made each step."""
+def small_dense(x: ir.Value, w: ir.Value, strides: list[int], group: int, kernel: list[int], dilations: list[int],
+                pads: list[int], out_pad: list[int] | None) -> bool:
+    """An ungrouped k x k stride-1 conv whose weight is no larger than one image's input, so that
+    dX = Conv(dY, W^T flipped) with W^T flipped made each step (transposed_weight) costs a transient
+    of at most 1/batch of dX."""
     image = list(x.shape[1:])
-    return (group == 1 and max(strides) == 1 and max(kernel) > 1 and w.shape is not None and len(w.shape) == 4
-            and flipped_pads(kernel, dilations, pads, out_pad) is not None
+    return (group == 1 and max(strides) == 1 and max(kernel) > 1 and out_pad is not None and w.shape is not None
+            and len(w.shape) == 4 and flipped_pads(kernel, dilations, pads, out_pad) is not None
             and all(isinstance(d, int) for d in image) and np.prod(w.shape) <= np.prod(image))
+
+
+def transposed_weight(const: Constants, tape: ir.tape.Tape, w: ir.Value, dy: ir.Value, flip: bool,
+                      name: str) -> ir.Value:
+    """W^T (in and out channels swapped), flipped in space if `flip`, plus 0 * dY[0, 0, 0, 0]: made
+    when the Conv that reads it runs, not whenever ORT likes (from the weight alone ORT made them all
+    at the start of the step and held them)."""
+    corner = tape.op("Slice", [dy, const([0, 0, 0, 0]), const([1, 1, 1, 1])])
+    wt = tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]})
+    if flip:  # both spatial axes reversed: starts, ends, axes, steps
+        wt = tape.op("Slice", [wt, const([-1, -1]), const([-2 ** 62, -2 ** 62]), const([2, 3]), const([-1, -1])])
+    wt = tape.op("Add", [wt, tape.op("Mul", [corner, const(np.float32(0))])])
+    for i, node in enumerate(tape.nodes[-(5 if flip else 4):]):  # backward values, named after dX
+        node.outputs[0].name = f"{name}.{i}"
+    return wt
 
 
 def conv_geometry(grad: ir.Node, x: ir.Value, w: ir.Value):
