@@ -266,3 +266,18 @@ class DenseNet(nn.Module):
 def dense_net():
     torch.manual_seed(6)
     return randomize_bn(DenseNet())
+
+
+def gather_net():
+    """Trained k x k convs on small maps for gather-conv-grad (RES 15): a 3x3 on the 15 x 15 map
+    (225 output pixels: keeps ConvGrad), then on maps of at most 8 x 8 a 3x3 stride 2, a 2-group
+    5x5 (a lite module's), a 3x5 kernel with strides (2, 1), a dilated 3-group 3x3 and an
+    asymmetrically padded stride-2 3x3."""
+    torch.manual_seed(8)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 5, padding=2, groups=2, bias=False), nn.ReLU(),
+                         nn.Conv2d(16, 24, (3, 5), stride=(2, 1), padding=(1, 2)), nn.ReLU(),
+                         nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=3), nn.ReLU(),
+                         nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(24, 32, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import dense_net, odd_net, small_net, wide_lite_net
+from nets import dense_net, gather_net, odd_net, small_net, wide_lite_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -71,7 +71,8 @@ def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH) ->
     ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
     ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0),
-    ("wide_lite_net", "full", 0.0), ("dense_net", "bias", 0.0), ("dense_net", "full", 0.0)])
+    ("wide_lite_net", "full", 0.0), ("dense_net", "bias", 0.0), ("dense_net", "full", 0.0),
+    ("gather_net", "full", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     plain = compile_model(f"{NETS}:{net}", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
@@ -82,7 +83,7 @@ def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
     y = rng.integers(0, 3, BATCH)
 
     model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net, "wide_lite_net": wide_lite_net,
-                                      "dense_net": dense_net}[net])
+                                      "dense_net": dense_net, "gather_net": gather_net}[net])
     assert set(plain.manifest["trainable"]) == train == set(lean.manifest["trainable"])
     logits_t = model(torch.from_numpy(x))
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
@@ -384,3 +385,30 @@ def test_pointwise_grad_on_large_maps(tmp_path):
     ref = assert_same_step(plain, lean, seed=11, logits_rtol=1e-5, grad_atol=1e-5)
     assert_same_step(without, lean, seed=11, logits_rtol=1e-5, grad_atol=1e-5)
     assert len(ref) == 2 * 7 + 2 + 2
+
+
+def test_gather_conv_grad_on_small_maps(tmp_path):
+    """full: trained k x k convs whose output map has at most 8 x 8 pixels (strided, 2-group 5x5,
+    3x5 with strides (2, 1), dilated 3-group, asymmetric padding) get dW and dX from Gathers and
+    batched GEMMs, without ConvGrad; the one on the 15 x 15 map keeps ConvGrad. The step equals
+    ORT's own graph and the graph without the pass, for a batch other than the compiled one too
+    (torch autograd: test_one_step_matches_torch_autograd[gather_net-full])."""
+    import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:gather_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:gather_net", "full", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "gather-conv-grad"], **build)
+    lean = compile_model(f"{NETS}:gather_net", "full", tmp_path / "lean", **build)
+    nodes = onnx.load(lean.path / "training_model.onnx").graph.node
+    grads = [n for n in nodes if n.op_type == "ConvGrad"]
+    weight_grads = [n for n in nodes if n.op_type == "FusedMatMul" and ".gathered." in n.output[0]]
+    input_grads = [n for n in nodes if n.op_type == "MatMul" and ".gathered." in n.output[0]]
+    assert len(grads) == 1 and next(a.ints for a in grads[0].attribute if a.name == "kernel_shape") == [3, 3]
+    # five convs; the first of them reads the 15 x 15 conv's output, so each needs dX
+    assert len(weight_grads) == 5 and len(input_grads) == 5
+    ref = assert_same_step(plain, lean, seed=12, logits_rtol=1e-5, grad_atol=1e-5)
+    assert_same_step(without, lean, seed=12, logits_rtol=1e-5, grad_atol=1e-5)
+    assert len(ref) == 2 * 6 - 1 + 2  # six convs (one without bias) and the classifier
+    assert_same_step(plain, lean, seed=13, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)
