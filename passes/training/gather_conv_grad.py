@@ -35,6 +35,7 @@ from tinytlc.passes.training._graph import Constants, is_depthwise, replace_node
 from tinytlc.passes.training.frozen_conv_backward import conv_geometry
 
 MAX_OUTPUT_MAP = 8 * 8  # output pixels, at most: past it the gathered copies outgrow ConvGrad's loops
+MAX_GATHERED = 256 * 1024  # bytes a gathered copy takes per image, at most (2 MiB at batch 8)
 
 
 def tap_tables(size: list[int], out_size: list[int], kernel: list[int], strides: list[int], dilations: list[int],
@@ -57,8 +58,8 @@ def tap_tables(size: list[int], out_size: list[int], kernel: list[int], strides:
 
 
 def _fits(grad: ir.Node) -> bool:
-    """A 2-D ConvGrad whose dW is wanted, k x k (k > 1), not depthwise, static map sizes, output map
-    of at most MAX_OUTPUT_MAP pixels."""
+    """A 2-D ConvGrad whose dW is wanted, k x k (k > 1), not depthwise, static map sizes, an output
+    map of at most MAX_OUTPUT_MAP pixels and gathered copies of at most MAX_GATHERED per image."""
     if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft" or len(grad.outputs) < 2 or not wanted(grad.outputs[1]):
         return False
     dy, x, w = grad.inputs[:3]
@@ -66,10 +67,10 @@ def _fits(grad: ir.Node) -> bool:
         return False
     if not all(isinstance(d, int) for d in [*x.shape[1:], *dy.shape[1:], *w.shape]):
         return False
-    group = grad.attributes.get_int("group", 1)
-    return (grad.attributes.get_string("auto_pad", "NOTSET") == "NOTSET" and max(w.shape[2:]) > 1
-            and not is_depthwise(w, group)
-            and dy.shape[2] * dy.shape[3] <= MAX_OUTPUT_MAP)
+    group, kk = grad.attributes.get_int("group", 1), w.shape[2] * w.shape[3]
+    cols, dcols = (4 * kk * x.shape[1] * dy.shape[2] * dy.shape[3], 4 * kk * w.shape[0] * x.shape[2] * x.shape[3])
+    return (grad.attributes.get_string("auto_pad", "NOTSET") == "NOTSET" and kk > 1 and not is_depthwise(w, group)
+            and dy.shape[2] * dy.shape[3] <= MAX_OUTPUT_MAP and max(cols, dcols) <= MAX_GATHERED)
 
 
 class GatherConvGradPass(ir.passes.InPlacePass):
