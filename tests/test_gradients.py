@@ -266,7 +266,7 @@ def test_dense_input_grad_for_trained_convs(tmp_path):
     assert len(dense) == 1  # conv1: 2,304 weights, 3,600 per image; conv2: 4,608 against 1,024
     grads = [n for n in graph.node if n.op_type == "ConvGrad"]
     # dX computed by ConvGrad: not the stem's (the image needs none), not conv1's (the Conv's now);
-    # conv2, on the 8 x 8 map after the pool, is gather-conv-grad's
+    # conv2, on the 8 x 8 map after the pool, is gather-conv's
     assert sorted(bool(n.output[0]) for n in grads) == [False, False]
     assert any(".gathered." in n.output[0] for n in graph.node)
     assert_same_step(plain, lean, seed=7, logits_rtol=1e-5, grad_atol=1e-6)
@@ -296,7 +296,7 @@ def test_depthwise_input_grad_for_trained_convs(tmp_path):
                           passes=[])
     lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH,
                          passes=[p for p in DEFAULT_PASSES if p not in ("nchwc-conv", "depthwise-weight-grad",
-                                                                        "pointwise-grad", "gather-conv-grad")])
+                                                                        "pointwise-grad", "gather-conv")])
     graph = onnx.load(lean.path / "training_model.onnx").graph
     grads = [n for n in graph.node if n.op_type == "ConvGrad"]
     without_dx = [n for n in grads if n.output[0] == ""]
@@ -389,10 +389,10 @@ def test_pointwise_grad_on_large_maps(tmp_path):
     assert len(ref) == 2 * 7 + 2 + 2
 
 
-def test_gather_conv_grad_on_small_maps(tmp_path):
+def test_gather_conv_on_small_maps(tmp_path):
     """full: trained k x k convs whose output map has at most 8 x 8 pixels (strided, 2-group 5x5,
-    3x5 with strides (2, 1), dilated 3-group, asymmetric padding) get dW and dX from Gathers and
-    batched GEMMs, without ConvGrad; the one on the 15 x 15 map keeps ConvGrad. The step equals
+    3x5 with strides (2, 1), dilated 3-group, asymmetric padding) run forward and get dW and dX
+    from Gathers and batched GEMMs, without Conv and ConvGrad; the one on the 15 x 15 map keeps ConvGrad. The step equals
     ORT's own graph and the graph without the pass, for a batch other than the compiled one too
     (torch autograd: test_one_step_matches_torch_autograd[gather_net-full])."""
     import onnx
@@ -401,15 +401,20 @@ def test_gather_conv_grad_on_small_maps(tmp_path):
     build = dict(resolution=RES, batch_size=BATCH)
     plain = compile_model(f"{NETS}:gather_net", "full", tmp_path / "plain", passes=[], **build)
     without = compile_model(f"{NETS}:gather_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "gather-conv-grad"], **build)
+                            passes=[p for p in DEFAULT_PASSES if p != "gather-conv"], **build)
     lean = compile_model(f"{NETS}:gather_net", "full", tmp_path / "lean", **build)
     nodes = onnx.load(lean.path / "training_model.onnx").graph.node
     grads = [n for n in nodes if n.op_type == "ConvGrad"]
-    weight_grads = [n for n in nodes if n.op_type == "FusedMatMul" and ".gathered." in n.output[0]]
-    input_grads = [n for n in nodes if n.op_type == "MatMul" and ".gathered." in n.output[0]]
+    gemms = [n for n in nodes if n.op_type in ("MatMul", "FusedMatMul") and ".gathered." in n.output[0]]
+    forward = [n for n in gemms if "_grad." not in n.output[0]]
+    weight_grads = [n for n in gemms if n.op_type == "FusedMatMul" and "_grad." in n.output[0]]
+    input_grads = [n for n in gemms if n.op_type == "MatMul" and "_grad." in n.output[0]]
     assert len(grads) == 1 and next(a.ints for a in grads[0].attribute if a.name == "kernel_shape") == [3, 3]
-    # five convs; the first of them reads the 15 x 15 conv's output, so each needs dX
-    assert len(weight_grads) == 5 and len(input_grads) == 5
+    convs = [n for n in nodes if n.op_type == "Conv" and n.domain == ""]
+    assert len(convs) == 1 and convs[0].input[1] == grads[0].input[2]  # the 15 x 15 one, forward
+    # five convs, forward and backward; the first of them reads the 15 x 15 conv's output, so each
+    # needs dX
+    assert len(forward) == 5 and len(weight_grads) == 5 and len(input_grads) == 5
     ref = assert_same_step(plain, lean, seed=12, logits_rtol=1e-5, grad_atol=1e-5)
     assert_same_step(without, lean, seed=12, logits_rtol=1e-5, grad_atol=1e-5)
     assert len(ref) == 2 * 6 - 1 + 2  # six convs (one without bias) and the classifier

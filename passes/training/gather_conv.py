@@ -79,7 +79,12 @@ def _fits(grad: ir.Node) -> bool:
             and dy.shape[2] * dy.shape[3] <= MAX_OUTPUT_MAP and max(cols, dcols) <= MAX_GATHERED)
 
 
-class GatherConvGradPass(ir.passes.InPlacePass):
+def _forward_conv(x: ir.Value, w: ir.Value) -> ir.Node | None:
+    """The Conv a ConvGrad differentiates: the one reading X and W."""
+    return next((u for u, i in w.uses() if u.op_type == "Conv" and u.domain == "" and i == 1 and u.inputs[0] is x), None)
+
+
+class GatherConvPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         const = Constants(graph)
@@ -91,28 +96,51 @@ class GatherConvGradPass(ir.passes.InPlacePass):
             (c, h, wd), o, kk = x.shape[1:], w.shape[0], kernel[0] * kernel[1]
             pixels, out_pixels = h * wd, dy_size[0] * dy_size[1]
             taps, readers = tap_tables([h, wd], dy_size, kernel, strides, dilations, pads)
-            tape = ir.tape.Tape(graph)
 
-            def batch_last(t: ir.Value, channels: int, size: int) -> ir.Value:
-                """[N, C, H, W] -> [C, H W, N]: the batch last."""
-                flat = tape.op("Reshape", [t, const([0, channels, size])])
+            def batch_last(tape: ir.tape.Tape, t: ir.Value, channels: int, size: int,
+                           after: ir.Value | None = None) -> ir.Value:
+                """[N, C, H, W] -> [C, H W, N]: the batch last (once `after` exists, if given)."""
+                shape = const([0, channels, size])
+                if after is not None:
+                    first = tape.op("Slice", [tape.op("Shape", [after]), const([0]), const([1])])
+                    shape = tape.op("Add", [shape, tape.op("Mul", [first, const([0])])])
+                flat = tape.op("Reshape", [t, shape])
                 return tape.op("Transpose", [flat], attributes={"perm": [1, 2, 0]})
 
-            def gathered(t: ir.Value, table: np.ndarray) -> ir.Value:
-                """[C, H W, N] -> [C, k k, H' W', N] by `table`, the last pixel a zero one."""
+            def gathered(tape: ir.tape.Tape, t: ir.Value, table: np.ndarray, rows: int) -> ir.Value:
+                """[C, H W, N] -> [G, rows, k k H' W' N] by `table`, the last pixel a zero one."""
                 padded = tape.op("Pad", [t, const([0, 0, 0, 0, 1, 0])])
-                return tape.op("Gather", [padded, const(table)], attributes={"axis": 1})
+                cols = tape.op("Gather", [padded, const(table)], attributes={"axis": 1})
+                return tape.op("Reshape", [cols, const([group, rows, -1])])
 
-            dy_t = batch_last(dy, o, out_pixels)
+            def name_outputs(tape: ir.tape.Tape, after: str) -> None:
+                for i, node in enumerate(tape.nodes):
+                    node.outputs[0].name = f"{after}.gathered.{i}"
+
+            conv = _forward_conv(x, w)
+            if conv is not None:  # Y = W cols, with the cols of this forward, a transient
+                tape = ir.tape.Tape(graph)
+                y_g = tape.op("MatMul", [tape.op("Reshape", [w, const([group, o // group, c // group * kk])]),
+                                         gathered(tape, batch_last(tape, x, c, pixels), taps, c // group * kk)])
+                y_t = tape.op("Reshape", [y_g, const([o, *dy_size, -1])])
+                y = tape.op("Transpose", [y_t], attributes={"perm": [3, 0, 1, 2]})
+                if len(conv.inputs) > 2 and conv.inputs[2] is not None:
+                    y = tape.op("Add", [y, tape.op("Reshape", [conv.inputs[2], const([1, o, 1, 1])])])
+                name_outputs(tape, conv.outputs[0].name)
+                graph.insert_before(conv, tape.nodes)
+                replace_node_outputs(graph, conv, [(conv.outputs[0], y)])
+
+            tape = ir.tape.Tape(graph)
+            dy_t = batch_last(tape, dy, o, out_pixels)
             dy_g = tape.op("Reshape", [dy_t, const([group, o // group, -1])])  # [G, O / G, Ho Wo N]
-            new = []
-            cols = gathered(batch_last(x, c, pixels), taps)
-            cols = tape.op("Reshape", [cols, const([group, c // group * kk, -1])])
+            # X's cols again, once dY exists: made in the backward, not kept from the forward (the
+            # same nodes from X alone would be merged with the forward's by ORT's common
+            # subexpression elimination, and the forward's cols kept until backward)
+            cols = gathered(tape, batch_last(tape, x, c, pixels, after=dy), taps, c // group * kk)
             dw_g = tape.op("FusedMatMul", [dy_g, cols], attributes={"transB": 1}, domain="com.microsoft")
-            new.append((dw, tape.op("Reshape", [dw_g, const(list(w.shape))])))
+            new = [(dw, tape.op("Reshape", [dw_g, const(list(w.shape))]))]
             if wanted(dx):
-                dcols = gathered(dy_t, readers)
-                dcols = tape.op("Reshape", [dcols, const([group, o // group * kk, -1])])
+                dcols = gathered(tape, dy_t, readers, o // group * kk)
                 # W [O, C/G, kh, kw] as [G, C/G, O/G kh kw]: row c, column (o, tap)
                 w_g = tape.op("Transpose", [tape.op("Reshape", [w, const([group, o // group, c // group, kk])])],
                               attributes={"perm": [0, 2, 1, 3]})
@@ -121,8 +149,7 @@ class GatherConvGradPass(ir.passes.InPlacePass):
                 new.append((dx, tape.op("Transpose", [dx_t], attributes={"perm": [3, 0, 1, 2]})))
             if wanted(db):
                 new.append((db, tape.op("ReduceSum", [dy, const([0, 2, 3])], attributes={"keepdims": 0})))
-            for i, node in enumerate(tape.nodes):  # backward values, named after dW
-                node.outputs[0].name = f"{dw.name}.gathered.{i}"
+            name_outputs(tape, dw.name)  # backward values, named after dW
             graph.insert_before(grad, tape.nodes)
             replace_node_outputs(graph, grad, new)
             modified = True
