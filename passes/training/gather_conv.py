@@ -1,34 +1,44 @@
-"""Gradients of a trained k x k conv on a small map as two Gathers and two batched GEMMs.
+"""A trained k x k conv on a small map, forward and gradients, as im2col Gathers and batched GEMMs.
 
-What it changes: ORT's ConvGrad runs image by image and group by group, an im2col and a small
-GEMM each for dW and a GEMM and a col2im each for dX. On the small maps of a network's late
-stages (the lite residual modules' 2-group 5x5 convs on 2x2 to 8x8 maps) the calls, not the
-arithmetic, are the cost: 1.1 ms for [8, 96, 4, 4], 5x5, 2 groups. Where the weight trains and
-the output map has at most 8 x 8 pixels, this pass writes, with the batch moved last so that it
-joins the GEMMs' inner dimension (X^T = [C, H W, N], dY^T = [O, Ho Wo, N], a copy each):
+What it changes: ORT's Conv and ConvGrad run image by image and group by group: an im2col and a
+small GEMM each (ConvGrad: one for dW, and a GEMM and a col2im for dX). On the small maps of a
+network's late stages (the lite residual modules' 2-group 5x5 convs on 2x2 to 8x8 maps) the
+calls, not the arithmetic, are the cost: for [8, 96, 4, 4], 5x5, 2 groups, 0.64 ms forward and
+1.1 ms backward. Where the weight trains and the output map has at most 8 x 8 pixels, this pass
+writes, with the batch moved last so that it joins the GEMMs' inner dimension
+(X^T = [C, H W, N], dY^T = [O, Ho Wo, N], a copy each):
     cols  = Gather(Pad(X^T), taps)      [C, k k, Ho Wo, N]: the input pixel each tap of each
                                          output pixel reads (the pad: one zero pixel for taps
                                          that fall outside the map)
-    dW    = dY^T cols^T                 one GEMM per group over every image and pixel
+    Y     = W cols (+ B)                one GEMM per group over every image and pixel,
+                                         transposed back to [N, O, Ho, Wo]
+    dW    = dY^T cols^T                 cols gathered again in the backward
     dcols = Gather(Pad(dY^T), readers)  [O, k k, H W, N]: for each input pixel and tap, the
                                          output pixel that read it through that tap (or zero)
     dX    = (W regrouped as [C, O k k]) dcols, transposed back to [N, C, H, W]
     dB    = ReduceSum(dY) over batch and space
 The index tables are constants of the conv's geometry (strides, pads, dilations), so any
-batch size runs. Measured on single ops (2 threads): 1.1 -> 0.46 ms for that conv, 0.64 ->
-0.22 ms for [8, 160, 2, 2] 3x3, 0.35 -> 0.26 ms for 8x8 -> 4x4 with stride 2. On larger maps the
+batch size runs. Measured on single ops (2 threads), that conv: forward 0.64 -> 0.21 ms,
+backward 1.1 -> 0.46 ms; [8, 160, 2, 2] 3x3: 0.27 -> 0.07 and 0.64 -> 0.22 ms; 8x8 -> 4x4 with
+stride 2: backward 0.35 -> 0.26 ms. MobileNetV2 `lite+bias`, 128 px, batch 8: 0.91x the step
+(5 alternating fresh-process pairs; 0.94x with the backward alone). On larger maps the
 gathered copies (k k times the map) cost more than ConvGrad's loops (16 x 16 -> 16 x 16 was
-still 1.7x faster, 32 x 32 -> 16 x 16 with stride 2 slower) and would be large transients, so
-those keep ConvGrad; depthwise convs have their own passes (depthwise-weight-grad,
-depthwise-input-grad), and so do 1x1 convs on large maps (pointwise-grad). 1x1 convs on small
-maps keep ConvGrad: written this way (no gather, only the transposes) they were within noise of
-it (MobileNetV2 `full`, 128 px, one profiled step: 121 against 124 ms).
-Kept for backward: nothing new. The gathers read the X and dY ConvGrad read; cols and dcols are
+still 1.7x faster, 32 x 32 -> 16 x 16 with stride 2 slower; an 8 x 8 forward no faster) and
+would be large transients, so those keep Conv and ConvGrad; depthwise convs have their own
+passes (depthwise-weight-grad, depthwise-input-grad), and so do 1x1 convs on large maps
+(pointwise-grad). 1x1 convs on small maps keep ConvGrad: written this way (no gather, only the
+transposes) they were within noise of it (MobileNetV2 `full`, 128 px, one profiled step: 121
+against 124 ms).
+Kept for backward: nothing new. The backward gathers X's cols again rather than keep the
+forward's: the backward's copies read dY's shape first, so that they run in the backward (and so
+that ORT's common subexpression elimination cannot merge them with the forward's, which kept
+MobileNetV2 `lite`'s cols alive from forward to backward: +8.7 MB step peak). cols and dcols are
 transients of k k times the small map (1.2 MB for that [8, 96, 4, 4] conv at batch 8), alive for
-one GEMM each, and they come when a step's memory peaks (the start of the backward, where the
-small maps are), so each is capped at 256 KiB an image: uncapped, ResNet-18's 256- and
-512-channel 3x3 convs raised its `full` step peak by 3.3 MB and `lite+bias` by 4.9 MB (128 px,
-batch 8); capped, they keep ConvGrad and MobileNetV2's lite modules take the pass.
+one GEMM each, and they come when a step's memory peaks (the end of the forward and the start of
+the backward, where the small maps are), so each is capped at 256 KiB an image: uncapped,
+ResNet-18's 256- and 512-channel 3x3 convs raised its `full` step peak by 3.3 MB and `lite+bias`
+by 4.9 MB (128 px, batch 8); capped, they keep ConvGrad and MobileNetV2's lite modules take the
+pass (step peak +11 KB for `lite+bias`, +49 KB for `lite`).
 Exact up to summation order (the same products, summed in another order).
 """
 
