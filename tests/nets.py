@@ -269,7 +269,7 @@ def dense_net():
 
 
 def gather_net():
-    """Trained k x k convs on small maps for gather-conv-grad (RES 15): a 3x3 on the 15 x 15 map
+    """Trained k x k convs on small maps for gather-conv (RES 15): a 3x3 on the 15 x 15 map
     (225 output pixels: keeps ConvGrad), then on maps of at most 8 x 8 a 3x3 stride 2, a 2-group
     5x5 (a lite module's), a 3x5 kernel with strides (2, 1), a dilated 3-group 3x3 and an
     asymmetrically padded stride-2 3x3."""

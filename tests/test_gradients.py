@@ -392,9 +392,9 @@ def test_pointwise_grad_on_large_maps(tmp_path):
 def test_gather_conv_on_small_maps(tmp_path):
     """full: trained k x k convs whose output map has at most 8 x 8 pixels (strided, 2-group 5x5,
     3x5 with strides (2, 1), dilated 3-group, asymmetric padding) run forward and get dW and dX
-    from Gathers and batched GEMMs, without Conv and ConvGrad; the one on the 15 x 15 map keeps ConvGrad. The step equals
-    ORT's own graph and the graph without the pass, for a batch other than the compiled one too
-    (torch autograd: test_one_step_matches_torch_autograd[gather_net-full])."""
+    from Gathers and batched GEMMs, without Conv and ConvGrad; the one on the 15 x 15 map keeps
+    both. The step equals ORT's own graph and the graph without the pass, for a batch other than
+    the compiled one too (torch autograd: test_one_step_matches_torch_autograd[gather_net-full])."""
     import onnx
 
     from tinytlc.passes.training import DEFAULT_PASSES

@@ -61,6 +61,9 @@ def test_lite_gradients_match_torch(tmp_path, method, res):
     assert [m["stride"] for m in report] == [2, 1]  # blocks 2 and 3; the first block gets none
     assert [m["taps"] for m in report] == ([[5, 5], [5, 5]] if res == RES else [[5, 5], [3, 3]])
     assert all(m["kernel"] == 5 for m in report)
+    import onnx
+    gathered = [n for n in onnx.load(lean.path / "training_model.onnx").graph.node if ".gathered." in n.output[0]]
+    assert gathered, "the lite modules' convs run through gather-conv, checked here against torch"
     params = initializers(lean)
 
     model = fold_all_bn(lite_net())
