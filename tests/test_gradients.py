@@ -73,7 +73,9 @@ def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH) ->
     ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0),
     ("wide_lite_net", "full", 0.0), ("dense_net", "bias", 0.0), ("dense_net", "full", 0.0),
     ("gather_net", "full", 0.0)])
-def test_one_step_matches_torch_autograd(tmp_path, net, method, smoothing):
+def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smoothing):
+    if net == "gather_net":  # at RES px every gathered copy outgrows the image: lift that rule here
+        monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
     plain = compile_model(f"{NETS}:{net}", method, tmp_path / "plain", resolution=RES, batch_size=BATCH,
                           passes=[])
     lean = compile_model(f"{NETS}:{net}", method, tmp_path / "lean", resolution=RES, batch_size=BATCH)
@@ -265,10 +267,9 @@ def test_dense_input_grad_for_trained_convs(tmp_path):
     dense = [n for n in graph.node if n.op_type == "Conv" and "transposed_weight" in n.input[1]]
     assert len(dense) == 1  # conv1: 2,304 weights, 3,600 per image; conv2: 4,608 against 1,024
     grads = [n for n in graph.node if n.op_type == "ConvGrad"]
-    # dX computed by ConvGrad: not the stem's (the image needs none), not conv1's (the Conv's now);
-    # conv2, on the 8 x 8 map after the pool, is gather-conv's
-    assert sorted(bool(n.output[0]) for n in grads) == [False, False]
-    assert any(".gathered." in n.output[0] for n in graph.node)
+    # dX computed by ConvGrad: not the stem's (the image needs none), not conv1's (the Conv's now), conv2's
+    # (gather-conv leaves it: its gathered copy would outgrow the 15 px input image)
+    assert sorted(bool(n.output[0]) for n in grads) == [False, False, True]
     assert_same_step(plain, lean, seed=7, logits_rtol=1e-5, grad_atol=1e-6)
     assert_same_step(without, lean, seed=8, logits_rtol=1e-6, grad_atol=1e-6)
 
@@ -389,7 +390,7 @@ def test_pointwise_grad_on_large_maps(tmp_path):
     assert len(ref) == 2 * 7 + 2 + 2
 
 
-def test_gather_conv_on_small_maps(tmp_path):
+def test_gather_conv_on_small_maps(tmp_path, monkeypatch):
     """full: trained k x k convs whose output map has at most 8 x 8 pixels (strided, 2-group 5x5,
     3x5 with strides (2, 1), dilated 3-group, asymmetric padding) run forward and get dW and dX
     from Gathers and batched GEMMs, without Conv and ConvGrad; the one on the 15 x 15 map keeps
@@ -399,6 +400,10 @@ def test_gather_conv_on_small_maps(tmp_path):
 
     from tinytlc.passes.training import DEFAULT_PASSES
     build = dict(resolution=RES, batch_size=BATCH)
+    # at 15 px every gathered copy outgrows the input image, which the pass refuses (checked below)
+    capped = compile_model(f"{NETS}:gather_net", "full", tmp_path / "capped", **build)
+    assert not any(".gathered." in n.output[0] for n in onnx.load(capped.path / "training_model.onnx").graph.node)
+    monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
     plain = compile_model(f"{NETS}:gather_net", "full", tmp_path / "plain", passes=[], **build)
     without = compile_model(f"{NETS}:gather_net", "full", tmp_path / "without",
                             passes=[p for p in DEFAULT_PASSES if p != "gather-conv"], **build)

@@ -54,6 +54,15 @@ MAX_OUTPUT_MAP = 8 * 8  # output pixels, at most: past it the gathered copies ou
 MAX_GATHERED = 256 * 1024  # bytes a gathered copy takes per image, at most (2 MiB at batch 8)
 
 
+def image_bytes(graph: ir.Graph) -> int | None:
+    """Bytes of one input image: the graph input of rank 4 whose batch is symbolic (the trained
+    weights, graph inputs too, have static shapes); None if there is none."""
+    sizes = [4 * int(np.prod(v.shape[1:])) for v in graph.inputs
+             if v.shape is not None and len(v.shape) == 4 and not isinstance(v.shape[0], int)
+             and all(isinstance(d, int) for d in v.shape[1:])]
+    return max(sizes) if sizes else None
+
+
 def tap_tables(size: list[int], out_size: list[int], kernel: list[int], strides: list[int], dilations: list[int],
                pads: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(taps [k k, Ho Wo]: the input pixel each tap of each output pixel reads, H W where it reads
@@ -73,9 +82,9 @@ def tap_tables(size: list[int], out_size: list[int], kernel: list[int], strides:
     return taps, readers
 
 
-def _fits(grad: ir.Node) -> bool:
+def _fits(grad: ir.Node, budget: int) -> bool:
     """A 2-D ConvGrad whose dW is wanted, k x k (k > 1), not depthwise, static map sizes, an output
-    map of at most MAX_OUTPUT_MAP pixels and gathered copies of at most MAX_GATHERED per image."""
+    map of at most MAX_OUTPUT_MAP pixels and gathered copies of at most `budget` bytes per image."""
     if grad.op_type != "ConvGrad" or grad.domain != "com.microsoft" or len(grad.outputs) < 2 or not wanted(grad.outputs[1]):
         return False
     dy, x, w = grad.inputs[:3]
@@ -86,7 +95,7 @@ def _fits(grad: ir.Node) -> bool:
     group, kk = grad.attributes.get_int("group", 1), w.shape[2] * w.shape[3]
     cols, dcols = (4 * kk * x.shape[1] * dy.shape[2] * dy.shape[3], 4 * kk * w.shape[0] * x.shape[2] * x.shape[3])
     return (grad.attributes.get_string("auto_pad", "NOTSET") == "NOTSET" and kk > 1 and not is_depthwise(w, group)
-            and dy.shape[2] * dy.shape[3] <= MAX_OUTPUT_MAP and max(cols, dcols) <= MAX_GATHERED)
+            and dy.shape[2] * dy.shape[3] <= MAX_OUTPUT_MAP and max(cols, dcols) <= budget)
 
 
 def _forward_conv(x: ir.Value, w: ir.Value) -> ir.Node | None:
@@ -98,7 +107,11 @@ class GatherConvPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         const = Constants(graph)
-        for grad in [n for n in graph if _fits(n)]:
+        # a copy no larger than the input image, so that it stays small beside the step's own
+        # tensors at any resolution (at 32 px the 256 KiB cap alone let copies raise lite+bias
+        # step peaks by up to 43 %)
+        budget = min(MAX_GATHERED, image_bytes(graph) or MAX_GATHERED)
+        for grad in [n for n in graph if _fits(n, budget)]:
             dy, x, w = grad.inputs[:3]
             dx, dw, db = (list(grad.outputs) + [None])[:3]
             kernel, strides, dilations, pads, _, dy_size = conv_geometry(grad, x, w)
