@@ -20,8 +20,9 @@ writes, with the batch moved last so that it joins the GEMMs' inner dimension
 The index tables are constants of the conv's geometry (strides, pads, dilations), so any
 batch size runs. Measured on single ops (2 threads), that conv: forward 0.64 -> 0.21 ms,
 backward 1.1 -> 0.46 ms; [8, 160, 2, 2] 3x3: 0.27 -> 0.07 and 0.64 -> 0.22 ms; 8x8 -> 4x4 with
-stride 2: backward 0.35 -> 0.26 ms. MobileNetV2 `lite+bias`, 128 px, batch 8: 0.91x the step
-(5 alternating fresh-process pairs; 0.94x with the backward alone). On larger maps the
+stride 2: backward 0.35 -> 0.26 ms. MobileNetV2 `lite+bias`, 128 px, batch 8: 0.96x the step
+(5 alternating fresh-process pairs; 0.91x before the image-size cap below, which leaves its
+32-channel 8 x 8 convs to ConvGrad). On larger maps the
 gathered copies (k k times the map) cost more than ConvGrad's loops (16 x 16 -> 16 x 16 was
 still 1.7x faster, 32 x 32 -> 16 x 16 with stride 2 slower; an 8 x 8 forward no faster) and
 would be large transients, so those keep Conv and ConvGrad; depthwise convs have their own
@@ -35,10 +36,12 @@ that ORT's common subexpression elimination cannot merge them with the forward's
 MobileNetV2 `lite`'s cols alive from forward to backward: +8.7 MB step peak). cols and dcols are
 transients of k k times the small map (1.2 MB for that [8, 96, 4, 4] conv at batch 8), alive for
 one GEMM each, and they come when a step's memory peaks (the end of the forward and the start of
-the backward, where the small maps are), so each is capped at 256 KiB an image: uncapped,
-ResNet-18's 256- and 512-channel 3x3 convs raised its `full` step peak by 3.3 MB and `lite+bias`
-by 4.9 MB (128 px, batch 8); capped, they keep ConvGrad and MobileNetV2's lite modules take the
-pass (step peak +11 KB for `lite+bias`, +49 KB for `lite`).
+the backward, where the small maps are), so each is capped at 256 KiB an image and at the size of one input image:
+without the first cap ResNet-18's 256- and 512-channel 3x3 convs raised its `full` step peak by
+3.3 MB and `lite+bias` by 4.9 MB (128 px, batch 8); without the second, at 32 px, where the whole
+step takes about 1 MB, the families' `lite+bias` step peaks rose by up to 43 % (VGG). With both,
+MobileNetV2's lite modules keep most of their convs on the pass (step peak +8 KB for
+`lite+bias`, +37 KB for `lite`, 128 px) and the 32 px families are back where they were.
 Exact up to summation order (the same products, summed in another order).
 """
 
