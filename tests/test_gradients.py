@@ -67,6 +67,16 @@ def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH) ->
     return ref
 
 
+def plain_without_lean(tmp_path, net: str, method: str, left_out: tuple[str, ...]):
+    """`net` compiled three ways: ORT's own graph, the default passes but `left_out`, all of them."""
+    from tinytlc.passes.training import DEFAULT_PASSES
+    build = dict(resolution=RES, batch_size=BATCH)
+    return (compile_model(f"{NETS}:{net}", method, tmp_path / "plain", passes=[], **build),
+            compile_model(f"{NETS}:{net}", method, tmp_path / "without",
+                          passes=[p for p in DEFAULT_PASSES if p not in left_out], **build),
+            compile_model(f"{NETS}:{net}", method, tmp_path / "lean", **build))
+
+
 @pytest.mark.parametrize("net,method,smoothing", [
     ("small_net", "full", 0.0), ("small_net", "full", 0.1), ("small_net", "last", 0.0),
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
@@ -203,7 +213,6 @@ def test_conv_bias_add_puts_frozen_convs_on_nchwc(tmp_path):
     import onnx
     from onnxruntime.training.api import CheckpointState, Module
 
-    from tinytlc.passes.training import DEFAULT_PASSES
     from tinytlc.runtime.session import session_options
 
     def nchwc_convs(art):
@@ -214,11 +223,7 @@ def test_conv_bias_add_puts_frozen_convs_on_nchwc(tmp_path):
         return sum(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"
                    for n in onnx.load(art.path / "optimized.onnx").graph.node)
 
-    build = dict(resolution=RES, batch_size=BATCH)
-    plain = compile_model(f"{NETS}:wide_lite_net", "bias", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:wide_lite_net", "bias", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "conv-bias-add"], **build)
-    lean = compile_model(f"{NETS}:wide_lite_net", "bias", tmp_path / "lean", **build)
+    plain, without, lean = plain_without_lean(tmp_path, "wide_lite_net", "bias", ("conv-bias-add",))
     graph = onnx.load(lean.path / "training_model.onnx").graph
     split = [n for n in graph.node if n.op_type == "Conv" and n.output[0].endswith(".without_bias")]
     assert len(split) == 3 and all(len(n.input) == 2 for n in split)  # the three depthwise convs
@@ -257,12 +262,7 @@ def test_dense_input_grad_for_trained_convs(tmp_path):
     test_one_step_matches_torch_autograd[dense_net-full])."""
     import onnx
 
-    from tinytlc.passes.training import DEFAULT_PASSES
-    build = dict(resolution=RES, batch_size=BATCH)
-    plain = compile_model(f"{NETS}:dense_net", "full", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:dense_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "dense-input-grad"], **build)
-    lean = compile_model(f"{NETS}:dense_net", "full", tmp_path / "lean", **build)
+    plain, without, lean = plain_without_lean(tmp_path, "dense_net", "full", ("dense-input-grad",))
     graph = onnx.load(lean.path / "training_model.onnx").graph
     dense = [n for n in graph.node if n.op_type == "Conv" and "transposed_weight" in n.input[1]]
     assert len(dense) == 1  # conv1: 2,304 weights, 3,600 per image; conv2: 4,608 against 1,024
@@ -320,13 +320,9 @@ def test_nchwc_conv_for_trained_depthwise_convs(tmp_path):
     test_one_step_matches_torch_autograd[wide_lite_net-full])."""
     import onnx
 
-    from tinytlc.passes.training import DEFAULT_PASSES, NCHWC_PASSES
+    from tinytlc.passes.training import NCHWC_PASSES
     from tinytlc.passes.training.nchwc_conv import block_size
-    build = dict(resolution=RES, batch_size=BATCH)
-    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p not in NCHWC_PASSES], **build)
-    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
+    plain, without, lean = plain_without_lean(tmp_path, "conv_kinds_net", "full", NCHWC_PASSES)
     assert lean.manifest["nchwc_block"] == block_size() and "nchwc_block" not in without.manifest
     nodes = onnx.load(lean.path / "training_model.onnx").graph.node
     blocked = [n for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"
@@ -348,13 +344,8 @@ def test_depthwise_weight_grad_stacks_the_batch(tmp_path):
     test_one_step_matches_torch_autograd[wide_lite_net-full])."""
     import onnx
 
-    from tinytlc.passes.training import DEFAULT_PASSES
     from tinytlc.passes.training.nchwc_conv import block_size
-    build = dict(resolution=RES, batch_size=BATCH)
-    plain = compile_model(f"{NETS}:depthwise_kinds_net", "full", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:depthwise_kinds_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "depthwise-weight-grad"], **build)
-    lean = compile_model(f"{NETS}:depthwise_kinds_net", "full", tmp_path / "lean", **build)
+    plain, without, lean = plain_without_lean(tmp_path, "depthwise_kinds_net", "full", ("depthwise-weight-grad",))
     assert lean.manifest["nchwc_block"] == block_size()
     grads = lambda art: [n for n in onnx.load(art.path / "training_model.onnx").graph.node if n.op_type == "ConvGrad"]
     stacked = [n for n in onnx.load(lean.path / "training_model.onnx").graph.node
@@ -374,12 +365,7 @@ def test_pointwise_grad_on_large_maps(tmp_path):
     and the graph without the pass (torch autograd: test_one_step_matches_torch_autograd[*-full])."""
     import onnx
 
-    from tinytlc.passes.training import DEFAULT_PASSES
-    build = dict(resolution=RES, batch_size=BATCH)
-    plain = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "pointwise-grad"], **build)
-    lean = compile_model(f"{NETS}:conv_kinds_net", "full", tmp_path / "lean", **build)
+    plain, without, lean = plain_without_lean(tmp_path, "conv_kinds_net", "full", ("pointwise-grad",))
     nodes = onnx.load(lean.path / "training_model.onnx").graph.node
     grads = [n for n in nodes if n.op_type == "ConvGrad"]
     pointwise = [n for n in nodes if n.op_type == "FusedMatMul" and ".pointwise." in n.output[0]]
@@ -398,16 +384,12 @@ def test_gather_conv_on_small_maps(tmp_path, monkeypatch):
     the compiled one too (torch autograd: test_one_step_matches_torch_autograd[gather_net-full])."""
     import onnx
 
-    from tinytlc.passes.training import DEFAULT_PASSES
     build = dict(resolution=RES, batch_size=BATCH)
     # at 15 px every gathered copy outgrows the input image, which the pass refuses (checked below)
     capped = compile_model(f"{NETS}:gather_net", "full", tmp_path / "capped", **build)
     assert not any(".gathered." in n.output[0] for n in onnx.load(capped.path / "training_model.onnx").graph.node)
     monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
-    plain = compile_model(f"{NETS}:gather_net", "full", tmp_path / "plain", passes=[], **build)
-    without = compile_model(f"{NETS}:gather_net", "full", tmp_path / "without",
-                            passes=[p for p in DEFAULT_PASSES if p != "gather-conv"], **build)
-    lean = compile_model(f"{NETS}:gather_net", "full", tmp_path / "lean", **build)
+    plain, without, lean = plain_without_lean(tmp_path, "gather_net", "full", ("gather-conv",))
     nodes = onnx.load(lean.path / "training_model.onnx").graph.node
     grads = [n for n in nodes if n.op_type == "ConvGrad"]
     gemms = [n for n in nodes if n.op_type in ("MatMul", "FusedMatMul") and ".gathered." in n.output[0]]
