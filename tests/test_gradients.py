@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import dense_net, gather_net, odd_net, small_net, wide_lite_net
+from nets import conv_kinds_net, dense_net, gather_net, odd_net, small_net, wide_lite_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -82,7 +82,7 @@ def plain_without_lean(tmp_path, net: str, method: str, left_out: tuple[str, ...
     ("small_net", "norm+last", 0.0), ("small_net", "bias", 0.0), ("small_net", "bias", 0.2),
     ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0),
     ("wide_lite_net", "full", 0.0), ("dense_net", "bias", 0.0), ("dense_net", "full", 0.0),
-    ("gather_net", "full", 0.0)])
+    ("gather_net", "full", 0.0), ("conv_kinds_net", "full", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smoothing):
     if net == "gather_net":  # at RES px every gathered copy outgrows the image: lift that rule here
         monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
@@ -95,7 +95,8 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
     y = rng.integers(0, 3, BATCH)
 
     model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net, "wide_lite_net": wide_lite_net,
-                                      "dense_net": dense_net, "gather_net": gather_net}[net])
+                                      "dense_net": dense_net, "gather_net": gather_net,
+                                      "conv_kinds_net": conv_kinds_net}[net])
     assert set(plain.manifest["trainable"]) == train == set(lean.manifest["trainable"])
     logits_t = model(torch.from_numpy(x))
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=smoothing)
@@ -272,6 +273,31 @@ def test_dense_input_grad_for_trained_convs(tmp_path):
     assert sorted(bool(n.output[0]) for n in grads) == [False, False, True]
     assert_same_step(plain, lean, seed=7, logits_rtol=1e-5, grad_atol=1e-6)
     assert_same_step(without, lean, seed=8, logits_rtol=1e-6, grad_atol=1e-6)
+
+
+def test_full_folds_trained_batchnorms_into_their_convs(tmp_path):
+    """full: each BatchNorm after a conv becomes the conv's weight and bias, made each step from the
+    trained tensors, so no affine Mul reads a conv's output and nothing keeps it for the scale's
+    gradient; ORT's own graph (no passes) keeps the affines. small_net's convs have no bias,
+    conv_kinds_net's first has one; torch autograd: test_one_step_matches_torch_autograd[*-full]."""
+    import onnx
+
+    def affines_over_conv_outputs(art):
+        """Muls in the training graph that read a forward conv's output."""
+        forward = onnx.load(art.path / "forward_model.onnx").graph
+        conv_outputs = {n.output[0] for n in forward.node if n.op_type == "Conv"}
+        graph = onnx.load(art.path / "training_model.onnx").graph
+        return sum(n.op_type == "Mul" and bool(conv_outputs & set(n.input)) for n in graph.node)
+
+    for net, norms in (("small_net", 4), ("conv_kinds_net", 1)):
+        plain = compile_model(f"{NETS}:{net}", "full", tmp_path / f"{net}-plain", resolution=RES, batch_size=BATCH,
+                              passes=[])
+        lean = compile_model(f"{NETS}:{net}", "full", tmp_path / f"{net}-lean", resolution=RES, batch_size=BATCH)
+        # per norm, the affine's Mul(X_c, scale) and its scale gradient's Mul(dY, X_c)
+        assert affines_over_conv_outputs(plain) == 2 * norms
+        assert affines_over_conv_outputs(lean) == 0
+        assert set(lean.manifest["trainable"]) == set(plain.manifest["trainable"])
+        assert_same_step(plain, lean, seed=9, logits_rtol=1e-5, grad_atol=1e-6)
 
 
 def test_clip_mask_at_its_bounds(tmp_path):

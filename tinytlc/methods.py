@@ -20,7 +20,8 @@ import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
-                                    FoldBatchNormIntoConvPass, LiteOptions, LiteResidualPass, find_classifier)
+                                    FoldBatchNormIntoConvPass, FoldTrainedBatchNormPass, LiteOptions,
+                                    LiteResidualPass, find_classifier)
 from tinytlc.passes.forward._values import LITE, is_constant
 from tinytlc.passes.forward.blocks import param_source
 
@@ -58,12 +59,16 @@ def norm_params(graph: ir.Graph) -> list[str]:
 
 
 def forward_passes(method: str, lite: LiteOptions | None = None, lite_modules: bool = False,
-                   fold_norms: bool = True) -> list[ir.passes.PassBase]:
+                   fold_norms: bool = True, fold_trained_batchnorm: bool = True) -> list[ir.passes.PassBase]:
     """Passes that shape the forward graph for `method` before autodiff (shapes must be inferred).
     `lite_modules`: insert lite residual modules whatever the method (the paper profiles every
     method on the network with them, frozen unless the method trains them). `fold_norms=False`
-    keeps every BatchNorm a layer of its own (an affine), as the paper's accounting counts it."""
-    if method in TRAINS_NORMS or not fold_norms:
+    keeps every BatchNorm a layer of its own (an affine), as the paper's accounting counts it.
+    `fold_trained_batchnorm`: in `full`, fold a BatchNorm that follows a conv into it while both
+    train (FoldTrainedBatchNormPass); off, every trained norm is an affine, as in ORT's own graph."""
+    if method == "full" and fold_norms and fold_trained_batchnorm:
+        passes = [FoldTrainedBatchNormPass(), BatchNormToAffinePass()]  # BN with no conv before it
+    elif method in TRAINS_NORMS or not fold_norms:
         passes = [BatchNormToAffinePass()]
     else:
         passes = [FoldBatchNormIntoConvPass(), BatchNormToAffinePass()]  # BN with no conv before it

@@ -23,7 +23,7 @@ from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidu
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
-from tinytlc.passes.training import DEFAULT_PASSES, NCHWC_PASSES, PASSES
+from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
 from tinytlc.runtime import artifacts
 from tinytlc.runtime.session import check_step
@@ -80,10 +80,10 @@ def _versions() -> dict:
 
 def forward_graph(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
-                  lite_modules: bool = False, fold_norms: bool = True):
+                  lite_modules: bool = False, fold_norms: bool = True, fold_trained_batchnorm: bool = True):
     """The forward graph (onnx_ir, shapes inferred) ready for autodiff, the trainable names, the
     source and the class count. `report`, if given, receives what the passes inserted.
-    `lite_modules`, `fold_norms`: see methods.forward_passes."""
+    `lite_modules`, `fold_norms`, `fold_trained_batchnorm`: see methods.forward_passes."""
     methods.check_method(method)
     source = load_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
@@ -100,7 +100,7 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     ShapeInferencePass()(irm)
     if LowerForAutodiffPass()(irm).modified:
         ShapeInferencePass()(irm)
-    for p in methods.forward_passes(method, lite, lite_modules, fold_norms):
+    for p in methods.forward_passes(method, lite, lite_modules, fold_norms, fold_trained_batchnorm):
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
             report.update(lite_modules=p.report, lite_blocks=p.blocks, lite_skipped=p.skipped)
@@ -130,10 +130,10 @@ def describe(graph: ir.Graph, norms: list[str]) -> dict:
 
 def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
-                  lite_modules: bool = False):
+                  lite_modules: bool = False, fold_trained_batchnorm: bool = True):
     """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
     irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report,
-                                                    norm, lite_modules)
+                                                    norm, lite_modules, fold_trained_batchnorm=fold_trained_batchnorm)
     proto = declare_layer_norm_statistics(ir.serde.serialize_model(irm))
     proto.ir_version = min(proto.ir_version, MAX_IR)
     return proto, trainable, source, classes
@@ -151,6 +151,9 @@ def resolve_passes(passes: list[str] | None) -> list[str]:
 
 def run_training_passes(path: Path, names: list[str]) -> list[str]:
     """Rewrite the training model at `path` in place with the named passes; the ones that changed it."""
+    if not names:
+        return []
+    names = [n for n in names if n not in FORWARD_PASSES]  # compile ran those on the forward graph
     if not names:
         return []
     model, changed = ir.load(path), []
@@ -190,7 +193,8 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         session = dict(LEAN_SESSION) if passes else {}
     report: dict = {}
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained, lite,
-                                                      report, norm, lite_modules)
+                                                      report, norm, lite_modules,
+                                                      fold_trained_batchnorm="fold-trained-batchnorm" in passes)
     image = proto.graph.input[0]
     channels = image.type.tensor_type.shape.dim[1].dim_value
     with atomic_path(out, is_dir=True) as tmp:

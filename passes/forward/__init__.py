@@ -4,6 +4,7 @@ from tinytlc.passes.forward.add_zero_bias import AddZeroBiasPass
 from tinytlc.passes.forward.avgpool_to_conv import AveragePoolToConvPass
 from tinytlc.passes.forward.batchnorm_to_affine import BatchNormToAffinePass
 from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
+from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
 from tinytlc.passes.forward.fuse_pad_into_conv import FusePadIntoConvPass
 from tinytlc.passes.forward.blocks import Block, find_blocks
 from tinytlc.passes.forward.lower_for_autodiff import LowerForAutodiffPass
@@ -11,6 +12,6 @@ from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
 from tinytlc.passes.forward.static_reshapes import StaticReshapesPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 
-__all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass",
+__all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
            "FusePadIntoConvPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]

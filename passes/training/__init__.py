@@ -1,6 +1,9 @@
-"""Training-graph passes: they run on the graph ORT's autodiff generated, in this order."""
+"""Training-graph passes: they run on the graph ORT's autodiff generated, in this order; and the
+forward passes that are chosen by name like them (compile runs those before autodiff)."""
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
 
 from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.conv_bias_add import ConvBiasAddPass
@@ -15,6 +18,7 @@ from tinytlc.passes.training.pointwise_grad import PointwiseGradPass
 from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
 PASSES = {
+    "fold-trained-batchnorm": FoldTrainedBatchNormPass,  # a forward pass (FORWARD_PASSES)
     "frozen-conv": FrozenConvBackwardPass,
     "depthwise-input-grad": DepthwiseInputGradPass,
     "dense-input-grad": DenseInputGradPass,
@@ -30,14 +34,19 @@ PASSES = {
     "dce": RemoveUnusedNodesPass,
 }
 
+# Forward passes in PASSES: compile runs them on the forward graph, where they apply (a method
+# that trains the norms they fold), before ORT builds the backward; without them the graph is ORT's.
+FORWARD_PASSES = ("fold-trained-batchnorm",)
+
 # Passes that write ORT's NCHWc ops, whose layout depends on the CPU (compile records its block).
 NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
-DEFAULT_PASSES = ["frozen-conv", "depthwise-input-grad", "dense-input-grad", "depthwise-weight-grad", "pointwise-grad",
-                  "gather-conv", "activation-masks", "conv-bias-add", "nchwc-conv", "shapes-from-input", "dce"]
+DEFAULT_PASSES = ["fold-trained-batchnorm", "frozen-conv", "depthwise-input-grad", "dense-input-grad",
+                  "depthwise-weight-grad", "pointwise-grad", "gather-conv", "activation-masks", "conv-bias-add",
+                  "nchwc-conv", "shapes-from-input", "dce"]
 
-__all__ = ["DEFAULT_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DenseInputGradPass",
+__all__ = ["DEFAULT_PASSES", "FORWARD_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DenseInputGradPass",
            "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "GatherConvPass", "NchwcConvPass",
            "PackMasksPass", "PointwiseGradPass", "ShapesFromInputPass"]
