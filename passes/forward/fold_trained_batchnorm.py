@@ -45,7 +45,7 @@ class FoldTrainedBatchNormPass(ir.passes.InPlacePass):
             conv = bn.inputs[0].producer()
             if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
                 continue
-            x, gamma, beta, mean_v, var_v = bn.inputs[:5]
+            _, gamma, beta, mean_v, var_v = bn.inputs[:5]
             mean, var = const_array(mean_v), const_array(var_v)
             weight = conv.inputs[1]
             bias = conv.inputs[2] if len(conv.inputs) > 2 else None
