@@ -16,14 +16,23 @@ import onnx_ir as ir
 from tinytlc.passes.forward._values import add_initializer, const_array, set_initializer
 
 
+def conv_before(bn: ir.Node) -> ir.Node | None:
+    """The Conv before `bn`, if `bn` is a single-output BatchNormalization and the conv's output
+    feeds it alone."""
+    if bn.op_type != "BatchNormalization" or bn.domain != "" or len(bn.outputs) != 1:
+        return None
+    conv = bn.inputs[0].producer()
+    if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
+        return None
+    return conv
+
+
 class FoldBatchNormIntoConvPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         for bn in list(graph):
-            if bn.op_type != "BatchNormalization" or bn.domain != "" or len(bn.outputs) != 1:
-                continue
-            conv = bn.inputs[0].producer()
-            if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
+            conv = conv_before(bn)
+            if conv is None:
                 continue
             weight = conv.inputs[1]
             bias = conv.inputs[2] if len(conv.inputs) > 2 else None

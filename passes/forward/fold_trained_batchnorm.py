@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_initializer, const_array, replace_node
+from tinytlc.passes.forward.fold_batchnorm import conv_before
 
 
 def _weight_fits(conv: ir.Node) -> bool:
@@ -40,10 +41,8 @@ class FoldTrainedBatchNormPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         for bn in list(graph):
-            if bn.op_type != "BatchNormalization" or bn.domain != "" or len(bn.outputs) != 1:
-                continue
-            conv = bn.inputs[0].producer()
-            if conv is None or conv.op_type != "Conv" or len(bn.inputs[0].uses()) != 1:
+            conv = conv_before(bn)
+            if conv is None:
                 continue
             _, gamma, beta, mean_v, var_v = bn.inputs[:5]
             mean, var = const_array(mean_v), const_array(var_v)
