@@ -151,8 +151,6 @@ def resolve_passes(passes: list[str] | None) -> list[str]:
 
 def run_training_passes(path: Path, names: list[str]) -> list[str]:
     """Rewrite the training model at `path` in place with the named passes; the ones that changed it."""
-    if not names:
-        return []
     names = [n for n in names if n not in FORWARD_PASSES]  # compile ran those on the forward graph
     if not names:
         return []
