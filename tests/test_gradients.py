@@ -160,7 +160,19 @@ def test_packed_masks_keep_training_exact(tmp_path, net):
     packed = compile_model(f"{NETS}:{net}", "bias", tmp_path / "packed", resolution=RES, batch_size=BATCH,
                            passes=["frozen-conv", "activation-masks", "pack-masks", "dce"])
     import onnx
-    assert "MatMulInteger" in [n.op_type for n in onnx.load(packed.path / "training_model.onnx").graph.node]
+    nodes = list(onnx.load(packed.path / "training_model.onnx").graph.node)
+    assert "MatMulInteger" in [n.op_type for n in nodes]
+    # A ReLU6 mask is made from X and packed before the Clip runs, so the unpacked mask never lives
+    # beside both float maps: only the forward's wait (Y + 0 * m[0]) reads a Clip's output.
+    clips = {n.output[0]: i for i, n in enumerate(nodes) if n.op_type == "Clip"}
+    assert clips
+    readers = [n for n in nodes if any(x in clips for x in n.input)]
+    assert readers and all(n.op_type == "Add" for n in readers)
+    for i, n in enumerate(nodes):
+        if n.op_type == "MatMulInteger" and any(nodes[j].op_type == "Clip" for j in range(i + 1, len(nodes))):
+            break
+    else:
+        raise AssertionError("no mask is packed before a Clip")
     assert_same_step(plain, packed, seed=2, logits_rtol=1e-5, grad_atol=1e-7)
 
 
