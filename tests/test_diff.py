@@ -29,3 +29,16 @@ def test_unknown_pass(cli, tmp_path):
     code, _, err = cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--passes", "frozen-conv,magic",
                        "--out", tmp_path / "o")
     assert code == 2 and "unknown pass 'magic'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_sees_the_nodes_ort_adds(tmp_path):
+    """ORT's optimizers add nodes (NCHWc reorders) that the artifact's file does not have; the plan
+    must look every profiled node up in the graph the session ran, or it misses their tensors."""
+    from tinytlc.pipeline import LEAN_SESSION, compile_model
+    from tinytlc.runtime.plan import profile_step
+
+    art = compile_model(f"{NETS}:small_net", "bias", tmp_path / "a", resolution=48, session=dict(LEAN_SESSION))
+    events, model = profile_step(art.path, art.manifest)
+    ran = [e["name"][: -len("_kernel_time")] for e in events]
+    assert any(n.startswith("Reorder") for n in ran)  # the case this guards: ORT did add nodes
+    assert set(ran) <= {n.name for n in model.graph.node}
