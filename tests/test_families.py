@@ -170,6 +170,30 @@ def test_passes_never_raise_the_step_peak(tmp_path):
     assert not rises, f"step peak rose with the passes (plain, lean bytes): {rises}"
 
 
+def test_activation_masks_skip_floats_backward_keeps(tmp_path):
+    """A 1-byte mask beside a float that backward reads anyway (the input of a conv whose weight
+    trains) only adds memory: with the pass, the planned step peak (the step's tensors) is never
+    above the same passes without it, where ReLUs feed trained convs (lite modules, `full`) and
+    where they do not. (Measured peaks at this size are ORT's per-node objects as much as tensors.)"""
+    import onnx
+    from tinytlc.passes.training import DEFAULT_PASSES
+    from tinytlc.pipeline import load_artifact
+    from tinytlc.runtime.plan import plan
+    without = [p for p in DEFAULT_PASSES if p != "activation-masks"]
+    pairs, masks = [], {}
+    for name, method in (("convnext", "lite+bias"), ("resnet_basic", "full"), ("resnet_basic", "bias")):
+        dirs = [compile_model(f"{SOURCE}:{name}", method, tmp_path / f"{name}-{method}-{label}", num_classes=CLASSES,
+                              resolution=RES, batch_size=4, passes=passes).path
+                for label, passes in (("without", without), ("with", None))]
+        graph = onnx.load(dirs[1] / "training_model.onnx", load_external_data=False).graph
+        masks[name, method] = sum(n.op_type == "DropoutGrad" for n in graph.node)
+        pairs.append((f"{name} {method}", dirs))
+    assert masks["resnet_basic", "bias"] > masks["resnet_basic", "full"]  # frozen convs: every ReLU is masked
+    peaks = [[plan(d, load_artifact(d).manifest).peak_bytes for d in dirs] for _, dirs in pairs]
+    rises = [(label, *p) for (label, _), p in zip(pairs, peaks) if p[1] > p[0]]
+    assert not rises, f"planned step peak rose with activation-masks (without, with bytes): {rises}"
+
+
 def test_legacy_onnx_file_trains(tmp_path, cli):
     """Opset 11 with initializers listed as graph inputs (how files were written for IR < 4) and an
     input named 'x': converted to opset 17, trained, exported."""
