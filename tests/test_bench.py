@@ -56,3 +56,13 @@ def test_speed_bench_on_your_own_module(tmp_path, capsys):
     assert row["eager_seconds"] is None and row["vs_eager"] is None and row["memory"]["eager"] is None
     assert row["vs_plain"] == row["tinytlc_seconds"] / row["plain_seconds"]
     assert "no eager baseline (lite modules: zoo models only)" in capsys.readouterr().out
+
+
+def test_a_model_that_does_not_load_is_one_line(tmp_path, capsys):
+    """--families and --speed report a model they cannot compile as one line naming it, not a
+    traceback (the memory table instead gives such a method a "not compiled" row and goes on)."""
+    missing = str(tmp_path / "nets.py") + ":net"
+    for mode in (["--families", missing], ["--speed", "--models", missing, "--methods", "bias"]):
+        assert main([*mode, "--resolution", "32"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tinytlc: error: ") and "nets.py: no such file" in err and len(err.splitlines()) == 1

@@ -258,6 +258,14 @@ def main(argv=None) -> int:
                     help="instead: step time of tinytlc, plain ORT and PyTorch eager, with memory, per method")
     ap.add_argument("--rounds", type=int, default=3, help="--speed: alternating rounds of fresh processes")
     a = ap.parse_args(argv)
+    try:
+        return run(a)
+    except TinyTLError as e:  # a model that does not compile: one line, not a traceback
+        print(f"tinytlc: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(a: argparse.Namespace) -> int:
     if a.speed:
         if a.rounds < 1:
             print("tinytlc: error: --rounds must be >= 1", file=sys.stderr)
@@ -265,12 +273,8 @@ def main(argv=None) -> int:
         everything = {}
         for model in a.models.split(","):
             print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)
-            try:
-                rows = speed_table(model, a.resolution, a.batch_size, a.methods.split(","), a.rounds,
-                                   log=lambda s, flush=True: print(s, flush=flush))
-            except TinyTLError as e:
-                print(f"tinytlc: error: {e}", file=sys.stderr)
-                return 2
+            rows = speed_table(model, a.resolution, a.batch_size, a.methods.split(","), a.rounds,
+                               log=lambda s, flush=True: print(s, flush=flush))
             everything[model] = rows
             print("\n" + render_speed(rows) + "\n\n" + "\n".join(speed_targets(rows)) + "\n", flush=True)
         if a.json:
@@ -296,11 +300,7 @@ def main(argv=None) -> int:
     everything = {}
     for model in a.models.split(","):
         print(f"{model}, {a.resolution} px, batch {a.batch_size}:", flush=True)
-        try:
-            results = measure_methods(model, a.resolution, a.batch_size, a.methods.split(","))
-        except TinyTLError as e:
-            print(f"tinytlc: error: {e}", file=sys.stderr)
-            return 2
+        results = measure_methods(model, a.resolution, a.batch_size, a.methods.split(","))
         everything[model] = results
         print("\n" + render(results) + "\n\n" + "\n".join(targets(results)) + "\n", flush=True)
     if a.json:
