@@ -281,3 +281,12 @@ def gather_net():
                          nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=3), nn.ReLU(),
                          nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(24, 32, 3, stride=2), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+
+
+def stacked_activations_net():
+    """A ReLU straight into a ReLU6 (both gradients read the same float: the ReLU's output is the
+    ReLU6's input), then a ReLU into a 1x1 conv (whose weight gradient reads that ReLU's output)."""
+    torch.manual_seed(9)
+    return randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.ReLU6(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))

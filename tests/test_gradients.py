@@ -324,6 +324,22 @@ def test_clip_mask_at_its_bounds(tmp_path):
     assert (first_bias[[0, 1, 4]] != 0).all() and (first_bias[[2, 3]] == 0).all()
 
 
+@pytest.mark.parametrize("method, masks", [("bias", 3), ("full", 2)])
+def test_activation_masks_only_where_the_float_dies(tmp_path, method, masks):
+    """`bias`: every activation's float can die in the forward, so all three get masks, the first
+    ReLU and the ReLU6 too, whose gradients read the same float. `full`: the last ReLU's output is
+    kept for the 1x1 conv's weight gradient, so a mask there would only add memory: it keeps ORT's
+    gradient. Exact against ORT's own graph either way."""
+    import onnx
+    plain = compile_model(f"{NETS}:stacked_activations_net", method, tmp_path / "plain", resolution=RES,
+                          batch_size=BATCH, passes=[])
+    lean = compile_model(f"{NETS}:stacked_activations_net", method, tmp_path / "lean", resolution=RES,
+                         batch_size=BATCH)
+    graph = onnx.load(lean.path / "training_model.onnx").graph
+    assert sum(n.op_type == "DropoutGrad" for n in graph.node) == masks
+    assert_same_step(plain, lean, seed=7, logits_rtol=1e-6, grad_atol=1e-6)
+
+
 def test_depthwise_input_grad_for_trained_convs(tmp_path):
     """full: depthwise convs get dX from a Conv over their flipped (trained) weight, strided ones over
     dY spread with zeros, and ConvGrad computes only dW and dB; the step equals ORT's own graph

@@ -56,10 +56,14 @@ def forward_nodes(graph: ir.Graph) -> set[ir.Node]:
     return seen
 
 
-def kept_anyway(read: ir.Value, gradient: set[ir.Node], forward: set[ir.Node]) -> bool:
-    """`read` has a reader after the loss besides `gradient`'s nodes (a Shape does not count:
-    shapes-from-input takes those off activations)."""
-    return any(user not in forward and user not in gradient and user.op_type != "Shape" for user, _ in read.uses())
+# Backward readers that do not keep a float: activation gradients (this pass replaces them; a ReLU's
+# output can be a ReLU6's input, read by both gradients) and Shape (shapes-from-input takes those).
+_NOT_KEEPING = {"ReluGrad", "LeakyReluGrad", "GreaterOrEqual", "LessOrEqual", "Shape"}
+
+
+def kept_anyway(read: ir.Value, forward: set[ir.Node]) -> bool:
+    """`read` has a reader after the loss that needs its values (a conv's weight gradient)."""
+    return any(user not in forward and user.op_type not in _NOT_KEEPING for user, _ in read.uses())
 
 
 class ActivationMaskPass(ir.passes.InPlacePass):
@@ -71,9 +75,9 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.domain == "com.microsoft" and node.op_type in ("ReluGrad", "LeakyReluGrad"):
                 act = self._activation(node)
-                if act is None or kept_anyway(node.inputs[1], {node}, forward):
+                if act is None or kept_anyway(node.inputs[1], forward):
                     continue
-                mask = self._forward(graph, const, act)
+                mask = self._forward(graph, const, act, forward)
                 tape = ir.tape.Tape(graph)
                 dy = node.inputs[0]
                 dx = masked(const, tape, dy, mask)
@@ -101,8 +105,9 @@ class ActivationMaskPass(ir.passes.InPlacePass):
                      and grad.inputs[0].name == f"{user.outputs[0].name}_grad"), None)
 
     @staticmethod
-    def _forward(graph: ir.Graph, const: Constants, act: ir.Node) -> ir.Value:
-        """Insert m = predicate(X) after `act` and make Y's readers wait for it; return m."""
+    def _forward(graph: ir.Graph, const: Constants, act: ir.Node, forward: set[ir.Node]) -> ir.Value:
+        """Insert m = predicate(X) after `act` and make Y's readers wait for it; return m. The new
+        nodes join `forward` (an activation feeding another is read by the second one's mask)."""
         x, y = act.inputs[0], act.outputs[0]
         tape = ir.tape.Tape(graph)
         if act.op_type == "Clip":  # min <= X <= max iff Clip(X) == X (NaN: false both ways); one op, not three
@@ -125,6 +130,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         for user, index in readers:
             user.replace_input_with(index, y2)
         y2.shape, y2.type = y.shape, y.type
+        forward.update([*tape.nodes, *rebuilt.nodes])
         return mask
 
     def _clip_backward(self, graph: ir.Graph, const: Constants, cast: ir.Node, forward: set[ir.Node]) -> bool:
@@ -138,9 +144,9 @@ class ActivationMaskPass(ir.passes.InPlacePass):
             return False
         x = cmp[0].inputs[0]
         clip = next((u for u, i in x.uses() if u.op_type == "Clip" and i == 0), None)
-        if clip is None or any(c.inputs[0] is not x for c in cmp) or kept_anyway(x, set(cmp), forward):
+        if clip is None or any(c.inputs[0] is not x for c in cmp) or kept_anyway(x, forward):
             return False
-        mask = self._forward(graph, const, clip)
+        mask = self._forward(graph, const, clip, forward)
         dy = next(v for v in mul.inputs if v is not cast.outputs[0])
         tape = ir.tape.Tape(graph)
         dx = masked(const, tape, dy, mask)
