@@ -42,7 +42,7 @@ def named(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def profile_step(directory: Path, manifest: dict) -> list[dict]:
+def profile_step(directory: Path, manifest: dict) -> tuple[list[dict], onnx.ModelProto]:
     """Run one training step with ORT's profiler on; return its node events in execution order
     and the graph the session ran (after ORT's own optimizers)."""
     import onnxruntime as ort
