@@ -34,6 +34,17 @@ class Constants:
         return self.made[key]
 
 
+def forward_nodes(graph: ir.Graph) -> set[ir.Node]:
+    """The nodes the loss (ORT's first training output) depends on; every other node runs after it."""
+    seen, todo = set(), [graph.outputs[0].producer()]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(v.producer() for v in node.inputs if v is not None)
+    return seen
+
+
 def move_outputs(replacements: list[tuple[ir.Value, ir.Value]]) -> None:
     """Point every reader of each old value at its new one, which takes the old name (ORT's
     accumulator and optimizer wiring refers to gradients by name); the old value is left unnamed,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.training._graph import Constants, replace_node_outputs
+from tinytlc.passes.training._graph import Constants, forward_nodes, replace_node_outputs
 
 
 MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
@@ -43,17 +43,6 @@ def masked(const: Constants, tape: ir.tape.Tape, dy: ir.Value, mask: ir.Value) -
     """dY * m for a bool mask m, with no float copy of m."""
     ratio, training = const(_RATIO, "tinytlc.mask_ratio"), const(np.bool_(True), "tinytlc.true")
     return tape.op("DropoutGrad", [dy, mask, ratio, training], domain="com.microsoft")
-
-
-def forward_nodes(graph: ir.Graph) -> set[ir.Node]:
-    """The nodes the loss (ORT's first training output) depends on; every other node runs after it."""
-    seen, todo = set(), [graph.outputs[0].producer()]
-    while todo:
-        node = todo.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            todo.extend(v.producer() for v in node.inputs if v is not None)
-    return seen
 
 
 # Backward readers that do not keep a float: activation gradients (this pass replaces them; a ReLU's

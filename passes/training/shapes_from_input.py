@@ -13,10 +13,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_constant
-
-
-def _is_backward(node: ir.Node) -> bool:
-    return "grad" in (node.name or "").lower() or any("grad" in (o.name or "").lower() for o in node.outputs)
+from tinytlc.passes.training._graph import forward_nodes
 
 
 class ShapesFromInputPass(ir.passes.InPlacePass):
@@ -24,12 +21,13 @@ class ShapesFromInputPass(ir.passes.InPlacePass):
         graph, modified = model.graph, False
         image = graph.inputs[0]
         batch = None
+        forward = forward_nodes(graph)
         for node in list(graph):
-            if node.op_type != "Shape" or not _is_backward(node) or node.attributes.get_int("start", 0) != 0:
+            if node.op_type != "Shape" or node in forward or node.attributes.get_int("start", 0) != 0:
                 continue
             x = node.inputs[0]
             producer = x.producer()
-            if x is image or producer is None or _is_backward(producer) or x.shape is None or len(x.shape) != 4:
+            if x is image or producer is None or producer not in forward or x.shape is None or len(x.shape) != 4:
                 continue
             rest = list(x.shape)[1:]
             if isinstance(x.shape[0], int) or not all(isinstance(d, int) for d in rest):
