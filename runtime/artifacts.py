@@ -24,6 +24,7 @@ from tinytlc.runtime.session import ort_cause
 LABELS = "labels"
 SMOOTHING = "label_smoothing"
 FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+WEIGHTS = "training_model.onnx.data"  # the rewritten training model's initializers (external data)
 
 
 class SmoothedCrossEntropy(onnxblock.Block):

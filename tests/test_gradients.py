@@ -244,13 +244,20 @@ def test_conv_bias_add_puts_frozen_convs_on_nchwc(tmp_path):
     assert_same_step(plain, lean, seed=5, logits_rtol=1e-5, grad_atol=1e-6)
 
 
-def test_dense_convs_and_a_relu_before_a_max_pool(tmp_path):
+@pytest.mark.parametrize("blocks", [True, False])
+def test_dense_convs_and_a_relu_before_a_max_pool(tmp_path, monkeypatch, blocks):
     """ResNet's kind of net in `bias`: a ReLU before a MaxPool gets a mask like any other (ORT's
     ReluGrad reads its input there); the 3x3 convs of 16 input channels have their bias split off
-    (conv-bias-add) and so run on NCHWc; the 3x3 conv whose weight is no larger than one image's input
-    gets dX = Conv(dY, W^T flipped), the wider one keeps ConvTranspose. The step is ORT's own (and
-    torch autograd's: test_one_step_matches_torch_autograd[dense_net])."""
+    (conv-bias-add) and so run on NCHWc. Their input gradients: where both channel counts are whole
+    NCHWc blocks (16 and 32 here), dX = Conv(dY, W') with W' the flipped weight as a constant; where
+    they are not (a block of 64, monkeypatched), the 3x3 conv whose weight is no larger than one
+    image's input gets W' made each step and the wider one keeps ConvTranspose. The step is ORT's own
+    (and torch autograd's: test_one_step_matches_torch_autograd[dense_net])."""
     import onnx
+
+    from tinytlc.passes.training import nchwc_conv
+    if not blocks:
+        monkeypatch.setattr(nchwc_conv, "block_size", lambda: 64)
     plain = compile_model(f"{NETS}:dense_net", "bias", tmp_path / "plain", resolution=RES, batch_size=BATCH, passes=[])
     lean = compile_model(f"{NETS}:dense_net", "bias", tmp_path / "lean", resolution=RES, batch_size=BATCH)
     before = onnx.load(plain.path / "training_model.onnx").graph
@@ -262,9 +269,16 @@ def test_dense_convs_and_a_relu_before_a_max_pool(tmp_path):
     assert sum(n.op_type == "DropoutGrad" for n in graph.node) == 3
     split = [n for n in graph.node if n.op_type == "Conv" and n.output[0].endswith(".without_bias")]
     assert len(split) == 2  # conv1 and conv2; the stem has 3 input channels
-    dense = [n for n in graph.node if n.op_type == "Conv" and "transposed_weight" in n.input[1]]
-    assert len(dense) == 1 and [a.ints for a in dense[0].attribute if a.name == "kernel_shape"] == [[3, 3]]
-    assert sum(n.op_type == "ConvTranspose" for n in graph.node) == 1  # conv2: 4,608 weights, 1,024 per image
+    made = [n for n in graph.node if n.op_type == "Conv" and "transposed_weight" in n.input[1]]
+    constant = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith(".flipped")]
+    transposed = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    if blocks:
+        assert len(constant) == 2 and not made and not transposed  # conv1 and conv2
+        assert {tuple(a.ints) for n in constant for a in n.attribute if a.name == "kernel_shape"} == {(3, 3)}
+    else:
+        assert not constant and len(made) == 1  # conv1: 2,304 weights, 3,600 per image
+        assert [a.ints for a in made[0].attribute if a.name == "kernel_shape"] == [[3, 3]]
+        assert len(transposed) == 1  # conv2: 4,608 weights, 1,024 per image
     assert_same_step(plain, lean, seed=6, logits_rtol=1e-5, grad_atol=1e-6)
 
 

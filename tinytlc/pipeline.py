@@ -1,7 +1,8 @@
 """compile: model source -> forward ONNX -> forward passes -> ORT autodiff -> artifact directory.
 
-The artifact directory holds training_model.onnx, eval_model.onnx, optimizer_model.onnx,
-checkpoint and tinytlc.json, the manifest every later command reads.
+The artifact directory holds training_model.onnx (its initializers in training_model.onnx.data
+when passes rewrote it), eval_model.onnx, optimizer_model.onnx, checkpoint and tinytlc.json, the
+manifest every later command reads.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def load_artifact(path: str | Path) -> Artifact:
         manifest = json.loads(mf.read_text())
     except json.JSONDecodeError as e:
         raise TinyTLError(f"{mf}: corrupt manifest ({e})") from e
-    for name in artifacts.FILES:
+    for name in artifacts.FILES + ((artifacts.WEIGHTS,) if manifest.get("external_data") else ()):
         if not (path / name).exists():
             raise TinyTLError(f"{path}: {name} is missing; compile again")
     return Artifact(path, manifest)
@@ -160,7 +161,10 @@ def run_training_passes(path: Path, names: list[str]) -> list[str]:
         model = result.model
         if result.modified:
             changed.append(name)
-    ir.save(model, path)
+    # Initializers beside the graph, not inside it: ORT then reads each into its tensor directly
+    # instead of holding the parsed file's copy too while the session loads (measured: ResNet-18
+    # bias, 128 px, +91 -> +49 MiB resident after loading, high-water mark +118 -> +116 MiB).
+    ir.save(model, path, external_data=artifacts.WEIGHTS)
     return changed
 
 
@@ -215,6 +219,8 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "preprocess": {**source.preprocess, "resolution": resolution, "channels": channels},
             "passes": passes,
             "session": session,
+            # the training model's initializers are in WEIGHTS where a pass rewrote it
+            **({"external_data": artifacts.WEIGHTS} if (tmp / artifacts.WEIGHTS).exists() else {}),
             # NCHWc ops are laid out for this CPU's block: recorded where a pass wrote some
             **({"nchwc_block": block_size()} if set(changed) & set(NCHWC_PASSES) else {}),
             **report,

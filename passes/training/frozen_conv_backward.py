@@ -48,6 +48,10 @@ from tinytlc.passes.training._graph import Constants, replace_node_outputs, want
 
 
 class FrozenConvBackwardPass(ir.passes.InPlacePass):
+    def __init__(self, block: int | None = None):
+        super().__init__()
+        self.block = block  # MLAS's NCHWc block (None: this CPU's)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         const = Constants(graph)
@@ -73,7 +77,9 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
                 if db_value is not None:  # dB[0:1]: what the input gradient waits for
                     first = tape.op("Slice", [db_value, const([0]), const([1])])
                 pooling = max(strides) > 1 and kernel == strides
-                flipped = _flipped(w, group, kernel, dilations, pads, out_pad) if group > 1 and not pooling else None
+                grouped = group > 1 and not pooling
+                dense = group == 1 and max(strides) == 1 and max(kernel) > 1 and _blocked(w, self.block)
+                flipped = _flipped(w, group, kernel, dilations, pads, out_pad) if grouped or dense else None
                 if flipped is not None:
                     w2, pads2 = flipped
                     if first is not None:
@@ -106,6 +112,16 @@ class FrozenConvBackwardPass(ir.passes.InPlacePass):
             replace_node_outputs(graph, grad, replacements)
             modified = True
         return ir.passes.PassResult(model, modified)
+
+
+def _blocked(w: ir.Value, block: int | None) -> bool:
+    """Both channel counts of W whole NCHWc blocks: ORT's layout transformer then runs the forward
+    conv on a blocked copy of its constant weight (W itself is dropped once nothing else reads it)
+    and the input-gradient Conv on one of W', so W' takes W's place."""
+    from tinytlc.passes.training import nchwc_conv
+    block = block or nchwc_conv.block_size()
+    return w.shape is not None and len(w.shape) == 4 and all(isinstance(d, int) and d % block == 0
+                                                             for d in w.shape[:2])
 
 
 def _pointwise(x: ir.Value, w: ir.Value, strides: list[int], pads: list[int], group: int) -> bool:
