@@ -47,6 +47,18 @@ def test_method_errors(tmp_path, cli):
     one_line_error(cli("compile", "mobilenetv2", "--method", "Bias", "--out", tmp_path / "o"), "unknown method")
 
 
+def test_pass_errors(tmp_path, cli):
+    args = ("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", "16", "--out", tmp_path / "o", "--passes")
+    one_line_error(cli(*args, "frozen-conv,nope"), "unknown pass 'nope'")
+    one_line_error(cli(*args, "+nope"), "unknown pass 'nope'")
+    one_line_error(cli(*args, "+pack-masks,dce"), "either name every pass or add to the defaults with +name")
+    assert not (tmp_path / "o").exists()
+    from tinytlc.passes.training import DEFAULT_PASSES, PASSES
+    from tinytlc.pipeline import resolve_passes
+    assert "pack-masks" not in DEFAULT_PASSES
+    assert resolve_passes(["+pack-masks"]) == [p for p in PASSES if p in DEFAULT_PASSES or p == "pack-masks"]
+
+
 def test_op_without_gradient(tmp_path, cli):
     one_line_error(cli("compile", f"{NETS}:max_reduce_net", "--method", "full", "--resolution", 8,
                        "--out", tmp_path / "o"), "op ReduceMax (node ", "has no gradient")

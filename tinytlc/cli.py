@@ -221,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
     c.add_argument("--passes", default=None,
                    help=f"comma-separated training-graph passes to run, from {','.join(PASSES)} "
-                        f"(default: {','.join(DEFAULT_PASSES)})")
+                        f"(default: {','.join(DEFAULT_PASSES)}); +name adds one to the defaults, "
+                        f"as in +pack-masks")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)

@@ -141,9 +141,15 @@ def build_forward(model: str, method: str, num_classes: int | None, resolution: 
 
 
 def resolve_passes(passes: list[str] | None) -> list[str]:
-    """None: the default training-graph passes; otherwise the named ones, checked, in pass order."""
+    """None: the default training-graph passes; otherwise the named ones, checked, in pass order.
+    Names given as +name are added to the defaults (`--passes +pack-masks`)."""
     if passes is None:
         return list(DEFAULT_PASSES)
+    added = [p for p in passes if p.startswith("+")]
+    if added and len(added) != len(passes):
+        raise TinyTLError("passes: either name every pass or add to the defaults with +name, not both")
+    if added:
+        passes = DEFAULT_PASSES + [p[1:] for p in added]
     unknown = [p for p in passes if p not in PASSES]
     if unknown:
         raise TinyTLError(f"unknown pass '{unknown[0]}': choose from {', '.join(PASSES)}")

@@ -42,7 +42,7 @@ FORWARD_PASSES = ("fold-trained-batchnorm",)
 NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
-# slower per step on MobileNetV2 (README), so it is opt-in: --passes ...,pack-masks.
+# slower per step on MobileNetV2 (README), so it is opt-in: --passes +pack-masks.
 DEFAULT_PASSES = ["fold-trained-batchnorm", "frozen-conv", "depthwise-input-grad", "dense-input-grad",
                   "depthwise-weight-grad", "pointwise-grad", "gather-conv", "activation-masks", "conv-bias-add",
                   "nchwc-conv", "shapes-from-input", "dce"]
