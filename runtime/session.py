@@ -119,6 +119,9 @@ def ort_cause(message: str) -> str:
     m = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", message)
     if m:
         return f"op {m.group(1)} (node {m.group(2)}): {strip_paths(m.group(3))[:200]}"
+    m = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'", message)
+    if m:
+        return f"op {m.group(1)} (node {m.group(2)}) has no CPU kernel in onnxruntime-training {ort.__version__}"
     m = re.search(r"Got invalid dimensions for input: (\S+) for the following indices\s+index: (\d+) Got: (\d+) "
                   r"Expected: (\d+)", message)
     if m:
@@ -137,7 +140,12 @@ def strip_paths(text: str) -> str:
 def check_step(directory: Path, manifest: dict, batch: int = 2) -> None:
     """One forward and backward pass on zeros: an op ORT cannot run in training (a missing CPU
     gradient kernel) fails at compile time, with the op and node named, not in the first epoch."""
-    sess = open_session(directory, manifest, directory / "checkpoint", with_eval=False, with_optimizer=False)
+    try:
+        sess = open_session(directory, manifest, directory / "checkpoint", with_eval=False, with_optimizer=False)
+    except TinyTLError as e:  # (named without `directory`: compile's temporary folder)
+        if e.__cause__ is None:
+            raise
+        raise TinyTLError(f"ONNX Runtime cannot load the training model: {ort_cause(str(e.__cause__))}") from e.__cause__
     x = np.zeros([batch] + list(manifest["input"]["shape"][1:]), np.float32)
     sess.module.train()
     try:

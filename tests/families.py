@@ -816,8 +816,144 @@ def vgg():
     return _finish(VGG())
 
 
+# ---------------------------------------------------------------------------------------------
+# BiT (timm's ResNetV2, Big Transfer)
+
+class StdConv2d(nn.Conv2d):
+    """timm's StdConv2d: the weight standardised on every forward (a weight computed from the parameter)."""
+
+    def forward(self, x):
+        v, m = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        w = (self.weight - m) / torch.sqrt(v + 1e-10)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class PreActBottleneck(nn.Module):
+    """timm's ResNetV2 PreActBottleneck: GroupNorm-ReLU before each StdConv, the projection from the
+    pre-activated input."""
+
+    def __init__(self, cin, cout, cmid, stride=1):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(4, cin)
+        self.conv1 = StdConv2d(cin, cmid, 1, bias=False)
+        self.norm2 = nn.GroupNorm(4, cmid)
+        self.conv2 = StdConv2d(cmid, cmid, 3, stride=stride, padding=1, bias=False)
+        self.norm3 = nn.GroupNorm(4, cmid)
+        self.conv3 = StdConv2d(cmid, cout, 1, bias=False)
+        self.downsample = StdConv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        x_preact = F.relu(self.norm1(x))
+        shortcut = x if self.downsample is None else self.downsample(x_preact)
+        x = self.conv1(x_preact)
+        x = self.conv2(F.relu(self.norm2(x)))
+        x = self.conv3(F.relu(self.norm3(x)))
+        return x + shortcut
+
+
+class ResNetV2(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.stem = nn.Sequential(OrderedDict([  # timm's 'fixed' stem padding: a zero Pad, then the pool
+            ("conv", StdConv2d(3, 16, 7, stride=2, padding=3, bias=False)),
+            ("pad", nn.ConstantPad2d(1, 0.0)), ("pool", nn.MaxPool2d(3, stride=2))]))
+        self.stages = nn.Sequential(PreActBottleneck(16, 32, 8), PreActBottleneck(32, 32, 8),
+                                    PreActBottleneck(32, 64, 16, stride=2))
+        self.norm = nn.GroupNorm(4, 64)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.stages(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def bit():
+    """Mirrors timm's resnetv2_50x1_bit: StdConv2d (weight standardisation), conv7x7/s2 -> ConstantPad2d(1, 0)
+    -> MaxPool 3x3/s2 stem (the Pad stays a Pad: the map before it has negative values), GroupNorm
+    pre-activation bottlenecks (3), final GroupNorm-ReLU, pool, Linear."""
+    torch.manual_seed(0)
+    return _finish(ResNetV2())
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet-D (timm's resnet50d: deep stem, average-pool shortcuts)
+
+class DBlock(nn.Module):
+    """timm's BasicBlock with an avg-down shortcut: AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+    conv1x1, BN."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity()
+            self.downsample = nn.Sequential(pool, conv1x1(cin, cout), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(x)) + shortcut)
+
+
+class ResNetD(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        # deep stem (three 3x3 convs); unpadded here so that the first shortcut meets an odd 7x7 map at
+        # 32 px, where ceil_mode adds a window of fewer values (timm pads it: 224 px gives even maps)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                                   conv3x3(8, 8), nn.BatchNorm2d(8), nn.ReLU(inplace=True), conv3x3(8, 16))
+        self.bn1 = nn.BatchNorm2d(16)
+        self.maxpool = nn.MaxPool2d(3, 2)
+        self.layers = nn.Sequential(DBlock(16, 16, 1), DBlock(16, 32, 2), DBlock(32, 32, 2))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.maxpool(F.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet_d():
+    """Mirrors timm's resnet18d: deep stem, BasicBlocks (3) whose strided shortcuts average 2x2 windows
+    with ceil_mode and without counting padding (one on an odd map), then conv1x1-BN."""
+    torch.manual_seed(0)
+    return _finish(ResNetD())
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers the families above do not use: InstanceNorm, GroupNorm(C, C) and (1, C), PReLU, ELU, SELU,
+# CELU, Mish, Softplus, AvgPool without padding counted, MaxPool with ceil_mode
+
+class OddLayers(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.InstanceNorm2d(16, affine=True),
+                                  nn.PReLU(16), nn.MaxPool2d(3, 2, ceil_mode=True))  # 32 -> 16 (floor: 15)
+        self.block1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.GroupNorm(16, 16), nn.ELU(),
+                                    nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.SELU(),
+                                    nn.AvgPool2d(3, 1, padding=1, count_include_pad=False))
+        self.block2 = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False), nn.GroupNorm(1, 24),
+                                    nn.Mish(), nn.Conv2d(24, 24, 1), nn.CELU(0.5), nn.Conv2d(24, 24, 3, padding=1),
+                                    nn.Softplus(), nn.PReLU())
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.block2(x + self.block1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def odd_layers():
+    """A small net of the layers above, each where real nets put them (norm after conv, activation after norm)."""
+    torch.manual_seed(0)
+    return _finish(OddLayers())
+
+
 FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
-            "densenet", "convnext", "vit", "squeezenet", "vgg"]
+            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers"]
 # blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
 BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
           "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 5}

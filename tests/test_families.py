@@ -20,8 +20,8 @@ from tinytlc.runtime.inference import export_inference
 from tinytlc.runtime.train import TrainConfig, train
 from tinytlc.data import load_data
 
-FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
-            "densenet", "convnext", "vit", "squeezenet", "vgg"]
+FAMILIES = families.FAMILIES
+NORMS = (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.InstanceNorm2d)
 SOURCE = str(TESTS / "families.py")
 RES, BATCH, CLASSES = 32, 2, 3
 
@@ -32,8 +32,11 @@ def batch(seed=0):
 
 
 def torch_full_grads(name: str, x, y, head_weight, head_bias):
-    """PyTorch autograd of the same network with the same new classifier head."""
+    """PyTorch autograd of the same network with the same new classifier head; also the names of its
+    norms' parameters."""
     model = getattr(families, name)()
+    norms = {f"{m}.{p}" for m, module in model.named_modules() if isinstance(module, NORMS)
+             for p, _ in module.named_parameters(recurse=False)}
     head = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
     with torch.no_grad():
         head.weight.data = torch.from_numpy(head_weight.reshape((CLASSES,) + tuple(head.weight.shape[1:])).copy())
@@ -42,7 +45,7 @@ def torch_full_grads(name: str, x, y, head_weight, head_bias):
     logits = model(torch.from_numpy(x))
     loss = F.cross_entropy(logits, torch.from_numpy(y))
     loss.backward()
-    return float(loss), logits.detach().numpy(), {n: p.grad.numpy() for n, p in model.named_parameters()}
+    return float(loss), logits.detach().numpy(), {n: p.grad.numpy() for n, p in model.named_parameters()}, norms
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -64,15 +67,23 @@ def test_family_all_methods_exact(tmp_path, name):
         for param in grads_p:
             np.testing.assert_allclose(grads_l[param], grads_p[param], rtol=1e-4, atol=1e-6,
                                        err_msg=f"{name} {method}: {param}, passes vs ORT's own graph")
-        if method == "full":
+        if method in ("full", "norm+last"):  # every parameter, or every norm's: PyTorch's names and gradients
             head_w, head_b = _head(plain)
-            loss_t, logits_t, grads_t = torch_full_grads(name, x, y, head_w, head_b)
+            loss_t, logits_t, grads_t, norms = torch_full_grads(name, x, y, head_w, head_b)
             np.testing.assert_allclose(loss_p, loss_t, rtol=1e-5)
             np.testing.assert_allclose(logits_p, logits_t, rtol=1e-4, atol=1e-5)
-            assert set(grads_p) == set(grads_t), set(grads_p) ^ set(grads_t)
-            for param in grads_t:
+            expected = set(grads_t) if method == "full" else norms | _head_names(plain)
+            assert set(grads_p) == expected, f"{name} {method}: {set(grads_p) ^ expected}"
+            for param in expected & set(grads_t):
                 np.testing.assert_allclose(grads_p[param].reshape(grads_t[param].shape), grads_t[param],
-                                           rtol=2e-3, atol=2e-5, err_msg=f"{name} full: {param} vs torch")
+                                           rtol=2e-3, atol=2e-5, err_msg=f"{name} {method}: {param} vs torch")
+        if method == "full":  # the inference graph computes what PyTorch does (ORT's optimisations on)
+            exported = export_inference(lean.path, lean.manifest, tmp_path / "full.onnx")
+            assert exported["max_abs_diff"] < 1e-4
+            import onnxruntime as ort
+            session = ort.InferenceSession(str(tmp_path / "full.onnx"), providers=["CPUExecutionProvider"])
+            np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], logits_t,
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{name}: exported model vs torch")
         if method.startswith("lite"):
             m = lean.manifest
             assert m["lite_modules"], f"{name}: no lite modules ({m['lite_skipped']})"
@@ -82,6 +93,14 @@ def test_family_all_methods_exact(tmp_path, name):
 def _initializers(art):
     import onnx
     return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(art.path / "forward_model.onnx").graph.initializer}
+
+
+def _head_names(art) -> set[str]:
+    import onnx_ir as ir
+
+    from tinytlc.passes.forward import find_classifier
+    _, w, b, _ = find_classifier(ir.load(art.path / "forward_model.onnx").graph)
+    return {w.name, b.name}
 
 
 def _head(art):

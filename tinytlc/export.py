@@ -11,9 +11,11 @@ of the inputs again right after.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +41,27 @@ class Source:
     description: str
 
 
+@contextlib.contextmanager
+def _stdout_silenced():
+    """Descriptor 1 to /dev/null: torch's exporter logs a whole IR graph on stdout from C++ when it
+    fails (its ONNX log is always on), which would break `--json` output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_module(module: torch.nn.Module, resolution: int, channels: int = 3) -> onnx.ModelProto:
     """Export an eval-mode nn.Module to ONNX (batch dimension symbolic, spatial size fixed)."""
     module = module.eval()
     x = torch.zeros(1, channels, resolution, resolution)
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _stdout_silenced():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=False,
@@ -52,7 +69,8 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int = 3) -
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                               keep_initializers_as_inputs=True)
         except Exception as e:  # torch raises many types; the user needs the first line
-            raise TinyTLError(f"cannot export {type(module).__name__} to ONNX: {str(e).splitlines()[0]}") from e
+            first = str(e).splitlines()[0].split("[Caused by")[0].strip()  # (torch's IR dump follows)
+            raise TinyTLError(f"cannot export {type(module).__name__} to ONNX: {first}") from e
     model = onnx.load_from_string(buf.getvalue())
     params = {t.name for t in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in params]

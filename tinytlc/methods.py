@@ -24,6 +24,7 @@ from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, Batc
                                     LiteResidualPass, find_classifier)
 from tinytlc.passes.forward._values import LITE, is_constant
 from tinytlc.passes.forward.blocks import param_source
+from tinytlc.passes.forward.norms import find_norms
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
 TRAINS_NORMS = {"full", "norm+last"}
@@ -39,23 +40,14 @@ def check_method(method: str) -> None:
         raise TinyTLError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
 
 
-def norm_params(graph: ir.Graph) -> list[str]:
-    """Scale and shift of every norm, scale first: BatchNormalization and LayerNormalization
-    (names survive the passes that rewrite them), and a norm written out as Add(Mul(x, scale), shift)
-    with per-channel parameters (GroupNorm; torch's GroupNorm export ends that way too)."""
-    names = []
-    for n in graph:
-        if n.op_type in ("BatchNormalization", "LayerNormalization"):
-            names += [v.name for v in n.inputs[1:3] if v is not None and v.is_initializer()]
-    for add in graph:
-        if add.op_type != "Add" or len(add.inputs) != 2:
-            continue
-        mul = next((v.producer() for v in add.inputs if v.producer() is not None and v.producer().op_type == "Mul"), None)
-        shift = next((v for v in add.inputs if v.is_initializer()), None)
-        scale = next((v for v in mul.inputs if v.is_initializer()), None) if mul is not None else None
-        if shift is not None and scale is not None and shift.shape is not None and len(shift.shape) == 3:
-            names += [scale.name, shift.name]
-    return names
+def norm_params(graph: ir.Graph) -> list[tuple[list[str], list[str]]]:
+    """(scale, shift) parameter names of every norm layer in graph order, however it is written
+    (passes/forward/norms.py): BatchNormalization, LayerNormalization, or written out as Mul and Add
+    (torch's GroupNorm, and Instance- and GroupNormalization once lowered), parameters seen through
+    views such as Unsqueeze. Taken before the method's passes, which rewrite norms but keep the names."""
+    def names(values):
+        return [v.name for v in values if v.is_initializer() and v.dtype is not None and v.dtype.is_floating_point()]
+    return [(names(n.scales), names(n.shifts)) for n in find_norms(graph)]
 
 
 def forward_passes(method: str, lite: LiteOptions | None = None, lite_modules: bool = False,
@@ -105,7 +97,7 @@ def bias_params(graph: ir.Graph) -> list[str]:
     return [v.name for v in names if v is not None and _is_bias(v)]
 
 
-def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str]:
+def trainable_params(graph: ir.Graph, method: str, norms: list[tuple[list[str], list[str]]]) -> list[str]:
     """Names of the initializers `method` trains, in graph order, each once. Lite modules' norms
     count as norms (norm+last and bias train them when the modules are in the network); lite+bias
     keeps each module's final shift frozen, as the paper does (the block's own shift does its job)."""
@@ -114,18 +106,19 @@ def trainable_params(graph: ir.Graph, method: str, norms: list[str]) -> list[str
     role = {name: v.meta.get(LITE) for name, v in graph.initializers.items() if v.meta.get(LITE)}
     lite_norms = [n for n, r in role.items() if r in ("scale", "shift", "final-shift")]
     lite_shifts = [n for n, r in role.items() if r in ("shift", "final-shift")]
+    shifts = [n for _, norm_shifts in norms for n in norm_shifts]
     if method == "full":
         names = parameters(graph)
     elif method == "last":
         names = classifier
     elif method == "norm+last":
-        names = norms + lite_norms + classifier
-    elif method == "bias":  # biases, norm shifts (scales and shifts alternate in `norms`)
-        names = bias_params(graph) + norms[1::2] + lite_shifts + classifier
+        names = [n for scales, shifts in norms for n in scales + shifts] + lite_norms + classifier
+    elif method == "bias":  # biases, norm shifts
+        names = bias_params(graph) + shifts + lite_shifts + classifier
     elif method == "lite":
         names = list(role) + classifier
     elif method == "lite+bias":
-        names = [n for n, r in role.items() if r != "final-shift"] + bias_params(graph) + norms[1::2] + classifier
+        names = [n for n, r in role.items() if r != "final-shift"] + bias_params(graph) + shifts + classifier
     else:
         check_method(method)
         raise AssertionError(method)

@@ -20,9 +20,10 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path, sha256
-from tinytlc.passes.forward import (FusePadIntoConvPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
+from tinytlc.passes.forward import (FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
+from tinytlc.passes.forward._values import LOWERED
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
 from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
@@ -91,16 +92,17 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     IdentityEliminationPass()(irm)
     irm = FusePadIntoConvPass()(irm).model
     StaticReshapesPass()(irm)  # (infers every shape first)
+    KeepPadBeforeMaxPoolPass()(irm)
     _, weight, _, out_by_in = find_classifier(irm.graph)
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
-    norms = methods.norm_params(irm.graph)
-    if report is not None:
-        report["found"] = describe(irm.graph, norms)
     ShapeInferencePass()(irm)
     if LowerForAutodiffPass()(irm).modified:
         ShapeInferencePass()(irm)
+    norms = methods.norm_params(irm.graph)
+    if report is not None:
+        report["found"] = describe(irm.graph)
     for p in methods.forward_passes(method, lite, lite_modules, fold_norms, fold_trained_batchnorm):
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
@@ -111,22 +113,30 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     return irm, trainable, source, (num_classes or head_classes)
 
 
-def describe(graph: ir.Graph, norms: list[str]) -> dict:
+def describe(graph: ir.Graph) -> dict:
     """What compile found in the graph, for the user: classifier, norms, blocks."""
     from collections import Counter
 
     from tinytlc.passes.forward import find_blocks
+    from tinytlc.passes.forward.norms import find_norms
     node, weight, _, out_by_in = find_classifier(graph)
     features = weight.shape[1] if out_by_in else weight.shape[0]
-    kinds = Counter(n.op_type for n in graph if n.op_type in ("BatchNormalization", "LayerNormalization",
-                                                              "InstanceNormalization", "GroupNormalization"))
-    written = len(norms) // 2 - kinds["BatchNormalization"] - kinds["LayerNormalization"]
-    if written > 0:
-        kinds["written out (Mul + Add)"] = written
+    kinds = Counter(_norm_kind(norm) for norm in find_norms(graph))
     blocks = Counter(b.kind for b in find_blocks(graph))
     return {"classifier": f"{node.op_type} '{node.name or weight.name}' ({features} features)",
             "norms": ", ".join(f"{v} {k}" for k, v in kinds.items()),
             "blocks": ", ".join(f"{v} {k}" for k, v in blocks.items()) or "none"}
+
+
+def _norm_kind(norm) -> str:
+    """The op a norm came as: a norm node, one LowerForAutodiffPass wrote out, or Mul + Add."""
+    for n in norm.nodes:
+        if n.op_type in ("BatchNormalization", "LayerNormalization"):
+            return n.op_type
+        if LOWERED in n.meta:
+            op, x = n.meta[LOWERED]
+            return op if x is norm.input else f"GroupNorm (Reshape + {op})"
+    return "written out (Mul + Add)"
 
 
 def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,

@@ -6,6 +6,7 @@ from tinytlc.passes.forward.batchnorm_to_affine import BatchNormToAffinePass
 from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
 from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
 from tinytlc.passes.forward.fuse_pad_into_conv import FusePadIntoConvPass
+from tinytlc.passes.forward.keep_pad_before_maxpool import KeepPadBeforeMaxPoolPass
 from tinytlc.passes.forward.blocks import Block, find_blocks
 from tinytlc.passes.forward.lower_for_autodiff import LowerForAutodiffPass
 from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
@@ -13,5 +14,5 @@ from tinytlc.passes.forward.static_reshapes import StaticReshapesPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]

@@ -3,10 +3,16 @@
 Why: ONNX Runtime 1.19.2's CPU AveragePoolGrad takes its output shape from static shape
 inference; with the symbolic batch dimension every tinytlc graph has, the first training step
 dies with SIGFPE. ConvGrad takes shapes from its inputs at run time.
-Exact: when padding counts toward the average (count_include_pad=1) or there is none, and
-ceil_mode is off, every window averages kh*kw input values (padding as zeros) - exactly a
-depthwise conv with uniform weights, same strides, pads and dilations.
-Memory: until the frozen-conv backward pass exists, ConvGrad keeps the pool's input alive.
+Exact: when padding counts toward the average (count_include_pad=1) or there is none, every
+window averages kh*kw input values (padding as zeros) - exactly a depthwise conv with uniform
+weights, same strides, pads and dilations. Where padding does not count (count_include_pad=0, as
+timm's ResNet-D shortcut and torch's default for padded pools in Inception-style nets), the conv
+sums each window (weights 1) and a constant map divides by how many input values it covers.
+ceil_mode's extra windows (those that start inside the input or its begin padding, as torch
+keeps them) become end padding; with count_include_pad=1 they would average over padding that
+ORT and torch count differently, so that case is refused.
+Memory: until the frozen-conv backward pass exists, ConvGrad keeps the pool's input alive; the
+division's gradient needs only its constant.
 """
 
 from __future__ import annotations
@@ -27,20 +33,59 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
             x = pool.inputs[0]
             kernel = list(pool.attributes.get_ints("kernel_shape", []))
             pads = list(pool.attributes.get_ints("pads", [0] * 2 * len(kernel)))
-            if pool.attributes.get_int("ceil_mode", 0) or (any(pads) and not pool.attributes.get_int("count_include_pad", 0)):
-                raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode or excludes padding from the average; "
-                                  "onnxruntime-training 1.19.2 cannot train through it")
             if len(kernel) != 2 or x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[1], int):
                 raise TinyTLError(f"AveragePool {pool.name}: need a 4-D input with a known channel count")
+            strides = list(pool.attributes.get_ints("strides", [1, 1]))
+            dilations = list(pool.attributes.get_ints("dilations", [1, 1]))
+            include_pad = pool.attributes.get_int("count_include_pad", 0)
+            extra = ceil_extra(pool, x, kernel, strides, dilations, pads)
+            if extra is None or (any(extra) and include_pad):
+                raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode where it adds windows, averaged over padding; "
+                                  "onnxruntime-training 1.19.2 cannot train through it")
+            pads = pads[:2] + [p + e for p, e in zip(pads[2:], extra)]
             channels = x.shape[1]
+            counted = not any(pads) or include_pad  # every window averages k_h * k_w values
             weight = add_initializer(graph, f"{pool.name or 'avgpool'}.weight",
-                                     np.full((channels, 1, *kernel), 1.0 / np.prod(kernel), np.float32), constant=True)
+                                     np.full((channels, 1, *kernel), 1.0 / np.prod(kernel) if counted else 1.0,
+                                             np.float32), constant=True)
             conv = ir.Node("", "Conv", [x, weight], attributes=[
-                ir.AttrInt64s("kernel_shape", kernel),
-                ir.AttrInt64s("strides", list(pool.attributes.get_ints("strides", [1, 1]))),
-                ir.AttrInt64s("pads", pads),
-                ir.AttrInt64s("dilations", list(pool.attributes.get_ints("dilations", [1, 1]))),
-                ir.AttrInt64("group", channels)], name=f"{pool.name}_as_conv")
-            replace_node(graph, pool, [conv], conv.outputs[0])
+                ir.AttrInt64s("kernel_shape", kernel), ir.AttrInt64s("strides", strides), ir.AttrInt64s("pads", pads),
+                ir.AttrInt64s("dilations", dilations), ir.AttrInt64("group", channels)], name=f"{pool.name}_as_conv")
+            nodes = [conv]
+            if not counted:  # a sum over each window, divided by how many input values it holds
+                inverse = add_initializer(graph, f"{pool.name or 'avgpool'}.inverse_count",
+                                          1.0 / _counts(x.shape[2:], kernel, strides, dilations, pads), constant=True)
+                nodes.append(ir.Node("", "Mul", [conv.outputs[0], inverse], name=f"{pool.name}_mean"))
+            replace_node(graph, pool, nodes, nodes[-1].outputs[0])
             modified = True
         return ir.passes.PassResult(model, modified)
+
+
+def ceil_extra(pool: ir.Node, x: ir.Value, kernel, strides, dilations, pads) -> list[int] | None:
+    """End padding that gives ceil_mode's extra windows (zeros without it or where it adds none);
+    None if the spatial size is unknown."""
+    if not pool.attributes.get_int("ceil_mode", 0):
+        return [0, 0]
+    if not all(isinstance(d, int) for d in x.shape[2:]):
+        return None
+    extra = []
+    for i, size in enumerate(x.shape[2:]):
+        span = size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1
+        out = -(-span // strides[i]) + 1
+        if (out - 1) * strides[i] >= size + pads[i]:  # a last window starting in the end padding is dropped
+            out -= 1
+        extra.append(max(0, (out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - (size + pads[i] + pads[i + 2])))
+    return extra
+
+
+def _counts(size, kernel, strides, dilations, pads) -> np.ndarray:
+    """(1, 1, H_out, W_out): how many input values (not padding) each window covers."""
+    ones = np.pad(np.ones(size, np.float32), [(pads[0], pads[2]), (pads[1], pads[3])])
+    h = (ones.shape[0] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    w = (ones.shape[1] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    counts = np.zeros((h, w), np.float32)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            counts += ones[i * dilations[0]: i * dilations[0] + (h - 1) * strides[0] + 1: strides[0],
+                           j * dilations[1]: j * dilations[1] + (w - 1) * strides[1] + 1: strides[1]]
+    return counts[None, None]

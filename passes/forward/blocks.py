@@ -59,7 +59,24 @@ def is_layer(node: ir.Node) -> bool:
     if node.op_type not in LAYERS:
         return False
     weights = node.inputs[1:2] if node.op_type != "MatMul" else node.inputs[:2]
-    return any(param_source(w) is not None for w in weights)
+    return any(param_source(w) is not None or _made_from_parameters(w) for w in weights)
+
+
+def _made_from_parameters(value: ir.Value | None) -> bool:
+    """A weight computed from parameters alone (a standardised or weight-normalised conv weight)."""
+    seen, stack, parameters = set(), [value], False
+    while stack:
+        v = stack.pop()
+        if v is None or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.is_initializer():
+            parameters |= not is_constant(v)
+        elif v.producer() is None:
+            return False  # a graph input: data
+        else:
+            stack.extend(v.producer().inputs)
+    return parameters
 
 
 def is_spatial(node: ir.Node) -> bool:

@@ -10,9 +10,13 @@
 | GroupNormalization    | no gradient builder                     | the same, over groups                    |
 | GlobalMaxPool         | no gradient builder                     | MaxPool with a window of the whole image |
 | Dropout (inference)   | with a ratio input, ORT's builder fails | Identity (what it computes at inference)  |
+| PRelu                 | no gradient builder                     | Relu(x) - slope * Relu(-x)               |
+| Elu, Selu, Celu       | no gradient builder                     | Relu(x) + alpha (exp(min(x, 0) [/ alpha]) - 1) [* gamma] |
+| Softplus, Mish        | no gradient builder (torch's Mish exports through Softplus) | Relu(x) + log(1 + exp(-abs x)) [x tanh of it] |
 
 Exact: each is the op's definition, written with the same float operations the reference uses
-where it matters (HardSwish as torch computes it). Memory: the written-out forms keep what their
+where it matters (HardSwish as torch computes it; the exponential units' exp(x) - 1 where torch
+uses expm1, within 1e-7 of it). Memory: the written-out forms keep what their
 parts' gradients need (a Clip keeps a mask once the activation-mask pass has run).
 Parameter names are kept: scale and bias initializers feed the new Mul and Add.
 """
@@ -30,6 +34,10 @@ from tinytlc.passes.forward._values import LOWERED, add_constant, const_array, n
 
 def _scalar(graph: ir.Graph, value: float) -> ir.Value:
     return add_constant(graph, "tinytlc.scalar", np.float32(value))
+
+
+# exponential units: alpha's default, and whether x is divided by alpha in the exponent
+_EXP_UNITS = {"Elu": (1.0, False), "Selu": (1.6732632423543772, False), "Celu": (1.0, True)}
 
 
 def _per_channel(graph, t, v: ir.Value, rank: int) -> ir.Value:
@@ -59,6 +67,23 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         else:
             gate = t.op("Erf", [t.op("Div", [x, _scalar(graph, math.sqrt(2))])])
         return t.op("Mul", [t.op("Mul", [x, t.op("Add", [gate, _scalar(graph, 1)])]), _scalar(graph, 0.5)])
+    if node.op_type in _EXP_UNITS:  # Relu(x) + scale * (exp(min(x, 0) / a) - 1), min(x, 0) = -Relu(-x)
+        default, divide = _EXP_UNITS[node.op_type]
+        alpha = a.get_float("alpha", default)
+        negative = t.op("Neg", [t.op("Relu", [t.op("Neg", [x])])])
+        if divide:
+            negative = t.op("Div", [negative, _scalar(graph, alpha)])
+        tail = t.op("Mul", [t.op("Sub", [t.op("Exp", [negative]), _scalar(graph, 1)]), _scalar(graph, alpha)])
+        y = t.op("Add", [t.op("Relu", [x]), tail])
+        return t.op("Mul", [y, _scalar(graph, a.get_float("gamma", 1.0507009873554805))]) if node.op_type == "Selu" else y
+    if node.op_type == "PRelu":  # Relu(x) - slope * Relu(-x)
+        return t.op("Sub", [t.op("Relu", [x]), t.op("Mul", [node.inputs[1], t.op("Relu", [t.op("Neg", [x])])])])
+    if node.op_type in ("Softplus", "Mish"):  # Relu(x) + log(1 + exp(-|x|)), |x| = Relu(x) + Relu(-x)
+        positive, negative = t.op("Relu", [x]), t.op("Relu", [t.op("Neg", [x])])
+        tail = t.op("Log", [t.op("Add", [t.op("Exp", [t.op("Neg", [t.op("Add", [positive, negative])])]),
+                                          _scalar(graph, 1)])])
+        y = t.op("Add", [positive, tail])
+        return y if node.op_type == "Softplus" else t.op("Mul", [x, t.op("Tanh", [y])])
     if node.op_type == "Dropout":  # inference semantics (no training_mode): the identity
         training = node.inputs[2] if len(node.inputs) > 2 else None
         if training is None or not bool(const_array(training) if const_array(training) is not None else True):
@@ -71,8 +96,7 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         return t.op("MaxPool", [x], attributes={"kernel_shape": list(x.shape[2:])})
     if node.op_type == "InstanceNormalization":
         y = normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
-        return t.op("Add", [t.op("Mul", [y, _per_channel(graph, t, node.inputs[1], rank)]),
-                            _per_channel(graph, t, node.inputs[2], rank)])
+        return _affine(graph, t, y, node.inputs[1], node.inputs[2], rank)
     if node.op_type == "GroupNormalization" and isinstance(x.shape[1], int):
         groups, channels = a.get_int("num_groups"), x.shape[1]
         grouped = t.op("Reshape", [x, add_constant(graph, "tinytlc.grouped", [0, groups, -1])])
@@ -82,8 +106,21 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         if scale.shape is not None and scale.shape[0] != channels:  # opset 18: one per group
             repeat = add_constant(graph, "tinytlc.group_index", np.repeat(np.arange(groups), channels // groups))
             scale, bias = t.op("Gather", [scale, repeat]), t.op("Gather", [bias, repeat])
-        return t.op("Add", [t.op("Mul", [y, _per_channel(graph, t, scale, rank)]), _per_channel(graph, t, bias, rank)])
+        return _affine(graph, t, y, scale, bias, rank)
     return None
+
+
+def _affine(graph, t, y: ir.Value, scale: ir.Value, bias: ir.Value, rank: int) -> ir.Value:
+    """y * scale + bias per channel; a constant scale of ones or bias of zeros (torch's GroupNorm
+    export feeds its InstanceNormalization those, and applies its own parameters after a reshape)
+    is left out, so that the parameters after it read as this norm's. Initializers never are: they
+    are parameters, whatever they hold now."""
+    s, b = (None if v.is_initializer() else const_array(v) for v in (scale, bias))
+    if s is None or not np.all(s == 1):
+        y = t.op("Mul", [y, _per_channel(graph, t, scale, rank)])
+    if b is None or np.any(b != 0):
+        y = t.op("Add", [y, _per_channel(graph, t, bias, rank)])
+    return y
 
 
 class LowerForAutodiffPass(ir.passes.InPlacePass):

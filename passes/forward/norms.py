@@ -137,7 +137,8 @@ def find_norms(graph: ir.Graph) -> list[Norm]:
             scale = [v for v in node.inputs[1:2] if v is not None and v.is_initializer()]
             shift = [v for v in node.inputs[2:3] if v is not None and v.is_initializer()]
             norm = Norm(node.inputs[0], node.outputs[0], scale, shift, [node])
-        elif node.op_type == "Div" and (found := _written_out(node)) is not None:
+        elif node.op_type == "Div" and (found := _written_out(node)) is not None and \
+                sources.get(id(found[0]), set()) is None:  # (of data: not a standardised weight)
             x, y = found
             scales, shifts, _, out = _scale_shift(y, sources)
             norm = Norm(x, out, scales, shifts, _between(x, out))
