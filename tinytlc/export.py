@@ -93,10 +93,62 @@ def _convert_opset(model: onnx.ModelProto, path: Path, opset: int) -> onnx.Model
                           f"export it at an opset from {MIN_OPSET} to {MAX_OPSET}") from e
 
 
-def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
+_QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+              "ConvInteger", "MatMulInteger"}
+
+
+def _check_float32(model: onnx.ModelProto, path: Path) -> None:
+    """tinytlc trains float32 networks: say so for a quantized or half-precision file, rather than
+    failing later on a classifier it cannot recognise."""
+    ops = sorted({n.op_type for n in model.graph.node} & _QUANTIZED)
+    if ops:
+        raise TinyTLError(f"{path}: a quantized model ({', '.join(ops)}); tinytlc trains float32 models: "
+                          "give it the model before quantization")
+    kinds = {t.data_type for t in model.graph.initializer if t.data_type != onnx.TensorProto.FLOAT} & \
+        {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    if kinds:
+        raise TinyTLError(f"{path}: its weights are {'/'.join(sorted(onnx.TensorProto.DataType.Name(k) for k in kinds))}; "
+                          "tinytlc trains float32 models: export or convert it to float32 first")
+
+
+def _inference_mode(graph: onnx.GraphProto) -> None:
+    """A file exported in training mode (torch's TrainingMode.TRAINING) gets the ops an eval export
+    has: BatchNormalization over its running statistics (training_mode=0, no statistics outputs),
+    Dropout without its training_mode input. tinytlc decides what trains."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for n in graph.node:
+        if n.op_type not in ("BatchNormalization", "Dropout") or n.domain not in ("", "ai.onnx"):
+            continue
+        if any(o in used for o in n.output[1:]):
+            raise TinyTLError(f"{n.op_type} {n.name}: the network reads its training-mode outputs; "
+                              "export the model in eval mode")
+        del n.output[1:]
+        if n.op_type == "BatchNormalization":
+            keep = [a for a in n.attribute if a.name != "training_mode"]
+            del n.attribute[:]
+            n.attribute.extend(keep)
+        else:
+            del n.input[2:]
+
+
+def _drop_final_softmax(graph: onnx.GraphProto) -> str | None:
+    """Softmax or LogSoftmax at the output becomes an Identity: the loss wants logits (and
+    cross-entropy applies its own LogSoftmax). Returns the op's name for the user, or None."""
+    node = next((n for n in graph.node if graph.output[0].name in n.output), None)
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+        return None
+    kind = node.op_type
+    node.op_type = "Identity"
+    del node.attribute[:]
+    return kind
+
+
+def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     """Load a user's .onnx file (external data beside it is read too) and check that ORT 1.19.2 can
     train it at this resolution: opset brought into 13..21, initializers taken out of the graph
-    inputs (files written for IR < 4 list them there), the batch made symbolic, the image size fixed."""
+    inputs (files written for IR < 4 list them there), training-mode ops made inference ops, a final
+    Softmax dropped, the batch made symbolic, the image size fixed. Also returns notes for the user
+    on what was changed."""
     try:
         model = onnx.load(os.fspath(path))
         onnx.checker.check_model(model)
@@ -105,9 +157,13 @@ def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TinyTLError(f"{path}: the model imports no ai.onnx opset")
+    _check_float32(model, path)
     if opset < MIN_OPSET or opset > MAX_OPSET:
         model = _convert_opset(model, path, opset)
-    model.ir_version = min(model.ir_version, MAX_IR)
+    # IR 4 lets initializers leave the inputs; a converted opset may need a newer IR still
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    model.ir_version = min(MAX_IR, max(model.ir_version, 4,
+                                       onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])))
     params = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in params]
     if len(inputs) != len(model.graph.input):
@@ -117,6 +173,11 @@ def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
         raise TinyTLError(f"{path}: expected one image input and one logits output, found "
                           f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}) and "
                           f"{len(model.graph.output)} outputs")
+    _inference_mode(model.graph)
+    notes = []
+    softmax = _drop_final_softmax(model.graph)
+    if softmax:
+        notes.append(f"its final {softmax} left out: training and the exported model use logits")
     image = inputs[0]
     if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise TinyTLError(f"{path}: input '{image.name}' is {onnx.TensorProto.DataType.Name(image.type.tensor_type.elem_type)}, "
@@ -139,7 +200,7 @@ def load_onnx(path: Path, resolution: int) -> onnx.ModelProto:
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if out_dims:
         out_dims[0].dim_param = "batch"
-    return model
+    return model, notes
 
 
 def load_function(spec: str) -> torch.nn.Module:
@@ -175,7 +236,8 @@ def load_source(spec: str, resolution: int, pretrained: bool = True, norm: str =
     if spec.endswith(".onnx") or Path(spec).suffix == ".onnx":
         if not Path(spec).is_file():
             raise TinyTLError(f"{spec}: no such file")
-        return Source(load_onnx(Path(spec), resolution), IMAGENET, f"ONNX file {spec}")
+        model, notes = load_onnx(Path(spec), resolution)
+        return Source(model, IMAGENET, f"ONNX file {spec}" + (f" ({'; '.join(notes)})" if notes else ""))
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return Source(export_module(load_function(spec), resolution), IMAGENET, f"PyTorch module {spec}")
     entry = zoo.get(spec)

@@ -20,7 +20,7 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
 from tinytlc.fsutil import atomic_path, sha256
-from tinytlc.passes.forward import (FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
+from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward._values import LOWERED
@@ -90,8 +90,11 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     source = load_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
     IdentityEliminationPass()(irm)
+    ShapeInferencePass()(irm)
+    ExplicitPadsPass(strict=False)(irm)  # before Pads are fused into convs
     irm = FusePadIntoConvPass()(irm).model
     StaticReshapesPass()(irm)  # (infers every shape first)
+    ExplicitPadsPass()(irm)
     KeepPadBeforeMaxPoolPass()(irm)
     _, weight, _, out_by_in = find_classifier(irm.graph)
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]

@@ -3,6 +3,7 @@
 from tinytlc.passes.forward.add_zero_bias import AddZeroBiasPass
 from tinytlc.passes.forward.avgpool_to_conv import AveragePoolToConvPass
 from tinytlc.passes.forward.batchnorm_to_affine import BatchNormToAffinePass
+from tinytlc.passes.forward.explicit_pads import ExplicitPadsPass
 from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
 from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
 from tinytlc.passes.forward.fuse_pad_into_conv import FusePadIntoConvPass
@@ -13,6 +14,6 @@ from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
 from tinytlc.passes.forward.static_reshapes import StaticReshapesPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 
-__all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
+__all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
            "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]

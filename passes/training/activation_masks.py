@@ -19,6 +19,7 @@ Skipped where it would save nothing: when the float the gradient reads (Y, or X 
 Relu before a MaxPool) has another reader after the loss (the X of a conv whose weight trains:
 ResNet's ReLUs in `full`, the lite modules' ReLUs), it stays for backward anyway and a mask beside
 it only adds 1 byte per element (ConvNeXt-Tiny `lite+bias`, 32 px: +104 KB step peak).
+Float32 activations only (the mask code is float32; a float16 stretch of a network keeps ORT's own).
 Exact: m is the predicate ORT's gradient uses (X > 0 iff Relu(X) > 0 or LeakyRelu(X) > 0;
 Clip(X) == X iff min <= X <= max, false for NaN either way), and adding 0 changes no finite value.
 """
@@ -64,8 +65,8 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.domain == "com.microsoft" and node.op_type in ("ReluGrad", "LeakyReluGrad"):
                 act = self._activation(node)
-                if act is None or kept_anyway(node.inputs[1], forward):
-                    continue
+                if act is None or act.inputs[0].dtype != ir.DataType.FLOAT or kept_anyway(node.inputs[1], forward):
+                    continue  # (a float16 activation, say: the mask code is float32)
                 mask = self._forward(graph, const, act, forward)
                 tape = ir.tape.Tape(graph)
                 dy = node.inputs[0]
@@ -133,7 +134,7 @@ class ActivationMaskPass(ir.passes.InPlacePass):
             return False
         x = cmp[0].inputs[0]
         clip = next((u for u, i in x.uses() if u.op_type == "Clip" and i == 0), None)
-        if clip is None or any(c.inputs[0] is not x for c in cmp) or kept_anyway(x, forward):
+        if clip is None or any(c.inputs[0] is not x for c in cmp) or x.dtype != ir.DataType.FLOAT or kept_anyway(x, forward):
             return False
         mask = self._forward(graph, const, clip, forward)
         dy = next(v for v in mul.inputs if v is not cast.outputs[0])
