@@ -12,9 +12,15 @@ import onnxruntime as ort
 from onnxruntime.training.api import CheckpointState, Module, Optimizer
 
 from tinytlc.errors import TinyTLError
-from tinytlc.fsutil import sha256
+from tinytlc.fsutil import OLD_MARK, recover, sha256
 
 TRAINED = "trained"  # subdirectory written by `tinytlc train`
+TRAINED_FILES = {"checkpoint", "state.json", OLD_MARK}
+
+
+def foreign_trained_files(trained: Path) -> list[str]:
+    """Names in a trained/ directory that `tinytlc train` did not write."""
+    return sorted(p.name for p in trained.iterdir() if p.name not in TRAINED_FILES or p.is_symlink() or not p.is_file())
 
 
 ORDERS = {"default": ort.ExecutionOrder.DEFAULT, "priority": ort.ExecutionOrder.PRIORITY_BASED,
@@ -37,6 +43,7 @@ def session_options(settings: dict | None = None, measure: bool = False) -> ort.
 
 
 def trained_checkpoint(directory: Path) -> Path | None:
+    recover(directory / TRAINED)  # a train killed between its two renames: the run is in .trained.old
     path = directory / TRAINED / "checkpoint"
     return path if path.exists() else None
 

@@ -16,7 +16,8 @@ from tqdm import tqdm
 from tinytlc.data import Data, Preprocess, Split, batches
 from tinytlc.errors import TinyTLError
 from tinytlc.fsutil import atomic_path, recover, sha256
-from tinytlc.runtime.session import TRAINED, TrainingSession, open_session, verify_checkpoint
+from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
+                                     verify_checkpoint)
 
 STATE = "state.json"
 DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
@@ -54,11 +55,18 @@ def evaluate_split(sess: TrainingSession, split: Split, pre: Preprocess, batch_s
 def _save(sess: TrainingSession, out: Path, record: dict) -> None:
     """Checkpoint (with optimizer state) and progress committed together: both are written into a new
     directory that replaces `out` in one step; the progress names the checkpoint's SHA-256."""
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, replaceable=check_trained_replaceable) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         CheckpointState.save_checkpoint(sess.state, str(tmp / "checkpoint"), include_optimizer_state=True)
         record = {**record, "checkpoint_sha256": sha256(tmp / "checkpoint")}
         (tmp / STATE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def check_trained_replaceable(out: Path) -> None:
+    foreign = foreign_trained_files(out)
+    if foreign:
+        raise TinyTLError(f"{out}: holds files tinytlc did not write ({', '.join(foreign[:5])}); move them out "
+                          "and train again")
 
 
 def load_record(out: Path) -> dict:

@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, exit status 2, nothing the user had is destroyed."""
 
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -348,3 +349,72 @@ def test_artifact_from_a_cpu_with_other_nchwc_blocks(tmp_path, cli):
                  ("memory", other), ("export", other, tmp_path / "m.onnx")):
         one_line_error(cli(*args), "NCHWc convs take blocks of", "compile it again")
     assert not (other / "trained").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_force_replaces_only_what_tinytlc_wrote(tmp_path, cli, artifact):
+    """--force replaces an artifact only when it holds nothing but tinytlc's files; a user's file inside
+    it (or inside trained/) is named and kept."""
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    (art / "NOTES.txt").write_text("mine")
+    (art / "trained").mkdir(exist_ok=True)
+    (art / "trained" / "photo.jpg").write_text("mine")
+    compile_ = ("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", 16, "--out", art, "--force")
+    one_line_error(cli(*compile_), "NOTES.txt", "trained/photo.jpg", "did not write")
+    assert (art / "NOTES.txt").read_text() == "mine" and (art / "trained" / "photo.jpg").read_text() == "mine"
+    (art / "NOTES.txt").unlink()
+    (art / "trained" / "photo.jpg").unlink()
+    assert cli(*compile_)[0] == 0
+    assert json.loads((art / "tinytlc.json").read_text())["method"] == "last"
+    assert not list(tmp_path.glob(".art*"))
+
+
+def test_a_users_dot_old_directory_is_never_touched(tmp_path, cli):
+    """.NAME.old is where a replaced directory waits; a user's own folder of that name is left alone."""
+    mine = tmp_path / ".art.old"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("x")
+    compile_ = ("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", 16, "--out", tmp_path / "art")
+    assert cli(*compile_)[0] == 0
+    assert (tmp_path / "art" / "tinytlc.json").is_file() and not (tmp_path / "art" / "precious.txt").exists()
+    one_line_error(cli(*compile_, "--force"), ".art.old", "in the way")
+    assert (mine / "precious.txt").read_text() == "x" and (tmp_path / "art" / "tinytlc.json").is_file()
+
+
+def test_artifact_directories_follow_the_umask(tmp_path, cli, artifact):
+    import os
+    import stat
+    assert stat.S_IMODE(os.stat(artifact).st_mode) == 0o777 & ~_umask()
+    shutil_copy = tmp_path / "a"
+    import shutil
+    shutil.copytree(artifact, shutil_copy)
+    shutil.rmtree(shutil_copy / "trained", ignore_errors=True)
+    assert cli("train", shutil_copy, "--data", "synthetic:8")[0] == 0
+    assert stat.S_IMODE(os.stat(shutil_copy / "trained").st_mode) == 0o777 & ~_umask()
+
+
+def _umask():
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_kill_between_the_renames_is_recovered_by_eval_and_export(tmp_path, cli, artifact):
+    """A train killed between its two renames leaves its run as .trained.old (marked as tinytlc's):
+    eval and export put it back, as train does, rather than use the untrained weights."""
+    import shutil
+
+    from tinytlc.fsutil import OLD_MARK
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    assert cli("train", art, "--data", "synthetic:8")[0] == 0
+    for args in (("eval", art, "--data", "synthetic:8"), ("export", art, tmp_path / "m.onnx")):
+        (art / "trained" / OLD_MARK).touch()
+        (art / "trained").rename(art / ".trained.old")
+        code, _, err = cli(*args)
+        assert code == 0 and "has not been trained" not in err, err
+        assert (art / "trained" / "checkpoint").is_file() and not (art / ".trained.old").exists()
+        assert not (art / "trained" / OLD_MARK).exists()

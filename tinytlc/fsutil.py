@@ -1,4 +1,5 @@
-"""Atomic writes: a crash or a bad input never leaves a half-written file where a good one was."""
+"""Atomic writes: a crash or a bad input never leaves a half-written file where a good one was, and
+nothing tinytlc did not write is ever deleted or replaced."""
 
 from __future__ import annotations
 
@@ -10,23 +11,39 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+from tinytlc.errors import TinyTLError
+
+# Written into a directory just before atomic_path moves it aside as .NAME.old: only a .NAME.old
+# holding it is tinytlc's to put back or remove (a user's own .NAME.old is never touched).
+OLD_MARK = ".tinytlc-old"
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
-    """Yield a temporary path beside `dest`; on success rename it over `dest` in one step."""
+def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False, replaceable: Callable[[Path], None] | None = None):
+    """Yield a temporary path beside `dest`; on success rename it over `dest` in one step. An existing
+    `dest` directory is replaced only if `replaceable(dest)` (called just before) does not raise."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover(dest)
     remove_stale(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp{os.getpid()}.", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a directory we keep follows the umask
     target = tmp if is_dir else tmp / dest.name
     try:
         yield target
         if is_dir and dest.exists():
+            if replaceable is None:
+                raise TinyTLError(f"{dest}: exists; tinytlc will not replace it")
+            replaceable(dest)
             # Two renames: the old directory survives until the new one is complete.
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = _old(dest)
+            if old.exists() or old.is_symlink():
+                if not (old / OLD_MARK).is_file():
+                    raise TinyTLError(f"{old}: is in the way (tinytlc did not write it); move it elsewhere")
+                shutil.rmtree(old)  # our own, left by a kill after the second rename
+            (dest / OLD_MARK).touch()
             os.replace(dest, old)
             os.replace(target, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -37,11 +54,23 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _old(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.old")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def recover(dest: Path) -> None:
-    """A kill between atomic_path's two renames leaves the old directory as .NAME.old: put it back."""
-    old = dest.with_name(f".{dest.name}.old")
-    if not dest.exists() and old.is_dir():
+    """A kill between atomic_path's two renames leaves the old directory as .NAME.old: put it back
+    (only if tinytlc moved it there)."""
+    old = _old(dest)
+    if not dest.exists() and not old.is_symlink() and (old / OLD_MARK).is_file():
         os.replace(old, dest)
+        (dest / OLD_MARK).unlink(missing_ok=True)
 
 
 def remove_stale(dest: Path) -> None:
