@@ -179,3 +179,21 @@ def test_quantized_and_float16_files_are_refused_by_name(tmp_path):
     onnx.save(model, tmp_path / "qdq.onnx")
     with pytest.raises(TinyTLError, match=r"a quantized model \(DequantizeLinear, QuantizeLinear\)"):
         compile_model(str(tmp_path / "qdq.onnx"), "bias", tmp_path / "b", resolution=16, batch_size=BATCH)
+
+
+def test_weights_held_in_constant_nodes(tmp_path):
+    """Some converters write weights as Constant nodes: they are still the parameters."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU6(),
+                        nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1, groups=16), nn.ReLU6(),
+                        nn.Conv2d(16, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+    model = export(net, tmp_path / "m.onnx", 16)
+    lite = compile_model(str(tmp_path / "m.onnx"), "lite+bias", tmp_path / "lite0", resolution=16, batch_size=BATCH)
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
+    nodes = constants + list(model.graph.node)
+    del model.graph.initializer[:], model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, tmp_path / "constants.onnx")
+    assert_step_matches_torch(tmp_path, tmp_path / "constants.onnx", net, 16, methods=("full", "bias"))
+    art = compile_model(str(tmp_path / "constants.onnx"), "lite+bias", tmp_path / "lite", resolution=16, batch_size=BATCH)
+    assert len(art.manifest["lite_modules"]) == len(lite.manifest["lite_modules"]) > 0

@@ -9,11 +9,12 @@ from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPa
 from tinytlc.passes.forward.fuse_pad_into_conv import FusePadIntoConvPass
 from tinytlc.passes.forward.keep_pad_before_maxpool import KeepPadBeforeMaxPoolPass
 from tinytlc.passes.forward.blocks import Block, find_blocks
+from tinytlc.passes.forward.lift_weight_constants import LiftWeightConstantsPass
 from tinytlc.passes.forward.lower_for_autodiff import LowerForAutodiffPass
 from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
 from tinytlc.passes.forward.static_reshapes import StaticReshapesPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]
