@@ -19,7 +19,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
-from tinytlc.fsutil import atomic_path, sha256
+from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
@@ -28,7 +28,7 @@ from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statist
 from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
 from tinytlc.runtime import artifacts
-from tinytlc.runtime.session import check_step
+from tinytlc.runtime.session import TRAINED, check_step, foreign_trained_files
 
 MANIFEST = "tinytlc.json"
 
@@ -59,8 +59,8 @@ def load_artifact(path: str | Path) -> Artifact:
 
 
 def check_output_directory(out: Path, force: bool) -> None:
-    """compile writes OUT only if it is new, empty, or (with --force) an artifact tinytlc wrote:
-    nothing else is ever replaced, whatever the flags."""
+    """compile writes OUT only if it is new, empty, or (with --force) an artifact holding nothing but
+    what tinytlc wrote: nothing else is ever replaced, whatever the flags."""
     if out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
         raise TinyTLError(f"--out {out}: that is the working directory (or holds it); choose a new directory")
     if not out.exists():
@@ -74,6 +74,27 @@ def check_output_directory(out: Path, force: bool) -> None:
                           "tinytlc will not replace it (even with --force)")
     if not force:
         raise TinyTLError(f"{out} holds an artifact; choose another --out or pass --force to replace it")
+    foreign = foreign_files(out)
+    if foreign:
+        raise TinyTLError(f"--out {out}: holds files tinytlc did not write ({', '.join(foreign[:5])}"
+                          f"{', ...' if len(foreign) > 5 else ''}); move them out first (--force replaces only "
+                          "what tinytlc wrote)")
+
+
+ARTIFACT_FILES = {*artifacts.FILES, artifacts.WEIGHTS, "forward_model.onnx", MANIFEST, OLD_MARK}
+
+
+def foreign_files(directory: Path) -> list[str]:
+    """Paths in an artifact directory that compile and train did not write."""
+    remove_stale(directory / TRAINED)  # a killed train's temporary folders are ours
+    found = []
+    for p in sorted(directory.iterdir()):
+        ours = p.name == TRAINED or (p.name == f".{TRAINED}.old" and (p / OLD_MARK).is_file())
+        if ours and p.is_dir() and not p.is_symlink():
+            found += [f"{p.name}/{name}" for name in foreign_trained_files(p)]
+        elif p.name not in ARTIFACT_FILES or p.is_symlink() or not p.is_file():
+            found.append(p.name)
+    return found
 
 
 def _versions() -> dict:
@@ -219,7 +240,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
                                                       fold_trained_batchnorm="fold-trained-batchnorm" in passes)
     image = proto.graph.input[0]
     channels = image.type.tensor_type.shape.dim[1].dim_value
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, replaceable=lambda d: check_output_directory(d, force)) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, tmp / "forward_model.onnx")
         artifacts.generate(proto, trainable, tmp)
