@@ -197,3 +197,37 @@ def test_weights_held_in_constant_nodes(tmp_path):
     assert_step_matches_torch(tmp_path, tmp_path / "constants.onnx", net, 16, methods=("full", "bias"))
     art = compile_model(str(tmp_path / "constants.onnx"), "lite+bias", tmp_path / "lite", resolution=16, batch_size=BATCH)
     assert len(art.manifest["lite_modules"]) == len(lite.manifest["lite_modules"]) > 0
+
+
+class Normalising(nn.Module):
+    """A network that normalises its own input, as deployed files often do."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.net = kind, conv_net()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        if self.kind == "0..255 torch":
+            x = (x / 255 - self.mean) / self.std
+        elif self.kind == "0..255 keras":
+            x = x / 127.5 - 1
+        else:
+            x = (x - self.mean) / self.std
+        return self.net(x)
+
+
+@pytest.mark.parametrize("kind,pixels", [("0..255 torch", 255), ("0..255 keras", 255), ("0..1 torch", 1)])
+def test_a_network_that_normalises_its_own_input(tmp_path, kind, pixels):
+    """tinytlc feeds it raw pixels in the range it expects (not ImageNet-normalised ones, which it
+    would normalise twice), and `full` does not train its mean and std."""
+    from tinytlc.data import Preprocess
+    net = Normalising(kind)
+    export(net, tmp_path / "m.onnx", 16, do_constant_folding=False)
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16)  # (trains torch's parameters only)
+    art = compile_model(str(tmp_path / "m.onnx"), "bias", tmp_path / "b", num_classes=5, resolution=16, batch_size=BATCH)
+    assert f"it normalises its own input: fed pixels in 0..{pixels}" in art.manifest["source"]
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    fed = Preprocess.from_manifest(art.manifest)([image])
+    np.testing.assert_allclose(fed[0], image.transpose(2, 0, 1) / 255 * pixels, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -203,6 +204,69 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     return model, notes
 
 
+def _own_normalisation(model: onnx.ModelProto) -> float | None:
+    """The pixel range (1 or 255) a network expects when it normalises its own input: a chain of
+    Sub, Add, Mul, Div by per-channel or scalar constants straight after the image input (deployed
+    files often take raw 0..255 pixels). Its constants become Constant nodes: they are not
+    parameters, `full` must not train them. None when the network starts otherwise."""
+    from collections import defaultdict
+
+    from onnx import numpy_helper
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+              and n.attribute[0].name == "value"}
+    users = defaultdict(list)
+    for n in graph.node:
+        for name in n.input:
+            users[name].append(n)
+    channels = graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x, scale, shift, chain = graph.input[0].name, np.ones(channels), np.zeros(channels), []
+    while len(users[x]) == 1 and x not in {o.name for o in graph.output}:
+        node = users[x][0]
+        if node.op_type not in ("Sub", "Add", "Mul", "Div") or node.domain not in ("", "ai.onnx") or \
+                list(node.input).count(x) != 1 or (node.input[0] != x and node.op_type in ("Sub", "Div")):
+            break
+        other = node.input[1] if node.input[0] == x else node.input[0]
+        tensor = inits[other] if other in inits else consts[other].attribute[0].t if other in consts else None
+        if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT or \
+                (np.prod(tensor.dims) != 1 and list(tensor.dims)[-3:] != [channels, 1, 1]):
+            break
+        c = numpy_helper.to_array(tensor).astype(np.float64).reshape(-1)
+        if node.op_type in ("Mul", "Div") and not np.all(c):
+            break
+        if node.op_type == "Sub":
+            shift = shift - c
+        elif node.op_type == "Add":
+            shift = shift + c
+        elif node.op_type == "Mul":
+            scale, shift = scale * c, shift * c
+        else:
+            scale, shift = scale / c, shift / c
+        chain.append(other)
+        x = node.output[0]
+    mean = -shift / scale  # y = (x - mean) * scale
+    pixels = next((r for r in (1.0, 255.0) if np.all((mean >= -0.05 * r) & (mean <= 1.05 * r))
+                   and np.all(np.abs(scale) * r >= 0.5)), None)
+    if not chain or pixels is None:
+        return None
+    for name in dict.fromkeys(chain):
+        if name in inits and all(u.op_type in ("Sub", "Add", "Mul", "Div") for u in users[name]):
+            graph.node.insert(0, onnx.helper.make_node("Constant", [], [name], value=inits[name]))
+            graph.initializer.remove(inits[name])
+    return pixels
+
+
+def _preprocess(model: onnx.ModelProto, notes: list[str]) -> dict:
+    """What tinytlc feeds the network: ImageNet-normalised pixels, or raw pixels in the range a
+    network that normalises its own input expects (data.Preprocess divides by 255 first)."""
+    pixels = _own_normalisation(model)
+    if pixels is None:
+        return IMAGENET
+    notes.append(f"it normalises its own input: fed pixels in 0..{pixels:g}")
+    return {"mean": [0.0] * 3, "std": [1 / pixels] * 3}
+
+
 def load_function(spec: str) -> torch.nn.Module:
     """`path/to/file.py:function` -> the nn.Module the function returns."""
     file, _, func = spec.rpartition(":")
@@ -237,9 +301,10 @@ def load_source(spec: str, resolution: int, pretrained: bool = True, norm: str =
         if not Path(spec).is_file():
             raise TinyTLError(f"{spec}: no such file")
         model, notes = load_onnx(Path(spec), resolution)
-        return Source(model, IMAGENET, f"ONNX file {spec}" + (f" ({'; '.join(notes)})" if notes else ""))
+        return Source(model, _preprocess(model, notes), f"ONNX file {spec}" + (f" ({'; '.join(notes)})" if notes else ""))
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-        return Source(export_module(load_function(spec), resolution), IMAGENET, f"PyTorch module {spec}")
+        model, notes = export_module(load_function(spec), resolution), []
+        return Source(model, _preprocess(model, notes), f"PyTorch module {spec}" + (f" ({'; '.join(notes)})" if notes else ""))
     entry = zoo.get(spec)
     if norm != "batch" and "norm" not in entry.build.__code__.co_varnames:
         raise TinyTLError(f"--norm {norm}: {spec} is built with BatchNorm only (proxylessnas-mobile takes --norm group)")
