@@ -231,3 +231,38 @@ def test_a_network_that_normalises_its_own_input(tmp_path, kind, pixels):
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     fed = Preprocess.from_manifest(art.manifest)([image])
     np.testing.assert_allclose(fed[0], image.transpose(2, 0, 1) / 255 * pixels, rtol=1e-5, atol=1e-5)
+
+
+class PixelHead(nn.Module):
+    """BiT's head: pool, 1x1 conv, then one pixel (`x[..., 0, 0]`)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))[..., 0, 0]
+
+
+def test_a_conv_head_read_at_one_pixel(tmp_path):
+    export(PixelHead(), tmp_path / "m.onnx", 16)
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", PixelHead(), 16, methods=("full", "bias", "last"))
+    art = compile_model(str(tmp_path / "m.onnx"), "last", tmp_path / "n", num_classes=5, resolution=16, batch_size=BATCH)
+    assert art.manifest["trainable"] == ["head.weight", "head.bias"]
+
+
+def test_a_channels_last_input_is_named(tmp_path):
+    """tf2onnx files take NHWC images and transpose them first."""
+    model = export(conv_net(), tmp_path / "m.onnx", 16)
+    x = model.graph.input[0]
+    x.type.tensor_type.shape.dim[1].dim_value, x.type.tensor_type.shape.dim[3].dim_value = 16, 3
+    model.graph.node.insert(0, helper.make_node("Transpose", [x.name], ["nchw"], perm=[0, 3, 1, 2]))
+    for node in model.graph.node[1:]:
+        node.input[:] = ["nchw" if i == x.name else i for i in node.input]
+    onnx.save(model, tmp_path / "nhwc.onnx")
+    with pytest.raises(TinyTLError, match=r"channels-last \(NHWC\); tinytlc takes NCHW images \(tf2onnx writes them "
+                                          r"with --inputs-as-nchw\)"):
+        compile_model(str(tmp_path / "nhwc.onnx"), "bias", tmp_path / "a", resolution=16, batch_size=BATCH)

@@ -186,6 +186,9 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     dims = image.type.tensor_type.shape.dim
     if len(dims) != 4:
         raise TinyTLError(f"{path}: input '{image.name}' has rank {len(dims)}, expected NCHW images")
+    if dims[3].HasField("dim_value") and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3):
+        raise TinyTLError(f"{path}: input '{image.name}' is channels-last (NHWC); tinytlc takes NCHW images "
+                          "(tf2onnx writes them with --inputs-as-nchw)")
     if not dims[1].HasField("dim_value") or dims[1].dim_value not in (1, 3):
         raise TinyTLError(f"{path}: input '{image.name}' has {dims[1].dim_value or dims[1].dim_param or '?'} "
                           "channels, expected 1 (grayscale) or 3 (RGB) in NCHW order")

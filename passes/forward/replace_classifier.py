@@ -17,6 +17,15 @@ from tinytlc.passes.forward._values import add_initializer, const_array, set_ini
 _PER_CLASS = {"Flatten", "Reshape", "Squeeze", "GlobalAveragePool", "ReduceMean", "Relu", "Identity", "Dropout"}
 
 
+def _per_class(node: ir.Node) -> bool:
+    """Keeps each class's values apart: the ops above, and taking one pixel (BiT's `x[..., 0, 0]`
+    after a 1x1 conv on the pooled map is a Gather on a spatial axis)."""
+    if node.op_type == "Gather":
+        rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+        return rank >= 3 and node.attributes.get_int("axis", 0) % rank >= 2
+    return node.op_type in _PER_CLASS
+
+
 def _weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
     """(initializer, transposed): a weight given directly or as Transpose(W) of a 2-D W."""
     if v.is_initializer():
@@ -47,14 +56,15 @@ def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None
         weight, transposed = _weight(node.inputs[1])
         if weight is not None:
             return node, weight, None, transposed
-    while node is not None and node.op_type in _PER_CLASS:
+    while node is not None and _per_class(node):
         node = node.inputs[0].producer()
     if node is not None and node.op_type == "Conv" and node.inputs[1].is_initializer() and \
             list(node.inputs[1].shape or [])[2:] == [1, 1] and node.attributes.get_int("group", 1) == 1:
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return node, node.inputs[1], bias, True
     raise TinyTLError("no classifier found: the logits must come from a Gemm, a MatMul(+Add) or a 1x1 Conv "
-                      "(then global pooling) with constant weights")
+                      "(then global pooling) with constant weights"
+                      + (f"; it comes from {node.op_type} {node.name}" if node is not None else ""))
 
 
 class ReplaceClassifierPass(ir.passes.InPlacePass):
