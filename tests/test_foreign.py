@@ -266,3 +266,11 @@ def test_a_channels_last_input_is_named(tmp_path):
     with pytest.raises(TinyTLError, match=r"channels-last \(NHWC\); tinytlc takes NCHW images \(tf2onnx writes them "
                                           r"with --inputs-as-nchw\)"):
         compile_model(str(tmp_path / "nhwc.onnx"), "bias", tmp_path / "a", resolution=16, batch_size=BATCH)
+
+
+def test_a_non_square_input_is_named(tmp_path):
+    model = export(conv_net(), tmp_path / "m.onnx", 16)
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 24
+    onnx.save(model, tmp_path / "wide.onnx")
+    with pytest.raises(TinyTLError, match="is 16x24 pixels; tinytlc trains square images"):
+        compile_model(str(tmp_path / "wide.onnx"), "bias", tmp_path / "a", resolution=16, batch_size=BATCH)

@@ -192,10 +192,14 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     if not dims[1].HasField("dim_value") or dims[1].dim_value not in (1, 3):
         raise TinyTLError(f"{path}: input '{image.name}' has {dims[1].dim_value or dims[1].dim_param or '?'} "
                           "channels, expected 1 (grayscale) or 3 (RGB) in NCHW order")
+    fixed = [d.dim_value for d in dims[2:] if d.HasField("dim_value")]
+    if len(fixed) == 2 and fixed[0] != fixed[1]:
+        raise TinyTLError(f"{path}: input '{image.name}' is {fixed[0]}x{fixed[1]} pixels; tinytlc trains square "
+                          "images: export the model with a square (or dynamic) input size")
+    if fixed and fixed[0] != resolution:
+        raise TinyTLError(f"{path}: input '{image.name}' is {fixed[0]}x{fixed[0]} pixels, "
+                          f"--resolution is {resolution} (shape mismatch)")
     for axis in (2, 3):
-        if dims[axis].HasField("dim_value") and dims[axis].dim_value != resolution:
-            raise TinyTLError(f"{path}: input '{image.name}' is {dims[axis].dim_value} pixels, "
-                              f"--resolution is {resolution} (shape mismatch)")
         dims[axis].dim_value = resolution
     if dims[0].HasField("dim_value"):  # exported for one batch size: its Reshapes may have it baked in
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
