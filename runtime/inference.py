@@ -3,6 +3,7 @@ parameters baked in, checked against the eval model on a batch before it replace
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 
 from tinytlc.errors import TinyTLError
 from tinytlc.fsutil import atomic_path
-from tinytlc.runtime.session import open_session
+from tinytlc.runtime.session import open_session, trained_classes
 
 
 def check_target(directory: Path, out: Path) -> None:
@@ -52,11 +53,14 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
         sess.module.export_model_for_inferencing(str(tmp), [manifest["logits"]])
         model = onnx.load(str(tmp))
         model.doc_string = f"{DOC_PREFIX}{manifest['model']} trained with method {manifest['method']}"
+        classes = trained_classes(directory)
+        if classes:  # which logit is which class: {"classes": [...]} in the model's metadata
+            onnx.helper.set_model_props(model, {"classes": json.dumps(classes)})
         onnx.save(model, str(tmp))
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(
             None, {manifest["input"]["name"]: x})[0]
         err = float(np.abs(got - expected).max())
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
             raise TinyTLError(f"exported model disagrees with the eval model (max |diff| {err:.3g}); not written")
-    return {"path": str(out), "max_abs_diff": err, "inputs": [i.name for i in model.graph.input],
+    return {"path": str(out), "max_abs_diff": err, "classes": classes, "inputs": [i.name for i in model.graph.input],
             "outputs": [o.name for o in model.graph.output]}

@@ -48,6 +48,18 @@ def trained_checkpoint(directory: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def trained_classes(directory: Path) -> list[str] | None:
+    """The class names (in label order) `tinytlc train` recorded; None before training (or for a run
+    saved before they were recorded)."""
+    if trained_checkpoint(directory) is None:
+        return None
+    try:
+        classes = json.loads((directory / TRAINED / "state.json").read_text()).get("classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
+
+
 def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path, required: bool = False) -> None:
     """A checkpoint must be the one its writer recorded (flipped bytes can load and train on):
     the compiled one's SHA-256 is in the manifest, a trained one's in the state.json beside it.

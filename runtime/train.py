@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,24 +81,38 @@ def load_record(out: Path) -> dict:
     return record
 
 
-def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
+def earlier_run(directory: Path, cfg: TrainConfig) -> dict | None:
+    """What an earlier run left, checked against --resume/--restart before any data is read: its saved
+    progress to resume, or None to train anew."""
     out = directory / TRAINED
-    record = {"epoch": 0, "step": 0, "history": []}
-    checkpoint = directory / "checkpoint"
     recover(out)
     if cfg.resume and cfg.restart:
         raise TinyTLError("--resume and --restart: choose one")
+    if not os.access(directory, os.W_OK):
+        raise TinyTLError(f"{directory}: not writable (train saves {out} after every epoch)")
     if cfg.resume:
         if not (out / STATE).is_file() or not (out / "checkpoint").exists():
             raise TinyTLError(f"--resume: no earlier training in {out}")
-        record = load_record(out)
+        return load_record(out)
+    if out.exists() and not cfg.restart:
+        raise TinyTLError(f"{directory} was trained before ({out}); pass --resume to go on or --restart to train "
+                          "anew (the earlier run is kept until the new one saves its first epoch)")
+    return None
+
+
+def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
+    out = directory / TRAINED
+    record, checkpoint = earlier_run(directory, cfg), directory / "checkpoint"
+    if record is None:
+        record = {"epoch": 0, "step": 0, "history": []}
+    else:
         checkpoint = out / "checkpoint"
+        if record.get("classes", data.classes) != data.classes:
+            raise TinyTLError(f"--resume: the earlier run trained on classes {', '.join(record['classes'][:10])}; "
+                              f"--data has {', '.join(data.classes[:10])}")
         if record["epoch"] >= cfg.epochs:
             log(f"already trained {record['epoch']} epochs (asked for {cfg.epochs}); nothing to do")
             return record
-    elif out.exists() and not cfg.restart:
-        raise TinyTLError(f"{directory} was trained before ({out}); pass --resume to go on or --restart to train "
-                          "anew (the earlier run is kept until the new one saves its first epoch)")
     sess = open_session(directory, manifest, checkpoint)
     pre = Preprocess.from_manifest(manifest)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
@@ -122,13 +137,14 @@ def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=pri
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                  "test_accuracy": None, "test_loss": None, "seconds": seconds}
-        if cfg.eval_every_epoch or epoch + 1 == cfg.epochs:
+        if len(data.test) and (cfg.eval_every_epoch or epoch + 1 == cfg.epochs):
             result = evaluate_split(sess, data.test, pre, cfg.batch_size)
             entry.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
         record = {"epoch": epoch + 1, "step": step, "history": record["history"] + [entry],
-                  "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing}
+                  "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing,
+                  "classes": data.classes}
         _save(sess, out, record)
-        held_out = "" if entry["test_accuracy"] is None else \
+        held_out = ", no held-out images" if not len(data.test) else "" if entry["test_accuracy"] is None else \
             f", held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images)"
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {entry['train_loss']:.4f}{held_out}, {seconds:.1f}s")
     return record

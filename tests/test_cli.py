@@ -85,3 +85,50 @@ def test_python_api_mirrors_the_cli(tmp_path):
     record = tinytlc.train(art.path, art.manifest, data, tinytlc.TrainConfig(epochs=1, batch_size=4), log=lambda s: None)
     assert record["epoch"] == 1
     assert tinytlc.export_inference(art.path, art.manifest, tmp_path / "m.onnx")["max_abs_diff"] < 1e-4
+
+
+def _colour_folders(root, colours, n=6):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name, rgb in colours.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 20, (RES, RES, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+
+
+def test_class_names_are_recorded_and_followed(tmp_path, cli):
+    """train records the class names in label order (state.json, exported model); eval and --resume
+    label a folder by name, so one lacking a class is not scored against shifted labels."""
+    import onnx
+    colours = {"a_red": (220, 30, 30), "b_green": (30, 220, 30), "c_blue": (30, 30, 220)}
+    _colour_folders(tmp_path / "all", colours)
+    _colour_folders(tmp_path / "nored", {k: v for k, v in colours.items() if k != "a_red"})
+    _colour_folders(tmp_path / "other", {"a_red": colours["a_red"], "x_grey": (128, 128, 128)})
+    art = tmp_path / "art"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "full", "--resolution", RES, "--batch-size", 6,
+               "--out", art)[0] == 0
+    assert cli("train", art, "--data", tmp_path / "all", "--epochs", 6, "--lr", "0.02")[0] == 0
+    state = json.loads((art / "trained" / "state.json").read_text())
+    assert state["classes"] == list(colours)
+    full = json.loads(cli("eval", art, "--data", tmp_path / "all", "--json")[1])["accuracy"]
+    code, out, err = cli("eval", art, "--data", tmp_path / "nored", "--json")
+    assert code == 0 and "no class folder for a_red" in err
+    assert full > 0.5 and json.loads(out)["accuracy"] >= full - 0.01  # not shifted to 0%
+    code, _, err = cli("eval", art, "--data", tmp_path / "other")
+    assert code == 2 and "x_grey are not among the 3 the model was trained on" in err
+    code, _, err = cli("train", art, "--data", tmp_path / "other", "--epochs", 7, "--resume")
+    assert code == 2 and "x_grey" in err
+    assert cli("export", art, tmp_path / "m.onnx")[0] == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(props["classes"]) == list(colours)
+
+
+def test_no_held_out_images(tmp_path, cli):
+    _colour_folders(tmp_path / "one", {"a": (200, 0, 0), "b": (0, 200, 0)}, n=1)
+    art = tmp_path / "art"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--resolution", RES, "--out", art)[0] == 0
+    code, out, err = cli("train", art, "--data", tmp_path / "one")
+    assert code == 0 and "no held-out images" in out and "0.00%" not in out, (out, err)
+    code, _, err = cli("eval", art, "--data", tmp_path / "one")
+    assert code == 2 and "no held-out images to evaluate" in err

@@ -187,6 +187,8 @@ def test_relative_output_directory(tmp_path, cli, monkeypatch):
     (["train", "d", "--data", "x", "--limit", "0"], "--limit"),
     (["train", "d", "--data", "x", "--batch-size", "0"], "--batch-size"),
     (["memory", "d", "--steps", "0"], "--steps"),
+    (["train", "d", "--data", "x", "--seed", "-1"], "--seed: -1 is out of range"),
+    (["eval", "d", "--data", "x", "--seed", "-1"], "--seed: -1 is out of range"),
     (["compile", "m", "--out", "o"], "required"),
 ])
 def test_arguments_checked_up_front(cli, capsys, args, phrase):
@@ -418,3 +420,17 @@ def test_kill_between_the_renames_is_recovered_by_eval_and_export(tmp_path, cli,
         assert code == 0 and "has not been trained" not in err, err
         assert (art / "trained" / "checkpoint").is_file() and not (art / ".trained.old").exists()
         assert not (art / "trained" / OLD_MARK).exists()
+
+
+def test_run_mistakes_are_found_before_the_data_is_read(tmp_path, cli, artifact, monkeypatch):
+    """--resume/--restart mistakes and an artifact train cannot write to: said before a long scan."""
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    missing = tmp_path / "nowhere"
+    one_line_error(cli("train", art, "--data", missing, "--resume", "--restart"), "choose one")
+    one_line_error(cli("train", art, "--data", missing, "--resume"), "no earlier training")
+    import tinytlc.runtime.train as train_module
+    monkeypatch.setattr(train_module.os, "access", lambda path, mode: False)  # (root may write anywhere)
+    one_line_error(cli("train", art, "--data", missing), f"{art}: not writable")

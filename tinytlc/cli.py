@@ -70,15 +70,27 @@ def _load(a):
     return load_artifact(a.dir)
 
 
-def cmd_train(a) -> dict:
+def _load_data(a, m: dict, classes: list[str] | None, **kw):
     from tinytlc.data import load_data
-    from tinytlc.runtime.train import TrainConfig, train
+    data = load_data(a.data, m["num_classes"], seed=a.seed, skip_bad=a.skip_bad_images, classes=classes, **kw)
+    for w in data.warnings:
+        print(f"tinytlc: warning: {w}", file=sys.stderr)
+    return data
+
+
+def cmd_train(a) -> dict:
+    from tinytlc.runtime.train import TrainConfig, earlier_run, train
     art = _load(a)
     m = art.manifest
-    data = load_data(a.data, m["num_classes"], limit=a.limit, seed=a.seed, skip_bad=a.skip_bad_images)
     lr = a.lr or default_lr(m["method"])
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
                       label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume, restart=a.restart)
+    record = earlier_run(art.path, cfg)  # --resume/--restart mistakes before the data is read
+    data = _load_data(a, m, record and record.get("classes"), limit=a.limit)
+    if len(data.classes) < m["num_classes"] and not record:
+        print(f"tinytlc: warning: --data {a.data} has {len(data.classes)} classes and the model {m['num_classes']} "
+              f"outputs; the other {m['num_classes'] - len(data.classes)} are never trained (compile with "
+              f"--num-classes {len(data.classes)} for a head of that size)", file=sys.stderr)
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
     log(f"training {m['model']} ({m['method']}) on {len(data.train)} images, {len(data.classes)} classes"
         f"{'; ' + data.note if data.note else ''}; lr {lr:g}, batch {cfg.batch_size}")
@@ -93,12 +105,14 @@ def _note_untrained(art) -> None:
 
 
 def cmd_eval(a) -> dict:
-    from tinytlc.data import Preprocess, load_data
-    from tinytlc.runtime.session import open_session
+    from tinytlc.data import Preprocess
+    from tinytlc.runtime.session import open_session, trained_classes
     from tinytlc.runtime.train import evaluate_split
     art = _load(a)
     m = art.manifest
-    data = load_data(a.data, m["num_classes"], seed=a.seed, skip_bad=a.skip_bad_images)
+    data = _load_data(a, m, trained_classes(art.path))
+    if not len(data.test):
+        raise TinyTLError(f"--data {a.data}: no held-out images to evaluate")
     sess = open_session(art.path, m, with_optimizer=False)
     result = evaluate_split(sess, data.test, Preprocess.from_manifest(m), a.batch_size or m["input"]["shape"][0])
     _note_untrained(art)
@@ -236,7 +250,7 @@ def parser() -> argparse.ArgumentParser:
                                                           f"for full, {default_lr('bias'):g} otherwise); cosine decay")
     t.add_argument("--label-smoothing", type=_ranged(float, 0, 0.99), default=0.0)
     t.add_argument("--limit", type=_ranged(int, 2), default=None, help="train on a fixed random subset of N images")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_ranged(int, 0), default=0)
     t.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
     t.add_argument("--restart", action="store_true",
                    help="train anew over an earlier run (kept until the new run saves its first epoch)")
@@ -246,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir")
     e.add_argument("--data", required=True)
     e.add_argument("--batch-size", type=POSITIVE, default=None)
-    e.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as in train)")
+    e.add_argument("--seed", type=_ranged(int, 0), default=0, help="seed of the held-out split (as in train)")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="write an inference ONNX model with the trained weights")

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from tinytlc.errors import TinyTLError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+              ".pbm", ".pnm"}
 FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]
 
@@ -39,6 +40,7 @@ class Data:
     train: Split
     test: Split
     note: str = field(default="")
+    warnings: list[str] = field(default_factory=list)  # said on stderr, one line each
 
 
 @dataclass
@@ -172,51 +174,101 @@ def _image_loader(paths: list[Path]):
             with Image.open(paths[i]) as im:
                 return to_rgb8(im)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise TinyTLError(f"{paths[i]}: cannot read image ({e})") from e
+            raise TinyTLError(f"{paths[i]}: cannot read image ({e}); fix or remove it, or pass --skip-bad-images") from e
     return load
 
 
-def check_images(paths: list[Path], skip_bad: bool) -> list[Path]:
-    """Check every image before training starts (PIL reads its header and structure, no full decode):
-    one line naming the first bad file, or, with skip_bad, the good ones."""
+def check_images(paths: list[Path], skip_bad: bool, skipped: list[Path]) -> list[Path]:
+    """Decode every image before training starts (verify() alone passes a truncated JPEG): one line
+    naming the first bad file, or, with skip_bad, the good ones (the bad ones go to `skipped`)."""
     from PIL import Image
     good = []
     for path in paths:
         try:
-            with Image.open(path) as im:  # header and structure, not a full decode: fast
-                im.verify()
+            with Image.open(path) as im:
+                im.load()
             good.append(path)
         except Exception as e:  # PIL raises many types for damaged files
             if not skip_bad:
                 raise TinyTLError(f"{path}: cannot read image ({type(e).__name__}: {str(e)[:120]}); "
                                   "fix or remove it, or pass --skip-bad-images") from e
+            skipped.append(path)
     return good
 
 
-def _scan_classes(root: Path, classes: list[str] | None = None,
-                  skip_bad: bool = False) -> tuple[list[str], list[Path], np.ndarray]:
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = classes or dirs
-    paths, labels = [], []
-    for c, name in enumerate(classes):
-        if not (root / name).is_dir():
-            continue
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-        files = check_images(files, skip_bad)
-        paths += files
-        labels += [c] * len(files)
-    return classes, paths, np.asarray(labels, np.int64)
+# Hidden files and folders, macOS resource forks (._photo.jpg) and zip leftovers (__MACOSX/) are not data.
+JUNK = (".", "__MACOSX")
+# Split folder names, compared case-insensitively; the first held-out name found is used.
+TRAIN_SPLITS = ("train", "training", "training_set", "train_set", "trainset")
+HELD_SPLITS = ("val", "valid", "validation", "validation_set", "val_set", "dev", "test", "testing", "test_set",
+               "testset")
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(JUNK))
+
+
+def _class_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(JUNK) for part in p.relative_to(folder).parts))
+
+
+def _scan_classes(root: Path, skip_bad: bool, skipped: list[Path], warnings: list[str]) -> dict[str, list[Path]]:
+    """Class folder name -> its readable images; a folder with none is not a class (said in `warnings`)."""
+    found, empty = {}, []
+    for d in _subfolders(root):
+        files = check_images(_class_images(d), skip_bad, skipped)
+        if files:
+            found[d.name] = files
+        else:
+            empty.append(d.name)
+    if empty:
+        warnings.append(f"{root}: no readable image in {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}; "
+                        "not taken as class(es)")
+    return found
+
+
+def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
+    """root/train (any common name and case) and root/val or root/test, if that is the layout. A lone
+    train folder is a split too; beside class folders it is a class."""
+    dirs = {d.name.lower(): d for d in _subfolders(root)}
+    train = next((dirs[n] for n in TRAIN_SPLITS if n in dirs), None)
+    held = next((dirs[n] for n in HELD_SPLITS if n in dirs), None)
+    if train is None or (held is None and len(dirs) > 1):
+        return None, None
+    return train, held
+
+
+def _labelled(found: dict[str, list[Path]], classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    paths = [p for c in classes for p in found.get(c, [])]
+    labels = [i for i, c in enumerate(classes) for _ in found.get(c, [])]
+    return paths, np.asarray(labels, np.int64)
 
 
 def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad: bool = False) -> Data:
-    """root/<class>/*.jpg, or root/train/<class>/... with root/val (or test)/<class>/..."""
-    held = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and held is not None:
-        classes, train_paths, train_labels = _scan_classes(root / "train", skip_bad=skip_bad)
-        _, test_paths, test_labels = _scan_classes(held, classes, skip_bad)
-        note = f"test split from {held.name}/"
+    """root/<class>/*.jpg, or root/train/<class>/... with root/val (or test)/<class>/... (common split
+    names in any case: Train/Test, training_set/test_set, train/validation ...)."""
+    skipped, warnings = [], []
+    train_dir, held_dir = _split_folders(root)
+    if held_dir is not None:
+        train = _scan_classes(train_dir, skip_bad, skipped, warnings)
+        held = _scan_classes(held_dir, skip_bad, skipped, warnings)
+        extra = [c for c in held if c not in train]
+        if extra and train:
+            raise TinyTLError(f"{held_dir}: class folder(s) {', '.join(extra[:5])} have no images in {train_dir}; "
+                              "the held-out classes must be training classes (same folder names)")
+        classes = list(train)
+        missing = [c for c in classes if c not in held]
+        if missing and held:
+            warnings.append(f"{held_dir}: no held-out images of {', '.join(missing[:5])}"
+                            f"{', ...' if len(missing) > 5 else ''}")
+        train_paths, train_labels = _labelled(train, classes)
+        test_paths, test_labels = _labelled(held, classes)
+        note = f"test split from {held_dir.name}/"
     else:
-        classes, paths, labels = _scan_classes(root, skip_bad=skip_bad)
+        found = _scan_classes(train_dir or root, skip_bad, skipped, warnings)
+        classes = list(found)
+        paths, labels = _labelled(found, classes)
         rng = np.random.default_rng(seed)
         test_mask = np.zeros(len(paths), bool)
         for c in range(len(classes)):  # stratified: held_out of every class, at least one image
@@ -227,13 +279,17 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
         test_paths = [p for p, m in zip(paths, test_mask) if m]
         train_labels, test_labels = labels[~test_mask], labels[test_mask]
         note = f"{held_out:.0%} of each class held out (seed {seed})"
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} unreadable image(s) (--skip-bad-images), e.g. {skipped[0]}")
     if len(train_paths) == 0:
         raise TinyTLError(f"{root}: no images found (expected {root}/<class>/<image> files)")
-    present = np.unique(train_labels)
-    if len(present) < 2:
-        raise TinyTLError(f"{root}: images of only {len(present)} class found; need at least 2 class folders")
+    if len(classes) < 2:
+        raise TinyTLError(f"{root}: images of only {len(classes)} class found; need at least 2 class folders")
+    if len(test_paths) == 0:
+        warnings.append(f"{root}: no held-out images (a val/ folder, or 2 or more images a class), so no held-out "
+                        "accuracy")
     return Data(classes, Split(train_labels, _image_loader(train_paths)), Split(test_labels, _image_loader(test_paths)),
-                note)
+                note, warnings)
 
 
 def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
@@ -255,17 +311,22 @@ def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
                 f"synthetic, {n} train images")
 
 
+SYNTHETIC_MAX = 10_000_000
+
+
 def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int = 0,
-              test_limit: int | None = None, skip_bad: bool = False) -> Data:
+              test_limit: int | None = None, skip_bad: bool = False, classes: list[str] | None = None) -> Data:
     """Resolve --data. `limit` (`test_limit`) keeps a fixed random subset of the training (held-out)
-    split."""
+    split. `classes`: the class names a model was trained on; labels follow them by name."""
+    if not spec.strip():
+        raise TinyTLError("--data is empty; give an image folder, an idx folder or synthetic:N")
     if spec.startswith("synthetic:"):
         try:
             n = int(spec.split(":", 1)[1])
         except ValueError:
             raise TinyTLError(f"--data {spec}: expected synthetic:N with N a number of images") from None
-        if n < 2:
-            raise TinyTLError(f"--data {spec}: need at least 2 images")
+        if not 2 <= n <= SYNTHETIC_MAX:
+            raise TinyTLError(f"--data {spec}: need 2 to {SYNTHETIC_MAX:,} images")
         data = synthetic(n, num_classes, seed)
     else:
         root = Path(spec)
@@ -273,6 +334,8 @@ def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int =
             raise TinyTLError(f"--data {spec}: no such directory")
         is_idx = any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir())
         data = load_idx(root) if is_idx else load_image_folder(root, seed=seed, skip_bad=skip_bad)
+    if classes is not None and data.classes != classes:
+        follow_classes(data, classes, spec)
     if len(data.classes) > num_classes:
         raise TinyTLError(f"--data {spec} has {len(data.classes)} classes, the model was compiled for "
                           f"{num_classes} (compile with --num-classes {len(data.classes)})")
@@ -281,6 +344,23 @@ def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int =
     if test_limit is not None and test_limit < len(data.test):
         data.test = subset(data.test, test_limit, seed)
     return data
+
+
+def follow_classes(data: Data, classes: list[str], spec: str) -> None:
+    """Relabel `data` by class name to a trained model's class list (a folder lacking a class would
+    otherwise shift every later label by one)."""
+    unknown = [c for c in data.classes if c not in classes]
+    if unknown:
+        raise TinyTLError(f"--data {spec}: class(es) {', '.join(unknown[:5])} are not among the {len(classes)} the "
+                          f"model was trained on ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")
+    missing = [c for c in classes if c not in data.classes]
+    if missing:
+        data.warnings.append(f"--data {spec} has no class folder for {', '.join(missing[:5])}"
+                             f"{', ...' if len(missing) > 5 else ''} (the other classes keep their labels)")
+    to_trained = np.array([classes.index(c) for c in data.classes], np.int64)
+    for split in (data.train, data.test):
+        split.labels = to_trained[split.labels]
+    data.classes = list(classes)
 
 
 def subset(split: Split, n: int, seed: int = 0) -> Split:
