@@ -34,6 +34,8 @@ def check_target(directory: Path, out: Path) -> None:
     parent = out.parent
     if not parent.exists():
         raise TinyTLError(f"{parent}: no such directory")
+    if not parent.is_dir():
+        raise TinyTLError(f"{parent}: is a file, not a directory")
     if not os.access(parent, os.W_OK):
         raise TinyTLError(f"{parent}: not writable")
 

@@ -68,9 +68,14 @@ def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path, require
         expected = manifest.get("checkpoint_sha256")
     else:
         try:
-            expected = json.loads((checkpoint.parent / "state.json").read_text()).get("checkpoint_sha256")
+            state = json.loads((checkpoint.parent / "state.json").read_text())
+            expected, artifact = state.get("checkpoint_sha256"), state.get("artifact")
         except (OSError, ValueError, AttributeError):
-            expected = None
+            expected = artifact = None
+        # the run names the compiled checkpoint it started from: a trained/ copied from elsewhere is refused
+        if artifact is not None and artifact != manifest.get("checkpoint_sha256"):
+            raise TinyTLError(f"{checkpoint.parent}: trained from another artifact, not from {directory}; "
+                              "train this one with --restart")
     if (expected is not None or required) and sha256(checkpoint) != expected:
         raise TinyTLError(f"{checkpoint}: corrupt checkpoint (its SHA-256 is not the one recorded when it was written)")
 

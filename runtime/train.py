@@ -70,18 +70,18 @@ def check_trained_replaceable(out: Path) -> None:
                           "and train again")
 
 
-def load_record(out: Path) -> dict:
+def load_record(out: Path, manifest: dict) -> dict:
     """The saved progress, checked: its checkpoint must be the one it names."""
     try:
         record = json.loads((out / STATE).read_text())
         record["epoch"], record["step"], record["history"]  # noqa: B018 (all three must be there)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise TinyTLError(f"{out / STATE}: corrupt training state ({type(e).__name__}: {e})") from e
-    verify_checkpoint(out.parent, {}, out / "checkpoint", required=True)
+    verify_checkpoint(out.parent, manifest, out / "checkpoint", required=True)
     return record
 
 
-def earlier_run(directory: Path, cfg: TrainConfig) -> dict | None:
+def earlier_run(directory: Path, manifest: dict, cfg: TrainConfig) -> dict | None:
     """What an earlier run left, checked against --resume/--restart before any data is read: its saved
     progress to resume, or None to train anew."""
     out = directory / TRAINED
@@ -93,7 +93,7 @@ def earlier_run(directory: Path, cfg: TrainConfig) -> dict | None:
     if cfg.resume:
         if not (out / STATE).is_file() or not (out / "checkpoint").exists():
             raise TinyTLError(f"--resume: no earlier training in {out}")
-        return load_record(out)
+        return load_record(out, manifest)
     if out.exists() and not cfg.restart:
         raise TinyTLError(f"{directory} was trained before ({out}); pass --resume to go on or --restart to train "
                           "anew (the earlier run is kept until the new one saves its first epoch)")
@@ -102,7 +102,7 @@ def earlier_run(directory: Path, cfg: TrainConfig) -> dict | None:
 
 def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
     out = directory / TRAINED
-    record, checkpoint = earlier_run(directory, cfg), directory / "checkpoint"
+    record, checkpoint = earlier_run(directory, manifest, cfg), directory / "checkpoint"
     if record is None:
         record = {"epoch": 0, "step": 0, "history": []}
     else:
@@ -142,7 +142,7 @@ def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=pri
             entry.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
         record = {"epoch": epoch + 1, "step": step, "history": record["history"] + [entry],
                   "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing,
-                  "classes": data.classes}
+                  "classes": data.classes, "artifact": manifest.get("checkpoint_sha256")}
         _save(sess, out, record)
         held_out = ", no held-out images" if not len(data.test) else "" if entry["test_accuracy"] is None else \
             f", held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images)"

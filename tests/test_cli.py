@@ -1,6 +1,7 @@
 """End to end through the `tinytlc` command: compile, train, resume, eval, export, memory."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -132,3 +133,50 @@ def test_no_held_out_images(tmp_path, cli):
     assert code == 0 and "no held-out images" in out and "0.00%" not in out, (out, err)
     code, _, err = cli("eval", art, "--data", tmp_path / "one")
     assert code == 2 and "no held-out images to evaluate" in err
+
+
+def test_bench_arguments_and_outputs_are_checked_up_front(tmp_path, cli, capsys):
+    """`tinytlc bench` keeps the CLI's contract: one-line errors, range checks, and never a user's file
+    replaced (checked before hours of runs)."""
+    import shutil
+    for args, phrase in ((["--methdos", "bias"], "unrecognized arguments"), (["--epochs", "-1"], "--epochs"),
+                         (["--resolution", "abc"], "not an integer"), (["--train-images", "-5"], "--train-images")):
+        with pytest.raises(SystemExit) as exit_:
+            cli("bench", *args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and phrase in err[0], err
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "benchmark.md").write_text("MY OWN notes")
+    (mine / "benchmark.json").write_text('{"mine": 1}')
+    code, _, err = cli("bench", "--out", mine, "--data", "synthetic:40")
+    assert code == 2 and "benchmark.json, benchmark.md exist and were not written by tinytlc bench" in err, err
+    assert (mine / "benchmark.md").read_text() == "MY OWN notes"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = cli("bench", "--out", afile)
+    assert code == 2 and "a file is there" in err
+    from tinytlc.transfer_bench import OUTPUTS, check_out
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    repo_results = Path(__file__).parent.parent / "results"
+    for name in OUTPUTS:
+        if (repo_results / name).exists():
+            shutil.copy(repo_results / name, ours / name)
+    check_out(ours)  # an earlier bench's output may be replaced
+
+
+def test_ctrl_c_while_starting_is_one_line(cli, monkeypatch):
+    """The command's module imports nothing heavy (Ctrl-C during torch's import would be a traceback
+    outside main), and an interrupt anywhere in main is one line."""
+    import subprocess
+    import sys
+    probe = "import sys, tinytlc.cli; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    import tinytlc.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tinytlc.cli, "parser", interrupted)
+    code, _, err = cli("train", "x", "--data", "y")
+    assert code == 130 and err.strip() == "tinytlc: interrupted"

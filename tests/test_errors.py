@@ -434,3 +434,47 @@ def test_run_mistakes_are_found_before_the_data_is_read(tmp_path, cli, artifact,
     import tinytlc.runtime.train as train_module
     monkeypatch.setattr(train_module.os, "access", lambda path, mode: False)  # (root may write anywhere)
     one_line_error(cli("train", art, "--data", missing), f"{art}: not writable")
+
+
+@pytest.mark.parametrize("text,phrase", [
+    ("{}", "'model' is missing"), ("[]", "a JSON list, not an object"), ('"x"', "a JSON str"),
+    (None, "'num_classes' is missing or not a JSON integer"), (b"\xff\xfe{", "corrupt manifest")])
+def test_manifest_of_the_wrong_shape(tmp_path, cli, artifact, text, phrase):
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    mf = art / "tinytlc.json"
+    if text is None:
+        text = mf.read_text().replace('"num_classes": 4', '"num_classes": "4"')
+    mf.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for args in (("train", art, "--data", "synthetic:8"), ("eval", art, "--data", "synthetic:8"), ("memory", art),
+                 ("export", art, tmp_path / "m.onnx")):
+        one_line_error(cli(*args), "tinytlc.json: corrupt manifest", phrase)
+
+
+def test_trained_run_of_another_artifact_is_refused(tmp_path, cli, artifact):
+    import shutil
+    other = tmp_path / "other"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", 16, "--out", other)[0] == 0
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    assert cli("train", art, "--data", "synthetic:8")[0] == 0
+    shutil.copytree(art / "trained", other / "trained")
+    for args in (("eval", other, "--data", "synthetic:8"), ("export", other, tmp_path / "m.onnx"),
+                 ("train", other, "--data", "synthetic:8", "--epochs", 2, "--resume")):
+        one_line_error(cli(*args), "trained from another artifact", "--restart")
+    assert not (tmp_path / "m.onnx").exists()
+    assert cli("train", other, "--data", "synthetic:8", "--restart")[0] == 0
+
+
+def test_misleading_messages(tmp_path, cli, artifact):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(cli("export", artifact, afile / "m.onnx"), "afile: is a file, not a directory")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--out", afile / "art"),
+                   "afile is a file, not a directory")
+    one_line_error(cli("train", artifact, "--data", "synthetic:99999999999999", "--restart"),
+                   "need 2 to 10,000,000 images")
+    one_line_error(cli("eval", tmp_path / "nonexistent", "--data", "synthetic:8"), "nonexistent: no such directory")
+    assert afile.read_text() == "x"

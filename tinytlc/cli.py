@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from tinytlc.errors import TinyTLError
-from tinytlc.methods import METHODS, default_lr
-from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.report import mib
+
+# torch, onnx and ORT are imported where they are needed: Ctrl-C during those slow imports is then
+# inside main()'s handler (one line), and --help stays quick.
 
 
 
@@ -79,13 +80,14 @@ def _load_data(a, m: dict, classes: list[str] | None, **kw):
 
 
 def cmd_train(a) -> dict:
+    from tinytlc.methods import default_lr
     from tinytlc.runtime.train import TrainConfig, earlier_run, train
     art = _load(a)
     m = art.manifest
     lr = a.lr or default_lr(m["method"])
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
                       label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume, restart=a.restart)
-    record = earlier_run(art.path, cfg)  # --resume/--restart mistakes before the data is read
+    record = earlier_run(art.path, m, cfg)  # --resume/--restart mistakes before the data is read
     data = _load_data(a, m, record and record.get("classes"), limit=a.limit)
     if len(data.classes) < m["num_classes"] and not record:
         print(f"tinytlc: warning: --data {a.data} has {len(data.classes)} classes and the model {m['num_classes']} "
@@ -134,6 +136,7 @@ def cmd_export(a) -> dict:
 
 def cmd_memory(a) -> dict:
     from tinytlc.runtime.memory import measure
+    _load(a)  # a damaged artifact is said here, not from the measuring process
     r = measure(a.dir, steps=a.steps, warmup=a.warmup, batch_size=a.batch_size)
     if not a.json:
         print(f"{r['model']} ({r['method']}), batch {r['batch_size']}, {r['resolution']} px, "
@@ -209,6 +212,7 @@ CLASSES = _ranged(int, 2)
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """MODEL and the options that say which network and step: shared by diff and analyze."""
+    from tinytlc.methods import METHODS
     p.add_argument("model", help="zoo name, a .onnx file, or path/to/file.py:function")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--num-classes", type=CLASSES, default=None)
@@ -218,6 +222,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from tinytlc import __version__
+    from tinytlc.methods import METHODS, default_lr
+    from tinytlc.passes.training import DEFAULT_PASSES, PASSES
     p = _Parser(prog="tinytlc", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"tinytlc {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -321,13 +327,13 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own options; see tinytlc/transfer_bench.py
-        from tinytlc import transfer_bench
-        return transfer_bench.main(argv[1:])
-    args = parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so temporary folders are removed on the way out
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if argv[:1] == ["bench"]:  # its own options; see tinytlc/transfer_bench.py
+            from tinytlc import transfer_bench
+            return transfer_bench.main(argv[1:])
+        args = parser().parse_args(argv)
         result = args.func(args)
     except TinyTLError as e:
         print(f"tinytlc: error: {e}", file=sys.stderr)

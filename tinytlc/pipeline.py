@@ -46,16 +46,46 @@ class Artifact:
 def load_artifact(path: str | Path) -> Artifact:
     path = Path(path)
     mf = path / MANIFEST
+    if not path.exists():
+        raise TinyTLError(f"{path}: no such directory")
     if not mf.is_file():
         raise TinyTLError(f"{path}: not a tinytlc artifact directory (no {MANIFEST}; run tinytlc compile)")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TinyTLError(f"{mf}: corrupt manifest ({e})") from e
+    problem = manifest_problem(manifest)
+    if problem:
+        raise TinyTLError(f"{mf}: corrupt manifest ({problem}); compile again")
     for name in artifacts.FILES + ((artifacts.WEIGHTS,) if manifest.get("external_data") else ()):
         if not (path / name).exists():
             raise TinyTLError(f"{path}: {name} is missing; compile again")
     return Artifact(path, manifest)
+
+
+JSON_TYPES = {str: "string", int: "integer", dict: "object", list: "array"}
+
+
+def manifest_problem(m) -> str | None:
+    """What is wrong with a manifest's shape (every later command reads these entries), or None."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not isinstance(m, dict):
+        return f"a JSON {type(m).__name__}, not an object"
+    for key, kind in (("model", str), ("method", str), ("num_classes", int), ("input", dict), ("labels", dict),
+                      ("logits", str), ("label_smoothing_input", str), ("preprocess", dict), ("trainable", list)):
+        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
+            return f"'{key}' is missing or not a JSON {JSON_TYPES[kind]}"
+    shape, pre = m["input"].get("shape"), m["preprocess"]
+    if not isinstance(m["input"].get("name"), str) or not isinstance(m["labels"].get("name"), str):
+        return "'input' or 'labels' has no name"
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)):
+        return "'input' has no shape of 4 positive sizes"
+    if not (isinstance(pre.get("resolution"), int) and all(isinstance(pre.get(k), list) and len(pre[k]) == 3
+                                                            and all(map(number, pre[k])) for k in ("mean", "std"))):
+        return "'preprocess' needs resolution, and mean and std of 3 numbers"
+    return None
 
 
 def check_output_directory(out: Path, force: bool) -> None:
@@ -63,6 +93,9 @@ def check_output_directory(out: Path, force: bool) -> None:
     what tinytlc wrote: nothing else is ever replaced, whatever the flags."""
     if out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
         raise TinyTLError(f"--out {out}: that is the working directory (or holds it); choose a new directory")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise TinyTLError(f"--out {out}: {blocker} is a file, not a directory")
     if not out.exists():
         return
     if not out.is_dir():

@@ -20,7 +20,8 @@ deviation over seeds).
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -234,25 +235,59 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+OUTPUTS = ("benchmark.json", "benchmark.md", "accuracy_vs_memory.png")
+
+
+def check_out(out: Path) -> None:
+    """bench writes its files only as new ones or over an earlier bench's: never over a user's."""
+    if out.exists() and not out.is_dir():
+        raise TinyTLError(f"--out {out}: a file is there; give a directory")
+    theirs = [name for name in OUTPUTS if (out / name).exists() and not _written_by_bench(out / name)]
+    if theirs:
+        raise TinyTLError(f"--out {out}: {', '.join(theirs)} exist and were not written by tinytlc bench; "
+                          "choose another --out")
+    parent = next(p for p in [out, *out.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise TinyTLError(f"--out {out}: {parent} is {'not writable' if parent.is_dir() else 'a file'}")
+
+
+def _written_by_bench(path: Path) -> bool:
+    try:
+        if path.suffix == ".json":
+            report = json.loads(path.read_text())
+            return isinstance(report, dict) and {"setting", "results"} <= set(report)
+        if path.suffix == ".md":
+            return "| setting | method " in path.read_text()
+        from PIL import Image
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software", "").startswith(("Matplotlib", "tinytlc"))
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="tinytlc bench", description=__doc__.split("\n")[0])
+    from tinytlc.cli import _Parser, _ranged
+    count, positive = _ranged(int, 0), _ranged(int, 1)
+    ap = _Parser(prog="tinytlc bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--data", default=FASHION, help="as for tinytlc train (default: Debian's Fashion-MNIST)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--train-images", type=int, default=2000, help="the `many` setting (0: leave it out)")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--few-shot", type=int, default=20, help="images a class in the `few` setting (0: leave it out)")
-    ap.add_argument("--few-shot-epochs", type=int, default=10)
-    ap.add_argument("--val-images", type=int, default=1000)
-    ap.add_argument("--test-images", type=int, default=2000)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--resolution", type=_ranged(int, 8, 4096), default=32)
+    ap.add_argument("--batch-size", type=positive, default=8)
+    ap.add_argument("--train-images", type=count, default=2000, help="the `many` setting (0: leave it out)")
+    ap.add_argument("--epochs", type=_ranged(int, 1, 100000), default=2)
+    ap.add_argument("--few-shot", type=count, default=20, help="images a class in the `few` setting (0: leave it out)")
+    ap.add_argument("--few-shot-epochs", type=_ranged(int, 1, 100000), default=10)
+    ap.add_argument("--val-images", type=positive, default=1000)
+    ap.add_argument("--test-images", type=positive, default=2000)
+    ap.add_argument("--seeds", type=count, default=3)
     ap.add_argument("--no-batch1", action="store_true", help="leave out lite+bias at batch size 1")
-    ap.add_argument("--lite-reference", type=int, default=0,
+    ap.add_argument("--lite-reference", type=_ranged(int, 0, 4096), default=0,
                     help="lite module kernels as compile's --lite-reference (default 0 here: sized by the real maps; "
                          "at 32 px the paper's 128 px reference puts 5x5 kernels on 1x1 and 2x2 maps)")
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=Path("results"),
+                    help="folder for benchmark.json, benchmark.md, accuracy_vs_memory.png (new files, or an "
+                         "earlier bench's)")
     a = ap.parse_args(argv)
     settings = {}
     if a.train_images:
@@ -260,16 +295,12 @@ def main(argv=None) -> int:
     if a.few_shot:
         settings["few"] = {"epochs": a.few_shot_epochs, "draw": {"per_class": a.few_shot}}
     if not settings or a.seeds < 1:
-        print("tinytlc: error: nothing to run (--train-images and --few-shot are both 0, or --seeds < 1)",
-              file=sys.stderr)
-        return 2
-    try:
-        report = run(a.model, a.data, a.methods.split(","), a.resolution, a.batch_size, a.seeds, settings,
-                     a.val_images, a.test_images, not a.no_batch1, a.lite_reference, log=lambda s: print(s, flush=True))
-    except TinyTLError as e:
-        print(f"tinytlc: error: {e}", file=sys.stderr)
-        return 2
+        raise TinyTLError("nothing to run (--train-images and --few-shot are both 0, or --seeds < 1)")
+    check_out(a.out)  # before hours of runs, and again just before writing
+    report = run(a.model, a.data, a.methods.split(","), a.resolution, a.batch_size, a.seeds, settings,
+                 a.val_images, a.test_images, not a.no_batch1, a.lite_reference, log=lambda s: print(s, flush=True))
     text = render(report) + "\n\n" + "\n".join(targets(report)) + "\n"
+    check_out(a.out)
     write_json(a.out / "benchmark.json", report)
     with atomic_path(a.out / "benchmark.md") as tmp:
         tmp.write_text(text)
