@@ -124,3 +124,60 @@ def test_labels_follow_the_trained_class_names(tmp_path):
     images(tmp_path, ["z_new"])
     with pytest.raises(TinyTLError, match="z_new are not among the 3 the model was trained on"):
         load_data(str(tmp_path), 3, classes=["a_red", "b_green", "c_blue"])
+
+
+def _load_one(tmp_path, name, save):
+    path = tmp_path / name
+    save(path)
+    from tinytlc.data import open_image, to_rgb8
+    with open_image(path) as im:
+        return to_rgb8(im)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(np.zeros((20, 40, 3), np.uint8))  # 40 wide, 20 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: upright it is 20 wide, 40 high
+    assert _load_one(tmp_path, "r.jpg", lambda p: img.save(p, exif=exif)).shape == (40, 20, 3)
+
+
+def test_transparency_is_composited_on_grey(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[1:3, 1:3] = 255  # opaque white square on a transparent black background
+    rgb = _load_one(tmp_path, "a.png", lambda p: Image.fromarray(rgba).save(p))
+    assert rgb[0, 0].tolist() == [128] * 3 and rgb[1, 1].tolist() == [255] * 3
+    la = _load_one(tmp_path, "la.png", lambda p: Image.fromarray(rgba[..., [0, 3]]).save(p))
+    assert la[0, 0].tolist() == [128] * 3
+
+
+def test_deep_and_float_images_keep_their_brightness(tmp_path):
+    import io
+    dark = np.array([[0, 1000], [2000, 3000]])
+    pgm = _load_one(tmp_path, "d.pgm", lambda p: p.write_bytes(b"P5\n2 2\n65535\n" + dark.astype(">u2").tobytes()))
+    png = _load_one(tmp_path, "d.png", lambda p: Image.fromarray(dark.astype(np.uint16)).save(p))
+    assert pgm[..., 0].tolist() == png[..., 0].tolist() == [[0, 4], [8, 12]]  # not stretched to 255
+    f255 = _load_one(tmp_path, "f.tif", lambda p: Image.fromarray((dark / 100).astype(np.float32)).save(p))
+    assert f255[..., 0].tolist() == [[0, 10], [20, 30]]
+    unit = _load_one(tmp_path, "u.tif", lambda p: Image.fromarray(np.float32([[0, 0.5], [0.25, 1]])).save(p))
+    assert unit[..., 0].tolist() == [[0, 128], [64, 255]]
+    nan = np.float32([[np.nan, 0.5], [0.25, 1]])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning
+        got = _load_one(tmp_path, "n.tif", lambda p: Image.fromarray(nan).save(p))
+    assert got[..., 0].tolist() == [[0, 128], [64, 255]]  # one NaN pixel, not a black image
+
+
+def test_large_photos_load_without_warnings(tmp_path, monkeypatch):
+    import warnings
+
+    import tinytlc.data
+    from PIL import Image as PILImage
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
+    monkeypatch.setattr(tinytlc.data, "MAX_PIXELS", 200)  # PIL warns above 100, refuses above 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _load_one(tmp_path, "big.png", lambda p: Image.new("RGB", (12, 12)).save(p)).shape == (12, 12, 3)
+    images(tmp_path / "d", ["a", "b"], size=(20, 20))
+    with pytest.raises(TinyTLError, match="0.png: more than 200 pixels, too large to read; downscale it"):
+        load_data(str(tmp_path / "d"), 2)

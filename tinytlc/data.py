@@ -154,24 +154,50 @@ def load_idx(folder: Path) -> Data:
     return Data(classes, parts["train"], parts["test"])
 
 
+MAX_PIXELS = 400_000_000  # PIL's default (179 MP) refuses 200 MP phone photos; beyond this: one line
+
+
+def open_image(path: Path):
+    """PIL's Image.open, without its decompression-bomb warning on stderr for large photos."""
+    import warnings
+
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # PIL warns above it and refuses above twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def to_rgb8(im) -> np.ndarray:
-    """Any PIL image as uint8 RGB. 16- and 32-bit integer and float modes are scaled by their range
-    (PIL's convert("RGB") clips them: a 16-bit photo would turn almost white)."""
+    """Any PIL image as upright uint8 RGB. EXIF orientation is applied (phone photos); transparent
+    pixels are composited on mid grey (their stored colour is arbitrary, often black); 16- and 32-bit
+    and float modes are scaled by their type's range, not per image (PIL's convert("RGB") clips them)."""
+    from PIL import ImageOps
+    if im.getexif().get(0x0112, 1) != 1:  # Orientation
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else (1.0 if im.mode == "F" and a.max() <= 1.0 else
-                                                           max(float(a.max()), 1.0))
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if im.mode.startswith("I;16") or im.format in ("PPM", "PNG"):
+            top = 65535.0  # (PIL reads a 16-bit PGM as mode I, scaled to 16 bits)
+        elif im.mode == "F":
+            top = 1.0 if a.min() >= 0 and a.max() <= 1 else 255.0  # [0, 1] floats or [0, 255] ones
+        else:
+            top = next(t for t in (255.0, 65535.0, 2.0 ** 31 - 1) if a.max() <= t)
         a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        from PIL import Image
+        rgba = im.convert("RGBA")
+        return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (128, 128, 128, 255)), rgba).convert("RGB"))
     return np.asarray(im.convert("RGB"))
 
 
 def _image_loader(paths: list[Path]):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     def load(i: int) -> np.ndarray:
         try:
-            with Image.open(paths[i]) as im:
+            with open_image(paths[i]) as im:
                 return to_rgb8(im)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise TinyTLError(f"{paths[i]}: cannot read image ({e}); fix or remove it, or pass --skip-bad-images") from e
@@ -181,14 +207,15 @@ def _image_loader(paths: list[Path]):
 def check_images(paths: list[Path], skip_bad: bool, skipped: list[Path]) -> list[Path]:
     """Decode every image before training starts (verify() alone passes a truncated JPEG): one line
     naming the first bad file, or, with skip_bad, the good ones (the bad ones go to `skipped`)."""
-    from PIL import Image
     good = []
     for path in paths:
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 im.load()
             good.append(path)
         except Exception as e:  # PIL raises many types for damaged files
+            if not skip_bad and type(e).__name__ == "DecompressionBombError":
+                raise TinyTLError(f"{path}: more than {MAX_PIXELS:,} pixels, too large to read; downscale it") from e
             if not skip_bad:
                 raise TinyTLError(f"{path}: cannot read image ({type(e).__name__}: {str(e)[:120]}); "
                                   "fix or remove it, or pass --skip-bad-images") from e
