@@ -25,6 +25,7 @@ LABELS = "labels"
 SMOOTHING = "label_smoothing"
 FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 WEIGHTS = "training_model.onnx.data"  # the rewritten training model's initializers (external data)
+HASHED = ("training_model.onnx", WEIGHTS, "eval_model.onnx", "optimizer_model.onnx")  # (the checkpoint has its own)
 
 
 class SmoothedCrossEntropy(onnxblock.Block):

@@ -80,6 +80,15 @@ def verify_checkpoint(directory: Path, manifest: dict, checkpoint: Path, require
         raise TinyTLError(f"{checkpoint}: corrupt checkpoint (its SHA-256 is not the one recorded when it was written)")
 
 
+def verify_files(directory: Path, manifest: dict) -> None:
+    """The models must be the ones compile wrote (flipped weight bytes load and train, then diverge)."""
+    recorded = manifest.get("files_sha256")
+    for name, digest in (recorded.items() if isinstance(recorded, dict) else ()):
+        if sha256(directory / name) != digest:
+            raise TinyTLError(f"{directory / name}: corrupt (its SHA-256 is not the one recorded when it was "
+                              "compiled); compile again")
+
+
 def load_state(path: Path) -> CheckpointState:
     try:
         return CheckpointState.load_checkpoint(str(path))
@@ -114,6 +123,7 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
                  with_optimizer: bool = True, measure: bool = False) -> TrainingSession:
     """Load `checkpoint` (default: the trained one if any, else the compiled one)."""
     check_cpu(directory, manifest)
+    verify_files(directory, manifest)
     checkpoint = checkpoint or trained_checkpoint(directory) or directory / "checkpoint"
     verify_checkpoint(directory, manifest, checkpoint)
     state = load_state(checkpoint)

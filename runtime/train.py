@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from tinytlc.data import Data, Preprocess, Split, batches
 from tinytlc.errors import TinyTLError
-from tinytlc.fsutil import atomic_path, recover, sha256
+from tinytlc.fsutil import atomic_path, locked, recover, sha256
 from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
                                      verify_checkpoint)
 
@@ -101,6 +101,11 @@ def earlier_run(directory: Path, manifest: dict, cfg: TrainConfig) -> dict | Non
 
 
 def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
+    with locked(directory, "train"):  # two trains would each replace the other's run
+        return _train(directory, manifest, data, cfg, log)
+
+
+def _train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log) -> dict:
     out = directory / TRAINED
     record, checkpoint = earlier_run(directory, manifest, cfg), directory / "checkpoint"
     if record is None:

@@ -478,3 +478,32 @@ def test_misleading_messages(tmp_path, cli, artifact):
                    "need 2 to 10,000,000 images")
     one_line_error(cli("eval", tmp_path / "nonexistent", "--data", "synthetic:8"), "nonexistent: no such directory")
     assert afile.read_text() == "x"
+
+
+def test_damaged_frozen_weights_are_called_corrupt(tmp_path, cli, artifact):
+    """Flipped bytes in a model file load and train, then diverge: compile records every model's SHA-256."""
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    name = "training_model.onnx.data" if (art / "training_model.onnx.data").exists() else "training_model.onnx"
+    data = bytearray((art / name).read_bytes())
+    data[-8] ^= 0x40
+    (art / name).write_bytes(bytes(data))
+    for args in (("train", art, "--data", "synthetic:8"), ("eval", art, "--data", "synthetic:8")):
+        one_line_error(cli(*args), name, "corrupt", "compile again")
+    assert not (art / "trained").exists()
+
+
+def test_one_train_at_a_time(tmp_path, cli, artifact):
+    """A second train on an artifact being trained stops at once (it would replace the first's run)."""
+    import shutil
+
+    from tinytlc.fsutil import locked
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    with locked(art, "train"):  # as another process's train holds it
+        one_line_error(cli("train", art, "--data", "synthetic:8"), "another tinytlc train is running")
+    assert not (art / "trained").exists()
+    assert cli("train", art, "--data", "synthetic:8")[0] == 0

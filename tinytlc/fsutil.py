@@ -4,6 +4,7 @@ nothing tinytlc did not write is ever deleted or replaced."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import glob
 import json
@@ -89,6 +90,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def locked(directory: Path, command: str):
+    """Hold an exclusive lock on `directory` while `command` writes into it (flock: the system drops it
+    when the process ends, however it ends)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TinyTLError(f"{directory}: another tinytlc {command} is running on it; wait for it to end") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -310,6 +310,8 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             raise TinyTLError(f"{e}. The file was exported for a fixed batch of {exported} and that size is "
                               "written into its shapes: export it with a dynamic batch (dynamic_axes or "
                               "dynamic_shapes in torch.onnx.export)") from e
+        # every later session checks these: flipped weights are called corrupt, not "diverged; lower --lr"
+        manifest["files_sha256"] = {name: sha256(tmp / name) for name in artifacts.HASHED if (tmp / name).exists()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Artifact(out, manifest)
 
