@@ -115,6 +115,10 @@ def _train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log) -
         if record.get("classes", data.classes) != data.classes:
             raise TinyTLError(f"--resume: the earlier run trained on classes {', '.join(record['classes'][:10])}; "
                               f"--data has {', '.join(data.classes[:10])}")
+        changed = [f"{k} {record[k]:g} -> {getattr(cfg, k):g}" for k in ("lr", "batch_size", "label_smoothing")
+                   if k in record and record[k] != getattr(cfg, k)]
+        if changed:
+            log(f"tinytlc: note: --resume with other settings than the earlier run: {', '.join(changed)}")
         if record["epoch"] >= cfg.epochs:
             log(f"already trained {record['epoch']} epochs (asked for {cfg.epochs}); nothing to do")
             return record

@@ -181,3 +181,12 @@ def test_large_photos_load_without_warnings(tmp_path, monkeypatch):
     images(tmp_path / "d", ["a", "b"], size=(20, 20))
     with pytest.raises(TinyTLError, match="0.png: more than 200 pixels, too large to read; downscale it"):
         load_data(str(tmp_path / "d"), 2)
+
+
+def test_data_that_is_a_file_or_images_beside_the_classes(tmp_path):
+    images(tmp_path, ["a", "b"])
+    Image.new("RGB", (8, 8)).save(tmp_path / "stray.png")
+    data = load_data(str(tmp_path), 2)
+    assert data.classes == ["a", "b"] and any("stray.png" in w and "not in any class" in w for w in data.warnings)
+    with pytest.raises(TinyTLError, match="stray.png: not a directory"):
+        load_data(str(tmp_path / "stray.png"), 2)

@@ -507,3 +507,18 @@ def test_one_train_at_a_time(tmp_path, cli, artifact):
         one_line_error(cli("train", art, "--data", "synthetic:8"), "another tinytlc train is running")
     assert not (art / "trained").exists()
     assert cli("train", art, "--data", "synthetic:8")[0] == 0
+
+
+def test_resume_with_other_settings_is_said_and_unwritable_out_up_front(tmp_path, cli, artifact, monkeypatch):
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    shutil.rmtree(art / "trained", ignore_errors=True)
+    assert cli("train", art, "--data", "synthetic:8", "--lr", "0.01")[0] == 0
+    code, out, _ = cli("train", art, "--data", "synthetic:8", "--lr", "0.02", "--epochs", 2, "--resume")
+    assert code == 0 and "--resume with other settings than the earlier run: lr 0.01 -> 0.02" in out
+    import tinytlc.pipeline
+    monkeypatch.setattr(tinytlc.pipeline.os, "access", lambda path, mode: False)  # (root may write anywhere)
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--out", tmp_path / "new"),
+                   f"{tmp_path} is not writable")
+    assert not list(tmp_path.glob(".new*"))

@@ -294,6 +294,10 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
         note = f"test split from {held_dir.name}/"
     else:
         found = _scan_classes(train_dir or root, skip_bad, skipped, warnings)
+        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(JUNK)]
+        if loose and found:
+            warnings.append(f"{root}: {len(loose)} image(s) beside the class folders (e.g. {loose[0].name}) are not "
+                            "in any class; left out")
         classes = list(found)
         paths, labels = _labelled(found, classes)
         rng = np.random.default_rng(seed)
@@ -358,7 +362,7 @@ def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int =
     else:
         root = Path(spec)
         if not root.is_dir():
-            raise TinyTLError(f"--data {spec}: no such directory")
+            raise TinyTLError(f"--data {spec}: {'not a directory' if root.exists() else 'no such directory'}")
         is_idx = any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir())
         data = load_idx(root) if is_idx else load_image_folder(root, seed=seed, skip_bad=skip_bad)
     if classes is not None and data.classes != classes:

@@ -8,6 +8,7 @@ manifest every later command reads.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -96,6 +97,9 @@ def check_output_directory(out: Path, force: bool) -> None:
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise TinyTLError(f"--out {out}: {blocker} is a file, not a directory")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise TinyTLError(f"--out {out}: {parent} is not writable")
     if not out.exists():
         return
     if not out.is_dir():

@@ -109,12 +109,13 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
     from tinytlc.passes.forward import LiteOptions
     lite = LiteOptions(reference=lite_reference)
     d = load_data(data, 10, test_limit=test_images, seed=0)
+    classes = len(d.classes)  # (a folder of 3 classes gets a 3-class head, here and in the PyTorch baseline)
     val, pool = carve(d.train, val_images)
     results, memory = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             t0 = time.perf_counter()
-            art = compile_model(model, method, Path(tmp) / method.replace("+", "_"), num_classes=10,
+            art = compile_model(model, method, Path(tmp) / method.replace("+", "_"), num_classes=classes,
                                 batch_size=batch_size, resolution=resolution, lite=lite)
             memory[method] = measure(art.path)
             for name, s in settings.items():
@@ -126,7 +127,7 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
                                           for r in results if r["method"] == method and r["batch_size"] == batch_size)
                 + f"; total {mib(memory[method]['total_bytes'])} MiB ({time.perf_counter() - t0:.0f} s)")
         if batch1 and "lite+bias" in methods:
-            art = compile_model(model, "lite+bias", Path(tmp) / "lite_bias_b1", num_classes=10, batch_size=1,
+            art = compile_model(model, "lite+bias", Path(tmp) / "lite_bias_b1", num_classes=classes, batch_size=1,
                                 resolution=resolution, lite=lite)
             mem = measure(art.path)
             for name, s in settings.items():
@@ -138,7 +139,7 @@ def run(model: str, data: str, methods: list[str], resolution: int, batch_size: 
                 results.append(_row(name, "lite+bias", 1, r, art, mem))
     baselines = []
     for method in ("full", "bias"):
-        r = measure_torch(model, method, resolution, batch_size)
+        r = measure_torch(model, method, resolution, batch_size, num_classes=classes)
         baselines.append(r)
         log(f"pytorch eager {method}: total {mib(r['total_bytes'])} MiB")
     return {"setting": {"model": model, "data": data, "resolution": resolution, "batch_size": batch_size,
