@@ -367,7 +367,8 @@ def test_force_replaces_only_what_tinytlc_wrote(tmp_path, cli, artifact):
     assert (art / "NOTES.txt").read_text() == "mine" and (art / "trained" / "photo.jpg").read_text() == "mine"
     (art / "NOTES.txt").unlink()
     (art / "trained" / "photo.jpg").unlink()
-    assert cli(*compile_)[0] == 0
+    code, _, err = cli(*compile_)
+    assert code == 0 and "replaced" in err and "with its trained run" in err
     assert json.loads((art / "tinytlc.json").read_text())["method"] == "last"
     assert not list(tmp_path.glob(".art*"))
 

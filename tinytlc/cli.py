@@ -21,6 +21,7 @@ from tinytlc.report import mib
 def cmd_compile(a) -> dict:
     from tinytlc.pipeline import compile_model
     passes = [] if a.no_passes else (a.passes.split(",") if a.passes else None)
+    had_run = a.force and (Path(a.out) / "trained").is_dir()
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
                         resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes,
                         lite=_lite_options(a), norm=a.norm, lite_modules=a.lite_modules)
@@ -48,6 +49,8 @@ def cmd_compile(a) -> dict:
             for skip in m.get("lite_skipped", []):
                 print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
     sys.stdout.flush()
+    if had_run:
+        print(f"tinytlc: note: --force replaced {art.path} with its trained run", file=sys.stderr)
     if m["method"] == "norm+last" and found and not found["norms"]:
         print("tinytlc: warning: no norm layers found (an exporter may have folded BatchNorm into the convs); "
               "norm+last trains the classifier only", file=sys.stderr)

@@ -211,6 +211,7 @@ def check_images(paths: list[Path], skip_bad: bool, skipped: list[Path]) -> list
     for path in paths:
         try:
             with open_image(path) as im:
+                im.draft(None, (1, 1))  # a JPEG decodes at 1/8 scale: every byte is still read, faster
                 im.load()
             good.append(path)
         except Exception as e:  # PIL raises many types for damaged files
