@@ -124,11 +124,14 @@ def test_a_final_softmax_is_left_out(tmp_path, final):
     assert f"final {type(final).__name__} left out" in art.manifest["source"]
 
 
-def test_ir_version_3_file(tmp_path):
-    """Old model-zoo files: IR 3, opset 9, initializers listed as graph inputs."""
+@pytest.mark.parametrize("fixed", [False, True], ids=["dynamic-batch", "fixed-batch"])
+def test_ir_version_3_file(tmp_path, fixed):
+    """Old model-zoo files: IR 3, opset 9, initializers listed as graph inputs, often a fixed batch."""
     model = export(conv_net(), tmp_path / "m.onnx", 16, opset=9, keep_initializers_as_inputs=True,
                    do_constant_folding=False)
     model.ir_version = 3
+    if fixed:
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     onnx.save(model, tmp_path / "ir3.onnx")
     assert_step_matches_torch(tmp_path, tmp_path / "ir3.onnx", conv_net(), 16)
 

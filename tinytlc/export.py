@@ -179,7 +179,8 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     softmax = _drop_final_softmax(model.graph)
     if softmax:
         notes.append(f"its final {softmax} left out: training and the exported model use logits")
-    image = inputs[0]
+    image = model.graph.input[0]  # (not inputs[0]: extend() copied it)
+    del model.graph.value_info[:]  # shapes recorded for another size or batch: inferred again
     if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise TinyTLError(f"{path}: input '{image.name}' is {onnx.TensorProto.DataType.Name(image.type.tensor_type.elem_type)}, "
                           "expected float32 images")
