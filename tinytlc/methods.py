@@ -16,13 +16,14 @@ a norm gets no zero bias of its own (AddZeroBiasPass).
 
 from __future__ import annotations
 
+import onnx
 import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
                                     FoldBatchNormIntoConvPass, FoldTrainedBatchNormPass, LiteOptions,
                                     LiteResidualPass, find_classifier)
-from tinytlc.passes.forward._values import LITE, is_constant
+from tinytlc.passes.forward._values import LITE, is_constant, opset
 from tinytlc.passes.forward.blocks import param_source
 from tinytlc.passes.forward.norms import find_norms
 
@@ -73,9 +74,30 @@ def forward_passes(method: str, lite: LiteOptions | None = None, lite_modules: b
 
 
 def parameters(graph: ir.Graph) -> list[str]:
-    """Every float initializer that is a parameter (not a constant a pass wrote), in graph order."""
-    return [name for name, v in graph.initializers.items() if not is_constant(v) and v.dtype is not None
-            and v.dtype.is_floating_point() and v.shape is not None and len(v.shape) > 0]
+    """Every float initializer of rank >= 1 (a scalar is a constant such as an eps) that a pass did
+    not write and that the outputs depend on differentiably, in graph order. Exporters write
+    constants and buffers as initializers too (the dynamo exporter: Resize's scales; a threshold
+    buffer compared with): those that reach only inputs ONNX marks non-differentiable (scales,
+    pads, shapes, indices, Clip bounds, comparisons) are no parameters, and ORT cannot give them a
+    gradient. A buffer used as data (added, multiplied, gathered from) looks like a parameter in
+    ONNX and is trained as one."""
+    reached = {id(v) for v in graph.outputs}
+    for node in reversed(graph):  # nodes are in topological order
+        if any(id(v) in reached for v in node.outputs):
+            reached |= {id(v) for i, v in enumerate(node.inputs) if v is not None and _differentiable(node, i)}
+    return [name for name, v in graph.initializers.items() if id(v) in reached and not is_constant(v)
+            and v.dtype is not None and v.dtype.is_floating_point() and v.shape is not None and len(v.shape) > 0]
+
+
+def _differentiable(node: ir.Node, i: int) -> bool:
+    """Whether input `i` of `node` may get a gradient: unless its ONNX schema says it cannot (ops
+    outside ai.onnx, and inputs marked Unknown such as LayerNormalization's, may)."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, node.version or opset(node.graph), node.domain)
+    except onnx.defs.SchemaError:
+        return True
+    formal = schema.inputs[min(i, len(schema.inputs) - 1)]  # the last input may be variadic
+    return formal.differentiation_category != onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
 
 
 def _is_bias(v: ir.Value) -> bool:

@@ -1,0 +1,48 @@
+"""Which tensors a method trains in .onnx files written by other tools: exporters' constants and
+buffers are not parameters (`full`), and a bias written as an Add after a conv is the conv's bias
+(`bias`). One training step must give PyTorch autograd's gradients."""
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import numpy_helper
+from test_foreign import assert_step_matches_torch, export
+
+
+class ResizedThreshold(nn.Module):
+    """Resizes its input (Resize's scales), and a per-channel threshold buffer feeds a comparison."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 2, 1), nn.Linear(8, 3)
+        self.register_buffer("thresh", torch.randn(1, 8, 1, 1) * 0.1)
+
+    def forward(self, x):
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        h = self.c1(x)
+        h = torch.where(h > self.thresh, h, 0.1 * h)
+        return self.fc(F.relu(self.c2(h)).mean((2, 3)))
+
+
+def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Float Constant nodes of rank >= 1 become initializers, as the dynamo exporter writes them
+    (Resize's scales become an initializer `val_0`)."""
+    g = model.graph
+    for node in [n for n in g.node if n.op_type == "Constant"]:
+        t = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
+        if t is not None and t.dtype == np.float32 and t.ndim >= 1:
+            g.initializer.append(numpy_helper.from_array(t, node.output[0]))
+            g.node.remove(node)
+    return model
+
+
+def test_full_trains_no_constants_or_buffers(tmp_path):
+    net = ResizedThreshold()
+    model = constants_as_initializers(export(net, tmp_path / "m.onnx", 16))
+    assert any(n.op_type == "Resize" and n.input[2] in {i.name for i in model.graph.initializer}
+               for n in model.graph.node)
+    onnx.save(model, tmp_path / "m.onnx")
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("full",))
