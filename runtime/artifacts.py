@@ -8,6 +8,7 @@ scalar), so one artifact trains with any smoothing and evaluates with 0.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import os
 import re
@@ -81,16 +82,24 @@ class _Captured:
 @contextlib.contextmanager
 def _quiet_native_stderr():
     """ORT's gradient builder logs every graph transformer to fd 2 whatever the Python-side
-    severity; keep it for error messages instead of flooding the terminal."""
+    severity; keep it for error messages instead of flooding the terminal. A native abort (a C++
+    assertion in the gradient builder) would then die silently: faulthandler reports it on the real
+    stderr. (Building the graph in a child process would turn it into a one-line error, but a child
+    must import onnxruntime.training and torch again: seconds per compile.)"""
     captured = _Captured()
     with tempfile.TemporaryFile(mode="w+") as sink:
         saved = os.dup(2)
+        own_handler = not faulthandler.is_enabled()  # (pytest or PYTHONFAULTHANDLER may have one already)
+        if own_handler:
+            faulthandler.enable(file=saved)
         os.dup2(sink.fileno(), 2)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 yield captured
         finally:
             os.dup2(saved, 2)
+            if own_handler:
+                faulthandler.disable()
             os.close(saved)
             sink.seek(0)
             captured.text = sink.read()

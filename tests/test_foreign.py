@@ -277,3 +277,17 @@ def test_a_non_square_input_is_named(tmp_path):
     onnx.save(model, tmp_path / "wide.onnx")
     with pytest.raises(TinyTLError, match="is 16x24 pixels; tinytlc trains square images"):
         compile_model(str(tmp_path / "wide.onnx"), "bias", tmp_path / "a", resolution=16, batch_size=BATCH)
+
+
+def test_an_if_on_a_constant_is_its_branch(tmp_path):
+    """tf2onnx keeps `tf.cond` on a constant (a learning phase) as an If: it is the branch it takes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    model = export(net, tmp_path / "m.onnx", 16)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    out = lambda op: helper.make_graph([helper.make_node(op, [relu.input[0]], [op])], op, [],  # noqa: E731
+                                       [helper.make_tensor_value_info(op, onnx.TensorProto.FLOAT, None)])
+    relu.CopyFrom(helper.make_node("If", ["cond"], list(relu.output), then_branch=out("Relu"), else_branch=out("Neg")))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["cond"], value=onnx.numpy_helper.from_array(np.array(True))))
+    onnx.save(model, tmp_path / "if.onnx")
+    assert_step_matches_torch(tmp_path, tmp_path / "if.onnx", net, 16, methods=("full", "bias"))

@@ -112,6 +112,43 @@ def _check_float32(model: onnx.ModelProto, path: Path) -> None:
                           "tinytlc trains float32 models: export or convert it to float32 first")
 
 
+_CONTROL_FLOW = ("If", "Loop", "Scan", "SequenceMap")
+
+
+def _inline_constant_ifs(graph: onnx.GraphProto) -> None:
+    """An If whose condition is a constant (an initializer or a Constant node) is the branch it
+    takes: its nodes go in the If's place, their outputs renamed by Identity nodes."""
+    from onnx import numpy_helper
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"
+                   and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    for i, node in reversed(list(enumerate(graph.node))):
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx") or node.input[0] not in consts:
+            continue
+        taken = "then_branch" if numpy_helper.to_array(consts[node.input[0]]).item() else "else_branch"
+        branch = next(a.g for a in node.attribute if a.name == taken)
+        _inline_constant_ifs(branch)
+        graph.initializer.extend(branch.initializer)
+        nodes = list(branch.node) + [onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name}/{o}")
+                                     for b, o in zip(branch.output, node.output)]
+        del graph.node[i]
+        for k, n in enumerate(nodes):
+            graph.node.insert(i + k, n)
+
+
+def _refuse_control_flow(graph: onnx.GraphProto, path: Path) -> None:
+    """ORT 1.19.2's gradient builder has no gradient for control flow (If even aborts the process
+    natively, at any method): refuse it here, naming the node, at any depth."""
+    for node in graph.node:
+        if node.op_type in _CONTROL_FLOW:
+            raise TinyTLError(f"{path}: control flow ({node.op_type} node {node.name or node.output[0]}) cannot be "
+                              "differentiated by onnxruntime-training; export with tracing (not torch.jit.script) "
+                              "so the branch is fixed")
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _refuse_control_flow(g, path)
+
+
 def _inference_mode(graph: onnx.GraphProto) -> None:
     """A file exported in training mode (torch's TrainingMode.TRAINING) gets the ops an eval export
     has: BatchNormalization over its running statistics (training_mode=0, no statistics outputs),
@@ -159,6 +196,8 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     if opset is None:
         raise TinyTLError(f"{path}: the model imports no ai.onnx opset")
     _check_float32(model, path)
+    _inline_constant_ifs(model.graph)
+    _refuse_control_flow(model.graph, path)
     if opset < MIN_OPSET or opset > MAX_OPSET:
         model = _convert_opset(model, path, opset)
     # IR 4 lets initializers leave the inputs; a converted opset may need a newer IR still
