@@ -2,6 +2,8 @@
 buffers are not parameters (`full`), and a bias written as an Add after a conv is the conv's bias
 (`bias`). One training step must give PyTorch autograd's gradients."""
 
+import json
+
 import numpy as np
 import onnx
 import torch
@@ -46,3 +48,28 @@ def test_full_trains_no_constants_or_buffers(tmp_path):
                for n in model.graph.node)
     onnx.save(model, tmp_path / "m.onnx")
     assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("full",))
+
+
+class BiasAdd(nn.Module):
+    """Convs written without a bias, each followed by an Add of its own (1, C, 1, 1) bias
+    (functional PyTorch, TensorFlow's BiasAdd)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3), nn.Parameter(torch.randn(1, 8, 1, 1) * 0.1)
+        self.w2, self.b2 = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.2), nn.Parameter(torch.randn(1, 8, 1, 1) * 0.1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu(F.conv2d(x, self.w1, stride=2, padding=1) + self.b1)
+        return self.fc(F.relu(self.b2 + F.conv2d(h, self.w2, padding=1)).mean((2, 3)))
+
+
+def test_bias_trains_the_added_bias_only(tmp_path):
+    """No zero conv bias beside the Add's: two biases would move together at twice the step."""
+    net = BiasAdd()
+    export(net, tmp_path / "m.onnx", 16)
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("bias", "full"))
+    trained = json.loads((tmp_path / "bias" / "tinytlc.json").read_text())["trainable"]
+    assert sorted(trained) == ["b1", "b2", "fc.bias", "fc.weight"]

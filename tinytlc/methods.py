@@ -23,6 +23,7 @@ from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
                                     FoldBatchNormIntoConvPass, FoldTrainedBatchNormPass, LiteOptions,
                                     LiteResidualPass, find_classifier)
+from tinytlc.passes.forward.add_zero_bias import added_bias, is_bias
 from tinytlc.passes.forward._values import LITE, is_constant, opset
 from tinytlc.passes.forward.blocks import param_source
 from tinytlc.passes.forward.norms import find_norms
@@ -100,23 +101,14 @@ def _differentiable(node: ir.Node, i: int) -> bool:
     return formal.differentiation_category != onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
 
 
-def _is_bias(v: ir.Value) -> bool:
-    return v.shape is not None and sum(d != 1 for d in v.shape) <= 1
-
-
 def bias_params(graph: ir.Graph) -> list[str]:
-    """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output
-    (Add(MatMul(x, W), b), as torch exports a Linear on tokens; views such as Slice are followed)."""
+    """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output."""
     names = []
     for node in graph:
         if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2:
             names.append(param_source(node.inputs[2]))
-        elif node.op_type == "Add" and len(node.inputs) == 2:
-            for i, v in enumerate(node.inputs):
-                other = node.inputs[1 - i].producer()
-                if other is not None and other.op_type in ("MatMul", "Gemm", "Conv"):
-                    names.append(param_source(v))
-    return [v.name for v in names if v is not None and _is_bias(v)]
+        names.append(added_bias(node))
+    return [v.name for v in names if v is not None and is_bias(v)]
 
 
 def trainable_params(graph: ir.Graph, method: str, norms: list[tuple[list[str], list[str]]]) -> list[str]:

@@ -1,9 +1,11 @@
-"""Give every Conv and Gemm without a bias a zero bias initializer, unless a norm follows it.
+"""Give every Conv and Gemm without a bias a zero bias initializer, unless a norm or a bias follows it.
 
 Why: TinyTL-B trains biases; a conv exported without one and with no norm after it would
 otherwise have nothing to train. A conv that feeds a norm gets none, as in the paper: the norm's
 shift is trained instead and a bias before it adds next to nothing (nothing at all before a
-BatchNorm over frozen statistics). Not a pooling written as a conv, nor a lite-module conv.
+BatchNorm over frozen statistics). Nor one followed by an Add of a per-channel parameter
+(functional PyTorch, TensorFlow's BiasAdd): that is its bias already, and a second one trained
+beside it would move with it, at twice the step. Not a pooling written as a conv, nor a lite-module conv.
 Exact: adding zero changes no output. Memory: one vector per layer; a bias gradient is a sum of dY
 and needs no saved activation.
 """
@@ -14,11 +16,30 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import LITE, add_initializer, const_array, is_constant
+from tinytlc.passes.forward.blocks import param_source
 from tinytlc.passes.forward.norms import find_norms
 
 
 def bias_name(weight: ir.Value) -> str:
     return weight.name[: -len("weight")] + "bias" if weight.name.endswith("weight") else weight.name + ".bias"
+
+
+def is_bias(v: ir.Value) -> bool:
+    """One value per channel: (C,), (1, C, 1, 1), (C, 1, 1)..."""
+    return v.shape is not None and sum(d != 1 for d in v.shape) <= 1
+
+
+def added_bias(node: ir.Node) -> ir.Value | None:
+    """The per-channel parameter an Add adds to a layer's output (Add(MatMul(x, W), b), as torch
+    exports a Linear on tokens; Add(Conv(x, W), b); views such as Slice are followed), else None."""
+    if node.op_type != "Add" or len(node.inputs) != 2:
+        return None
+    for i, v in enumerate(node.inputs):
+        layer, bias = node.inputs[1 - i].producer(), param_source(v)
+        if layer is not None and layer.op_type in ("MatMul", "Gemm", "Conv") \
+                and bias is not None and is_bias(bias):
+            return bias
+    return None
 
 
 class AddZeroBiasPass(ir.passes.InPlacePass):
@@ -28,7 +49,7 @@ class AddZeroBiasPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.op_type not in ("Conv", "Gemm") or (len(node.inputs) > 2 and node.inputs[2] is not None):
                 continue
-            if id(node.outputs[0]) in normed:
+            if id(node.outputs[0]) in normed or any(added_bias(use) for use, _ in node.outputs[0].uses()):
                 continue
             w = const_array(node.inputs[1])
             # not a pooling written as a conv, nor a lite-module conv
