@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class Block(nn.Module):
@@ -290,3 +291,24 @@ def stacked_activations_net():
     return randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                       nn.ReLU6(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
                                       nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))
+
+
+class _Windows(nn.Module):
+    """Folds the batch with the channels, as Swin's window attention does: (n, 8, h, w) ->
+    (2n, 4, h, w), a conv and global pooling there, and back to (n, 8)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.inner = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        h, w = x.shape[-2:]
+        x = F.adaptive_avg_pool2d(self.inner(x.reshape(-1, 4, h, w)), 1)
+        return self.head(x.reshape(-1, 8))
+
+
+def windows_net():
+    torch.manual_seed(9)
+    return _Windows()

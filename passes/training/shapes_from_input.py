@@ -4,8 +4,9 @@ What it removes: ORT's gradients of GlobalAveragePool, Flatten and similar ops r
 their forward input, and ORT may run that Shape late, in the backward, so X (a 4-D activation)
 lives until then. X's shape is static but for the batch, so the pass writes it as
 Concat(Shape(model input)[0:1], [C, H, W]); the model input is held by the caller anyway.
-Exact: every activation of an image classifier has the input's batch size, and the rest of the
-shape is fixed at compile time (shape inference).
+Exact: only where shape inference gives X the image's own (symbolic) batch dimension and fixes
+the rest at compile time. Not every 4-D activation has the input's batch: Swin's window attention
+runs on (batch x windows, ...) tensors, which shape inference names apart.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ class ShapesFromInputPass(ir.passes.InPlacePass):
             if x is image or producer is None or producer not in forward or x.shape is None or len(x.shape) != 4:
                 continue
             rest = list(x.shape)[1:]
-            if isinstance(x.shape[0], int) or not all(isinstance(d, int) for d in rest):
-                continue
+            if str(x.shape[0]) != str(image.shape[0]) or not all(isinstance(d, int) for d in rest):
+                continue  # (Swin's windows are batch x windows: a dimension shape inference names apart)
             tape = ir.tape.Tape(graph)
             if batch is None:
                 start = add_constant(graph, "tinytlc.batch_start", [0])
