@@ -32,7 +32,7 @@ def session_options(settings: dict | None = None, measure: bool = False) -> ort.
     (mem_pattern, mem_reuse, execution_order), chosen at compile time."""
     settings = settings or {}
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # not even ERROR: ORT logs a failing op on stderr, tinytlc says it in one line
     opts.enable_mem_pattern = settings.get("mem_pattern", True)
     opts.enable_mem_reuse = settings.get("mem_reuse", True)
     opts.execution_order = ORDERS[settings.get("execution_order", "default")]

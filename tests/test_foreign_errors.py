@@ -64,3 +64,28 @@ def test_a_native_abort_in_the_gradient_builder_is_not_silent(tmp_path):
             "artifacts.generate(onnx.load(sys.argv[1]), ['fw', 'fb'], sys.argv[2])")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "if.onnx"), str(tmp_path)], capture_output=True, text=True)
     assert r.returncode != 0 and "Fatal Python error: Aborted" in r.stderr and "generate_artifacts" in r.stderr
+
+
+@pytest.mark.parametrize("weight,group", [((4, 2, 1, 1), 3), ((6, 1, 1, 1), 4)], ids=["channels", "outputs"])
+def test_a_conv_whose_group_does_not_fit_is_named(tmp_path, weight, group):
+    """onnx.checker accepts it; ORT failed at the first step and tinytlc's passes crashed."""
+    w2 = numpy_helper.from_array(np.ones(weight, np.float32), "w2")
+    onnx.save(small_model([helper.make_node("Conv", ["c", "w2"], ["a"], group=group, name="/2/Conv")], [w2]), tmp_path / "g.onnx")
+    with pytest.raises(TinyTLError, match=rf"Conv /2/Conv is invalid: group {group} with a weight of shape"):
+        load_onnx(tmp_path / "g.onnx", 16)
+
+
+def test_ort_logs_no_run_time_error_on_stderr(capfd):
+    """A failing op: the exception says it (tinytlc prints one line); ORT's own ERROR log line must not."""
+    import onnxruntime as ort
+
+    from tinytlc.runtime.session import session_options
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="cannot be reshaped"):
+        sess.run(None, {"x": np.zeros((2, 3), np.float32), "s": np.array([5], np.int64)})
+    assert "onnxruntime" not in capfd.readouterr().err

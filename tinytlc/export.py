@@ -181,6 +181,29 @@ def _drop_final_softmax(graph: onnx.GraphProto) -> str | None:
     return kind
 
 
+def _check_convs(model: onnx.ModelProto, path: Path) -> None:
+    """A Conv whose group does not divide its channels passes onnx.checker and onnx's shape
+    inference, then fails deep inside ORT or tinytlc's passes: name it here."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.input)}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    shapes.update({n.output[0]: list(n.attribute[0].t.dims) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    for n in model.graph.node:
+        if n.op_type != "Conv" or n.domain not in ("", "ai.onnx"):
+            continue
+        w, x = shapes.get(n.input[1]), shapes.get(n.input[0])
+        if not w or len(w) < 2 or None in w[:2]:
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        c_in = x[1] if x and len(x) > 1 else None
+        if w[0] % group or (c_in is not None and w[1] * group != c_in):
+            raise TinyTLError(f"{path}: Conv {n.name or n.output[0]} is invalid: group {group} with a weight of shape "
+                              f"{w} over {c_in or '?'} input channels (needs weight[1] * group == input channels "
+                              "and weight[0] divisible by group)")
+
+
 def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     """Load a user's .onnx file (external data beside it is read too) and check that ORT 1.19.2 can
     train it at this resolution: opset brought into 13..21, initializers taken out of the graph
@@ -248,6 +271,7 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if out_dims:
         out_dims[0].dim_param = "batch"
+    _check_convs(model, path)
     return model, notes
 
 
