@@ -80,8 +80,10 @@ def eager_model(model: str, method: str, resolution: int, num_classes: int, lite
     if not heads:
         raise TinyTLError(f"PyTorch baseline: {model} has no nn.Linear classifier to re-initialise")
     head = heads[-1]
-    head.out_features, head.weight = num_classes, nn.Parameter(head.weight[:num_classes].clone())
-    head.bias = nn.Parameter(head.bias[:num_classes].clone())
+    if num_classes != head.out_features:  # a new head, drawn as ReplaceClassifierPass draws it
+        head.out_features, head.weight = num_classes, nn.Parameter(torch.empty(num_classes, head.in_features))
+        head.bias = nn.Parameter(torch.empty(num_classes)) if head.bias is not None else None
+        head.reset_parameters()
     lite = nn.ModuleList()
     if method.startswith("lite"):
         if not lite_modules:
