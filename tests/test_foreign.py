@@ -291,3 +291,20 @@ def test_an_if_on_a_constant_is_its_branch(tmp_path):
     model.graph.node.insert(0, helper.make_node("Constant", [], ["cond"], value=onnx.numpy_helper.from_array(np.array(True))))
     onnx.save(model, tmp_path / "if.onnx")
     assert_step_matches_torch(tmp_path, tmp_path / "if.onnx", net, 16, methods=("full", "bias"))
+
+
+def test_an_opset_6_file_with_a_symbolic_batch(tmp_path):
+    """onnx's converter asserts on symbolic dims from opset 6 (Dropout is_test, Gemm broadcast)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Dropout(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 3))
+    inits = [onnx.numpy_helper.from_array(p.detach().numpy(), n) for n, p in net.named_parameters()]
+    nodes = [helper.make_node("Conv", ["x", "0.weight", "0.bias"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Dropout", ["r"], ["d"], is_test=1),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "5.weight", "5.bias"], ["y"], transB=1, broadcast=1)]
+    inputs = [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits]  # (IR 3 lists them)
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 16, 16])]
+                              + inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3), tmp_path / "m.onnx")
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("full", "bias"))

@@ -86,12 +86,25 @@ MIN_OPSET = 13  # older files are converted up (onnx's version converter) before
 def _convert_opset(model: onnx.ModelProto, path: Path, opset: int) -> onnx.ModelProto:
     from onnx import version_converter
     target = OPSET if opset < MIN_OPSET else MAX_OPSET
+    # onnx's adapters from opset <= 6 assert on symbolic dims: convert with 1s, then name them again
+    def dims(m):
+        return {v.name: v.type.tensor_type.shape.dim for v in [*m.graph.input, *m.graph.output]}
+    named = [(name, i, d.dim_param) for name, ds in dims(model).items() for i, d in enumerate(ds) if d.dim_param]
+    before = dims(model)
+    for name, i, _ in named:
+        before[name][i].dim_value = 1
+    del model.graph.value_info[:]
     try:
-        return version_converter.convert_version(model, target)
+        model = version_converter.convert_version(model, target)
     except Exception as e:
         raise TinyTLError(f"{path}: opset {opset} cannot be converted to opset {target} "
                           f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
                           f"export it at an opset from {MIN_OPSET} to {MAX_OPSET}") from e
+    after = dims(model)
+    for name, i, param in named:
+        after[name][i].dim_param = param
+    del model.graph.value_info[:]  # (inferred with the 1s)
+    return model
 
 
 _QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
