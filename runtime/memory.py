@@ -123,7 +123,9 @@ def run_child(cmd: list[str], track_memory: bool, timeout: float = 1800) -> dict
     if proc.returncode != 0:
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         from tinytlc.runtime.session import strip_paths
-        raise TinyTLError(f"memory measurement failed: {strip_paths(lines[-1]) if lines else 'exit ' + str(proc.returncode)}")
+        # the child's own "error: " would follow the CLI's "tinytlc: error: ": say it once
+        last = strip_paths(lines[-1]).removeprefix("tinytlc: ").removeprefix("error: ") if lines else None
+        raise TinyTLError(f"memory measurement failed: {last or 'exit ' + str(proc.returncode)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

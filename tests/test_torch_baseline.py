@@ -34,3 +34,11 @@ def test_eager_head_without_bias_grows():
     net, _, trainable = eager_model(f"{__file__}:tiny_net_no_bias", "last", 16, 5, None)
     assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
     assert [tuple(p.shape) for p in trainable] == [(5, 8)]
+
+
+def test_eager_child_error_is_passed_on_cleanly():
+    from tinytlc.errors import TinyTLError
+    from tinytlc.torch_baseline import measure_torch
+    with pytest.raises(TinyTLError) as e:
+        measure_torch("resnet-9000", "bias", 16, 2)
+    assert str(e.value).startswith("memory measurement failed: PyTorch baseline: resnet-9000 is neither"), e.value

@@ -177,8 +177,12 @@ def main() -> None:
     ap.add_argument("--lite-modules", type=json.loads, default=[])
     ap.add_argument("what", choices=("memory", "time"))
     a = ap.parse_args()
-    print(json.dumps(probe(a.model, a.method, a.resolution, a.batch_size, a.num_classes, a.steps, a.warmup, a.what,
-                           a.lite_modules)))
+    try:
+        print(json.dumps(probe(a.model, a.method, a.resolution, a.batch_size, a.num_classes, a.steps, a.warmup,
+                               a.what, a.lite_modules)))
+    except TinyTLError as e:  # one line for the parent to pass on (runtime/memory.py:run_child)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
