@@ -89,3 +89,19 @@ def test_ort_logs_no_run_time_error_on_stderr(capfd):
     with pytest.raises(Exception, match="cannot be reshaped"):
         sess.run(None, {"x": np.zeros((2, 3), np.float32), "s": np.array([5], np.int64)})
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_the_cli_keeps_onnx_ir_warnings_off_stderr(tmp_path, capsys, caplog):
+    """onnx_ir logs WARNINGs with tracebacks (failed shape inference it recovers from) to stderr."""
+    import logging
+
+    from tinytlc.cli import main
+    logger = logging.getLogger("onnx_ir")
+    level = logger.level
+    try:
+        assert main(["compile", str(tmp_path / "none.onnx"), "--method", "bias", "--out", str(tmp_path / "a")]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"tinytlc: error: {tmp_path / 'none.onnx'}: no such file"]
+        logging.getLogger("onnx_ir.passes.common.shape_inference").warning("Shape inference failed")
+        assert not caplog.records
+    finally:
+        logger.setLevel(level)

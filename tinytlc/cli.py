@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # SIGTERM unwinds like Ctrl-C, so temporary folders are removed on the way out
     signal.signal(signal.SIGTERM, _interrupt)
+    # onnx_ir warns (with tracebacks) about graphs it then handles; tinytlc reports problems in one line
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     try:
         if argv[:1] == ["bench"]:  # its own options; see tinytlc/transfer_bench.py
             from tinytlc import transfer_bench
