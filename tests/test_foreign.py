@@ -308,3 +308,39 @@ def test_an_opset_6_file_with_a_symbolic_batch(tmp_path):
                               + inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3), tmp_path / "m.onnx")
     assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("full", "bias"))
+
+
+class Then(nn.Module):
+    def __init__(self, *fns):
+        super().__init__()
+        self.fns = fns
+
+    def forward(self, x):
+        for f in self.fns:
+            x = f(x)
+        return x
+
+
+@pytest.mark.parametrize("head,after", [
+    ("linear", Then(lambda x: x.softmax(1), lambda x: x.view(-1, 3, 1, 1))),  # Caffe's (N, K, 1, 1)
+    ("linear", Then(lambda x: x.softmax(1), lambda x: x.unsqueeze(-1))),
+    ("conv", Then(lambda x: x.softmax(1), lambda x: x.flatten(1)))], ids=["reshape", "unsqueeze", "conv-head"])
+def test_a_softmax_before_view_ops_is_left_out(tmp_path, head, after):
+    torch.manual_seed(0)
+    body = [nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)]
+    net = nn.Sequential(*body, nn.Flatten(), nn.Linear(8, 3)) if head == "linear" else \
+        nn.Sequential(*body, nn.Conv2d(8, 3, 1))
+    export(nn.Sequential(*net, after), tmp_path / "m.onnx", 16)
+    ref = net if head == "linear" else nn.Sequential(*net, nn.Flatten())
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", ref, 16, methods=("full",))
+
+
+def test_an_unused_second_input_is_left_out(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    model = export(net, tmp_path / "m.onnx", 16)
+    model.graph.input.append(helper.make_tensor_value_info("unused_flag", onnx.TensorProto.FLOAT, [1]))
+    onnx.save(model, tmp_path / "two.onnx")
+    assert_step_matches_torch(tmp_path, tmp_path / "two.onnx", net, 16, methods=("bias",))
+    art = compile_model(str(tmp_path / "two.onnx"), "last", tmp_path / "n", resolution=16, batch_size=BATCH)
+    assert "its unused input 'unused_flag' left out" in art.manifest["source"]

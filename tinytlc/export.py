@@ -182,15 +182,33 @@ def _inference_mode(graph: onnx.GraphProto) -> None:
             del n.input[2:]
 
 
-def _drop_final_softmax(graph: onnx.GraphProto) -> str | None:
+_VIEWS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten")
+
+
+def _drop_final_softmax(model: onnx.ModelProto) -> str | None:
     """Softmax or LogSoftmax at the output becomes an Identity: the loss wants logits (and
-    cross-entropy applies its own LogSoftmax). Returns the op's name for the user, or None."""
-    node = next((n for n in graph.node if graph.output[0].name in n.output), None)
+    cross-entropy applies its own LogSoftmax). View ops after it go too when the logits before it
+    are (N, K) already (Caffe-style (N, K, 1, 1) outputs); otherwise they stay (a conv head's
+    (N, K, 1, 1) softmax, then flattened). Returns the op's name for the user, or None."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    node, views = producer.get(graph.output[0].name), []
+    while node is not None and node.op_type in _VIEWS and node.domain in ("", "ai.onnx"):
+        views.append(node)
+        node = producer.get(node.input[0])
     if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
         return None
     kind = node.op_type
     node.op_type = "Identity"
     del node.attribute[:]
+    if views:
+        logits = next((v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info
+                       if v.name == node.input[0]), None)
+        if logits is not None and len(logits.tensor_type.shape.dim) == 2:
+            for v in views:
+                graph.node.remove(v)
+            node.output[0] = graph.output[0].name
+            graph.output[0].type.CopyFrom(logits)
     return kind
 
 
@@ -242,6 +260,11 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
                                        onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])))
     params = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in params]
+    notes = []
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    if any(i.name in used for i in inputs):  # an input no node reads (a flag, a second head's) goes
+        notes += [f"its unused input '{i.name}' left out" for i in inputs if i.name not in used]
+        inputs = [i for i in inputs if i.name in used]
     if len(inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
@@ -250,12 +273,11 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
                           f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}) and "
                           f"{len(model.graph.output)} outputs")
     _inference_mode(model.graph)
-    notes = []
-    softmax = _drop_final_softmax(model.graph)
-    if softmax:
-        notes.append(f"its final {softmax} left out: training and the exported model use logits")
     image = model.graph.input[0]  # (not inputs[0]: extend() copied it)
     del model.graph.value_info[:]  # shapes recorded for another size or batch: inferred again
+    softmax = _drop_final_softmax(model)
+    if softmax:
+        notes.append(f"its final {softmax} left out: training and the exported model use logits")
     if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise TinyTLError(f"{path}: input '{image.name}' is {onnx.TensorProto.DataType.Name(image.type.tensor_type.elem_type)}, "
                           "expected float32 images")
