@@ -24,9 +24,12 @@ def export(net: nn.Module, path, res: int, opset: int = 17, **kw):
     return onnx.load(str(path))
 
 
-def assert_step_matches_torch(tmp_path, file, net: nn.Module, res: int, methods=("full", "norm+last"), rtol=2e-4):
+def assert_step_matches_torch(tmp_path, file, net: nn.Module, res: int, methods=("full", "norm+last"), rtol=2e-4,
+                              rename=None) -> dict:
     """Each method's trained tensors get torch's gradients (and the loss is torch's). Methods that fold
-    BatchNorm into convs (bias, lite) train tensors torch does not have: ask for them on nets without BN."""
+    BatchNorm into convs (bias, lite) train tensors torch does not have: ask for them on nets without BN.
+    `rename`: the file's name -> (torch's name, transposed) for weights saved under other names (by_value).
+    Returns each method's trained names (torch's)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, 3, res, res), dtype=np.float32)
     y = rng.integers(0, 3, BATCH)
@@ -34,9 +37,12 @@ def assert_step_matches_torch(tmp_path, file, net: nn.Module, res: int, methods=
     loss_t = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
     loss_t.backward()
     grads_t = {n: p.grad.numpy() for n, p in net.named_parameters()}
+    trained = {}
     for method in methods:
         art = compile_model(str(file), method, tmp_path / method, resolution=res, batch_size=BATCH)
         loss, _, grads = ort_step(art, x, y, 0.0)
+        rename = rename or {}
+        grads = {rename.get(k, (k, False))[0]: g.T if rename.get(k, (k, False))[1] else g for k, g in grads.items()}
         np.testing.assert_allclose(loss, float(loss_t), rtol=1e-5, err_msg=method)
         assert grads and set(grads) <= set(grads_t), f"{method}: {set(grads) - set(grads_t)}"
         if method == "full":
@@ -44,6 +50,23 @@ def assert_step_matches_torch(tmp_path, file, net: nn.Module, res: int, methods=
         for name, g in grads.items():
             np.testing.assert_allclose(g.reshape(grads_t[name].shape), grads_t[name], rtol=rtol, atol=1e-6,
                                        err_msg=f"{method}: {name}")
+        trained[method] = sorted(grads)
+    return trained
+
+
+def by_value(file, net: nn.Module) -> dict:
+    """The file's initializer name -> (torch's parameter name, transposed) for parameters an exporter
+    or ORT saved under another name (torch's MatMul weights, folded transposes)."""
+    params = {n: p.detach().numpy() for n, p in net.named_parameters()}
+    found = {}
+    for t in onnx.load(str(file)).graph.initializer:
+        a = onnx.numpy_helper.to_array(t)
+        for name, p in params.items():
+            if t.name not in params and a.shape == p.shape and np.array_equal(a, p):
+                found[t.name] = (name, False)
+            elif t.name not in params and a.ndim == 2 and a.T.shape == p.shape and np.array_equal(a.T, p):
+                found[t.name] = (name, True)
+    return found
 
 
 class SamePadded(nn.Module):
@@ -344,3 +367,98 @@ def test_an_unused_second_input_is_left_out(tmp_path):
     assert_step_matches_torch(tmp_path, tmp_path / "two.onnx", net, 16, methods=("bias",))
     art = compile_model(str(tmp_path / "two.onnx"), "last", tmp_path / "n", resolution=16, batch_size=BATCH)
     assert "its unused input 'unused_flag' left out" in art.manifest["source"]
+
+
+class FusedByOrt(nn.Module):
+    """What ORT_ENABLE_EXTENDED fuses. CNN: Conv + Relu / LeakyRelu / Clip (FusedConv), Linear + Relu
+    (FusedGemm). Tokens: Conv + SiLU (QuickGelu), a MatMul of a transposed input (FusedMatMul), Linear +
+    GELU (BiasGelu), a MatMul times 0.5 (FusedMatMul alpha)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        if kind == "cnn":
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1)
+            self.c3, self.fc1, self.fc2 = nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.Linear(8, 16), nn.Linear(16, 3)
+        else:
+            self.c1, self.fc1, self.fc2 = nn.Conv2d(3, 16, 4, 4), nn.Linear(16, 32), nn.Linear(32, 16)
+            self.w, self.head = nn.Parameter(torch.randn(16, 16) * 0.2), nn.Linear(16, 3)
+
+    def forward(self, x):
+        if self.kind == "cnn":
+            x = F.leaky_relu(self.c2(F.relu(self.c1(x))), 0.1)
+            x = F.relu6(self.c3(x)) + x
+            return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
+        t = F.silu(self.c1(x)).flatten(2).transpose(1, 2)
+        t = t + self.fc2(F.gelu(self.fc1(t)))
+        return self.head((t + (t @ self.w.t()) * 0.5).mean(1))
+
+
+@pytest.mark.parametrize("kind,fused", [("cnn", {"FusedConv", "FusedGemm"}),
+                                        ("tokens", {"QuickGelu", "BiasGelu", "FusedMatMul"})])
+def test_a_file_saved_after_ort_optimisations(tmp_path, kind, fused):
+    """Users deploy the file ORT saves (optimized_model_filepath): at EXTENDED its fused com.microsoft ops
+    are written back as ai.onnx ops (bias silently trained the classifier only); at ALL (NCHWc) it is refused."""
+    import onnxruntime as ort
+
+    from tinytlc.export import load_onnx
+    net = FusedByOrt(kind)
+    export(net, tmp_path / "m.onnx", 16)
+    for level in ("EXTENDED", "ALL"):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+        opts.optimized_model_filepath = str(tmp_path / f"{level}.onnx")
+        ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+    assert fused <= {n.op_type for n in onnx.load(tmp_path / "EXTENDED.onnx").graph.node if n.domain == "com.microsoft"}
+    trained = assert_step_matches_torch(tmp_path, tmp_path / "EXTENDED.onnx", net, 16, methods=("full", "bias"),
+                                        rename=by_value(tmp_path / "EXTENDED.onnx", net))
+    assert {"c1.bias", "fc1.bias"} | ({"c2.bias", "c3.bias"} if kind == "cnn" else set()) <= set(trained["bias"])
+    with pytest.raises(TinyTLError, match=r"saved after ONNX Runtime's graph optimisations \(com.microsoft.nchwc.Conv, "
+                                          r"com.microsoft.nchwc.ReorderOutput\): give tinytlc the original file or one "
+                                          r"saved at ORT_ENABLE_BASIC"):
+        load_onnx(tmp_path / "ALL.onnx", 16)
+
+
+def test_ort_fused_ops_are_written_as_their_definitions():
+    """Each com.microsoft op the unfuse pass writes out computes what ORT's kernel computes (both run
+    with ORT's optimisations off): FusedConv with Z and activation parameters, FusedGemm's activation
+    attributes, BiasGelu, FastGelu, Gelu, QuickGelu, FusedMatMul transposing an input of inferred rank."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from tinytlc.passes.forward.unfuse_ort_ops import UnfuseOrtOpsPass
+    rng = np.random.default_rng(0)
+    init = lambda name, *shape: onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5, name)  # noqa: E731
+    ms = dict(domain="com.microsoft")
+    nodes = [helper.make_node("Conv", ["x", "wz"], ["z"], pads=[1] * 4),
+             helper.make_node("FusedConv", ["x", "w1", "b1", "z"], ["c1"], pads=[1] * 4, activation="HardSigmoid",
+                              activation_params=[0.3, 0.4], **ms),
+             helper.make_node("FusedConv", ["c1", "w2", "b2"], ["c2"], group=4, pads=[1] * 4, activation="LeakyRelu",
+                              activation_params=[0.1], **ms),
+             helper.make_node("FusedConv", ["c2", "w3"], ["c3"], activation="Clip", activation_params=[0.0, 0.5], **ms),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("FusedGemm", ["f", "g", "gb"], ["g1"], transB=1, activation="LeakyRelu",
+                              activation_alpha=0.2, **ms),
+             helper.make_node("BiasGelu", ["g1", "gb"], ["g2"], **ms),
+             helper.make_node("FastGelu", ["g2", "gb"], ["g3"], **ms), helper.make_node("Gelu", ["g3"], ["g4"], **ms),
+             helper.make_node("QuickGelu", ["g4"], ["g5"], alpha=1.702, **ms),
+             helper.make_node("Unsqueeze", ["g5", "axis"], ["g6"]),
+             helper.make_node("FusedMatMul", ["g6", "m"], ["y3"], transA=1, alpha=0.5, **ms),
+             helper.make_node("FusedMatMul", ["y3", "m2"], ["y"], transB=1, **ms)]
+    inits = [init("wz", 4, 3, 3, 3), init("w1", 4, 3, 3, 3), init("b1", 4), init("w2", 4, 1, 3, 3), init("b2", 4),
+             init("w3", 4, 4, 1, 1), init("g", 5, 4), init("gb", 5), init("m", 5, 3), init("m2", 2, 3),
+             onnx.numpy_helper.from_array(np.array([-1]), "axis")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
+    irm = ir.serde.deserialize_model(model)
+    UnfuseOrtOpsPass()(irm)
+    unfused = ir.serde.serialize_model(irm)
+    assert {n.domain for n in unfused.graph.node} == {""}
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # (or ORT fuses them again)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(unfused), run(model), rtol=1e-5, atol=1e-6)

@@ -212,6 +212,27 @@ def _drop_final_softmax(model: onnx.ModelProto) -> str | None:
     return kind
 
 
+def _unfuse_ort_ops(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """A file ORT saved after its graph optimisations: its fused ops written as ai.onnx ops again
+    (passes/forward/unfuse_ort_ops.py). Any other op outside ai.onnx has no gradient tinytlc can use."""
+    import onnx_ir as ir
+
+    from tinytlc.passes.forward.unfuse_ort_ops import MS, OPS, UnfuseOrtOpsPass
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node
+                      if n.domain not in ("", "ai.onnx") and not (n.domain == MS and n.op_type in OPS)})
+    if any(f.startswith(MS) for f in foreign):
+        raise TinyTLError(f"{path}: saved after ONNX Runtime's graph optimisations ({', '.join(foreign)}): "
+                          "give tinytlc the original file or one saved at ORT_ENABLE_BASIC")
+    if foreign:
+        raise TinyTLError(f"{path}: ops outside the ONNX standard ({', '.join(foreign)}); tinytlc trains ai.onnx ops only")
+    irm = ir.serde.deserialize_model(model)
+    try:
+        UnfuseOrtOpsPass()(irm)
+    except TinyTLError as e:
+        raise TinyTLError(f"{path}: {e}") from e
+    return ir.serde.serialize_model(irm)
+
+
 def _check_convs(model: onnx.ModelProto, path: Path) -> None:
     """A Conv whose group does not divide its channels passes onnx.checker and onnx's shape
     inference, then fails deep inside ORT or tinytlc's passes: name it here."""
@@ -258,6 +279,8 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     model.ir_version = min(MAX_IR, max(model.ir_version, 4,
                                        onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])))
+    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        model = _unfuse_ort_ops(model, path)
     params = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in params]
     notes = []
