@@ -952,8 +952,165 @@ def odd_layers():
     return _finish(OddLayers())
 
 
+# Swin (torchvision.models.swin_transformer, v1): tokens kept channels-last, (N, H, W, C)
+
+def _patch_merging_pad(x):
+    H, W, _ = x.shape[-3:]
+    x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    x0 = x[..., 0::2, 0::2, :]
+    x1 = x[..., 1::2, 0::2, :]
+    x2 = x[..., 0::2, 1::2, :]
+    x3 = x[..., 1::2, 1::2, :]
+    return torch.cat([x0, x1, x2, x3], -1)
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x):
+        x = _patch_merging_pad(x)
+        x = self.norm(x)
+        return self.reduction(x)
+
+
+def shifted_window_attention(input, qkv_weight, proj_weight, relative_position_bias, window_size, num_heads,
+                             shift_size, qkv_bias=None, proj_bias=None):
+    B, H, W, C = input.shape
+    pad_r = (window_size[1] - W % window_size[1]) % window_size[1]
+    pad_b = (window_size[0] - H % window_size[0]) % window_size[0]
+    x = F.pad(input, (0, 0, 0, pad_r, 0, pad_b))
+    _, pad_H, pad_W, _ = x.shape
+    shift_size = shift_size.copy()
+    if window_size[0] >= pad_H:
+        shift_size[0] = 0
+    if window_size[1] >= pad_W:
+        shift_size[1] = 0
+    if sum(shift_size) > 0:
+        x = torch.roll(x, shifts=(-shift_size[0], -shift_size[1]), dims=(1, 2))
+    num_windows = (pad_H // window_size[0]) * (pad_W // window_size[1])
+    x = x.view(B, pad_H // window_size[0], window_size[0], pad_W // window_size[1], window_size[1], C)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B * num_windows, window_size[0] * window_size[1], C)
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    qkv = qkv.reshape(x.size(0), x.size(1), 3, num_heads, C // num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = q * (C // num_heads) ** -0.5
+    attn = q.matmul(k.transpose(-2, -1))
+    attn = attn + relative_position_bias
+    if sum(shift_size) > 0:
+        attn_mask = x.new_zeros((pad_H, pad_W))
+        h_slices = ((0, -window_size[0]), (-window_size[0], -shift_size[0]), (-shift_size[0], None))
+        w_slices = ((0, -window_size[1]), (-window_size[1], -shift_size[1]), (-shift_size[1], None))
+        count = 0
+        for h in h_slices:
+            for w in w_slices:
+                attn_mask[h[0]: h[1], w[0]: w[1]] = count
+                count += 1
+        attn_mask = attn_mask.view(pad_H // window_size[0], window_size[0], pad_W // window_size[1], window_size[1])
+        attn_mask = attn_mask.permute(0, 2, 1, 3).reshape(num_windows, window_size[0] * window_size[1])
+        attn_mask = attn_mask.unsqueeze(1) - attn_mask.unsqueeze(2)
+        attn_mask = attn_mask.masked_fill(attn_mask != 0, float(-100.0)).masked_fill(attn_mask == 0, float(0.0))
+        attn = attn.view(x.size(0) // num_windows, num_windows, num_heads, x.size(1), x.size(1))
+        attn = attn + attn_mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, num_heads, x.size(1), x.size(1))
+    attn = F.softmax(attn, dim=-1)
+    x = attn.matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), C)
+    x = F.linear(x, proj_weight, proj_bias)
+    x = x.view(B, pad_H // window_size[0], pad_W // window_size[1], window_size[0], window_size[1], C)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, pad_H, pad_W, C)
+    if sum(shift_size) > 0:
+        x = torch.roll(x, shifts=(shift_size[0], shift_size[1]), dims=(1, 2))
+    x = x[:, :H, :W, :].contiguous()
+    return x
+
+
+class ShiftedWindowAttention(nn.Module):
+    def __init__(self, dim, window_size, shift_size, num_heads):
+        super().__init__()
+        self.window_size, self.shift_size, self.num_heads = window_size, shift_size, num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size[0] - 1) * (2 * window_size[1] - 1), num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window_size[0]), torch.arange(window_size[1]), indexing="ij"))
+        coords_flatten = torch.flatten(coords, 1)
+        relative_coords = coords_flatten[:, :, None] - coords_flatten[:, None, :]
+        relative_coords = relative_coords.permute(1, 2, 0).contiguous()
+        relative_coords[:, :, 0] += window_size[0] - 1
+        relative_coords[:, :, 1] += window_size[1] - 1
+        relative_coords[:, :, 0] *= 2 * window_size[1] - 1
+        relative_position_index = relative_coords.sum(-1).flatten()
+        self.register_buffer("relative_position_index", relative_position_index)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def get_relative_position_bias(self):
+        N = self.window_size[0] * self.window_size[1]
+        bias = self.relative_position_bias_table[self.relative_position_index]
+        return bias.view(N, N, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+
+    def forward(self, x):
+        return shifted_window_attention(x, self.qkv.weight, self.proj.weight, self.get_relative_position_bias(),
+                                        self.window_size, self.num_heads, shift_size=self.shift_size,
+                                        qkv_bias=self.qkv.bias, proj_bias=self.proj.bias)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim, num_heads, window_size, shift_size, mlp_ratio=2.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ShiftedWindowAttention(dim, window_size, shift_size, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim),
+                                 nn.Dropout(0.0))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))  # (StochasticDepth: identity in eval)
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class Swin(nn.Module):
+    def __init__(self, embed_dim=16, depths=(2, 1), num_heads=(2, 4), window_size=(4, 4), num_classes=NUM_CLASSES):
+        super().__init__()
+        layers = [nn.Sequential(nn.Conv2d(3, embed_dim, kernel_size=4, stride=4), Permute([0, 2, 3, 1]),
+                                nn.LayerNorm(embed_dim))]
+        for i, depth in enumerate(depths):
+            dim = embed_dim * 2 ** i
+            layers.append(nn.Sequential(*[
+                SwinBlock(dim, num_heads[i], list(window_size), [0 if j % 2 == 0 else w // 2 for w in window_size])
+                for j in range(depth)]))
+            if i < len(depths) - 1:
+                layers.append(PatchMerging(dim))
+        self.features = nn.Sequential(*layers)
+        num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(num_features)
+        self.permute = Permute([0, 3, 1, 2])
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.head = nn.Linear(num_features, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.norm(x)
+        x = self.permute(x)
+        x = self.avgpool(x)
+        x = self.flatten(x)
+        return self.head(x)
+
+
+def swin():
+    """swin_t v1: patch-4 conv + LN, shifted-window attention (pad, roll, window partition, relative
+    position bias gathered from a trainable table, -100 shift mask), PatchMerging (strided slices,
+    concat, LN, Linear), LN, permute, avgpool, head. 32 px: 8x8 tokens, window 4, shift 2."""
+    torch.manual_seed(0)
+    return _finish(Swin())
+
+
 FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
-            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers"]
+            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers", "swin"]
 # blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
 BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
           "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 5}

@@ -304,11 +304,39 @@ class _Windows(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.stem(x))
-        h, w = x.shape[-2:]
-        x = F.adaptive_avg_pool2d(self.inner(x.reshape(-1, 4, h, w)), 1)
+        n, _, h, w = x.shape
+        x = F.adaptive_avg_pool2d(self.inner(x.reshape(2 * n, 4, h, w)), 1)  # (a target computed from the batch)
         return self.head(x.reshape(-1, 8))
 
 
 def windows_net():
     torch.manual_seed(9)
     return _Windows()
+
+
+class _TokenMLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class _ChannelsLast(nn.Module):
+    """Swin's and ConvNeXt-style layout: residual blocks on (n, h, w, c) tensors between two permutes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.LayerNorm(8)
+        self.blocks = nn.Sequential(_TokenMLP(8), _TokenMLP(8), _TokenMLP(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.blocks(self.norm(self.stem(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def channels_last_net():
+    torch.manual_seed(10)
+    return _ChannelsLast()

@@ -177,3 +177,37 @@ def test_blocks_are_the_same_whatever_the_norm():
         outs.append(list(x.shape[1:]))
     assert [b[1] for b in group] == outs
     assert [b[3] for b in group].count("residual") == sum(b.use_skip for b in net.blocks)
+
+
+class ChannelsLastWithLite(WithLite):
+    """The lite branch beside a block on (n, h, w, c) tensors: it convolves over h and w."""
+
+    def forward(self, x):
+        return self.block(x) + self.lite(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def test_channels_last_blocks_get_modules_over_height_and_width(tmp_path):
+    """Blocks on (n, h, w, c) tensors (Swin, ConvNeXt-style token MLPs) get their lite module
+    between Transposes: the ONNX module's gradients equal a torch branch run on x.permute(0, 3, 1, 2)
+    (a module over (w, c) as if they were (h, w) would not match)."""
+    from nets import channels_last_net
+    art = compile_model(f"{NETS}:channels_last_net", "lite", tmp_path / "a", resolution=RES, batch_size=BATCH,
+                        lite=LiteOptions(final_scale=0.5))
+    report = art.manifest["lite_modules"]
+    assert [(m["input"], m["output"]) for m in report] == [([8, 7, 7], [8, 7, 7])] * 2
+    params = initializers(art)
+    model = channels_last_net()
+    for i, r in enumerate(report, start=1):
+        model.blocks[i] = ChannelsLastWithLite(model.blocks[i], r, params, f"lite{i}", whole_kernel=False)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    logits_t = model(torch.from_numpy(x))
+    F.cross_entropy(logits_t, torch.from_numpy(y)).backward()
+    _, logits, grads = ort_step(art, x, y, 0.0)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for name, grad in grads.items():
+        block, rest = (model.blocks[int(name[4])].lite, name.split(".", 1)[1]) if name.startswith("lite") else \
+            (model, name)
+        expected = dict(block.named_parameters())[rest].grad.numpy()
+        np.testing.assert_allclose(grad, expected.reshape(grad.shape), rtol=1e-3, atol=1e-5, err_msg=name)

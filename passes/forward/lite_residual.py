@@ -17,6 +17,9 @@ Beside a transformer block (tokens x of shape (T, D_in), output (T, D_out)) the 
 token sequence: y + norm2(relu(norm1(x W1)) W2), W1 of width D_in * expand, both norms LayerNorms
 written out, the last one's scale 0 at start. There is no pooling: tokens have no grid to pool
 (the class token), so this module stores its input at full size, like any adapter.
+Channels-last images (Swin keeps (H, W, C) between blocks) get the image module between
+Transposes, so it convolves over H and W, not over W and C (`channels_last`; a block may take
+one layout and give the other).
 Memory: what backward keeps is the branch's own (small, pooled) activations.
 """
 
@@ -134,12 +137,13 @@ class LiteResidualPass(ir.passes.InPlacePass):
 
     def _splice(self, graph: ir.Graph, block: Block, name: str, rng, reference: int) -> tuple[dict, ir.Value]:
         o = self.options
-        _, cin, hin, win = block.input.shape
-        _, cout, hout, wout = block.output.shape
+        last, last_out = channels_last(block.input), channels_last(block.output)
+        _, cin, hin, win = [block.input.shape[i] for i in ((0, 3, 1, 2) if last else range(4))]
+        _, cout, hout, wout = [block.output.shape[i] for i in ((0, 3, 1, 2) if last_out else range(4))]
         t = ir.tape.Tape(graph)
         c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
         d = o.downsample if min(hin, win) >= o.downsample else 1  # a 1x1 input cannot be pooled further
-        x = block.input
+        x = t.op("Transpose", [block.input], attributes={"perm": [0, 3, 1, 2]}) if last else block.input
         h, w = hin, win
         if d > 1:
             x = t.op("Conv", [x, c("pool", np.full((cin, 1, d, d), 1.0 / (d * d), np.float32))],
@@ -170,9 +174,12 @@ class LiteResidualPass(ir.passes.InPlacePass):
         if (h, w) != (hout, wout):
             x = t.op("MatMul", [x, c("up_w", bilinear_matrix(wout, w).T.copy())])
             x = t.op("MatMul", [c("up_h", bilinear_matrix(hout, h)), x])
+        if last_out:
+            x = t.op("Transpose", [x], attributes={"perm": [0, 2, 3, 1]})
         out = _attach(graph, t, block.output, x)
         params = int(sum(np.prod(v.shape) for v in (w1, w2)) + 2 * (mid + cout))
-        return {"block": block.kind, "input": [cin, hin, win], "output": [cout, hout, wout], "stride": block.stride,
+        return {"block": block.kind + " (channels last)" * (last or last_out), "input": [cin, hin, win],
+                "output": [cout, hout, wout], "stride": block.stride,
                 "kernel": k, "taps": [b0 - a0, b1 - a1], "pads": pads,
                 "pooled": [hin // d, win // d] if d > 1 else [hin, win], "params": params}, out
 
@@ -191,6 +198,35 @@ class LiteResidualPass(ir.passes.InPlacePass):
         params = int(din * mid + mid * dout + 2 * (mid + dout))
         return {"block": block.kind, "input": [tokens, din], "output": [tokens, dout], "stride": 1, "kernel": 1,
                 "pooled": [tokens], "params": params}, out
+
+
+# ops that keep a tensor's layout, and ops that tell it: an NCHW op, or one over the last axis
+_SAME_LAYOUT = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Identity", "Pad", "Slice", "Concat",
+                "Dropout", "Neg", "Erf", "Tanh"}
+_NCHW = {"Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+         "InstanceNormalization"}
+
+
+def channels_last(x: ir.Value) -> bool:
+    """A 4-D tensor laid out (N, H, W, C): its readers (looked through elementwise ops) reach a
+    LayerNormalization over the last axis, a MatMul or a Transpose to NCHW before any NCHW op."""
+    seen, todo = set(), [x]
+    while todo:
+        v = todo.pop()
+        for user, i in v.uses():
+            if id(user) in seen or user.meta.get(LITE):
+                continue
+            seen.add(id(user))
+            if user.op_type in _NCHW:
+                return False
+            if user.op_type == "Transpose":
+                return tuple(user.attributes.get_ints("perm", [])) == (0, 3, 1, 2)
+            if (user.op_type == "LayerNormalization" and user.attributes.get_int("axis", -1) in (-1, 3)) or \
+                    (user.op_type == "MatMul" and i == 0):
+                return True
+            if user.op_type in _SAME_LAYOUT:
+                todo.extend(o for o in user.outputs if o.shape is not None and len(o.shape) == 4)
+    return False
 
 
 def _unsupported(block: Block) -> str | None:

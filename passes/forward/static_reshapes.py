@@ -6,7 +6,8 @@ exports the target as arithmetic over Shape(x). Shape inference cannot see throu
 tensor after it has unknown dimensions: blocks cannot get lite modules and the frozen-conv pass
 cannot size its ConvTranspose. Only the batch is dynamic in a tinytlc graph, so the target is
 evaluated (numpy, below) for batch 1 and batch 2: entries that agree are constants, and the one
-entry that doubles is the batch, written as 0 (copy the input's batch) or -1.
+entry that doubles is written as 0 (copy the input's batch) where it is the batch itself, else -1
+(Swin's windows: batch x windows, 4 at batch 1).
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
 offset, checked at two points). Nodes whose target depends on anything else are left alone.
 """
@@ -21,7 +22,8 @@ from tinytlc.passes.forward._values import add_constant, const_array
 
 # inputs that hold shapes, indices or sizes, by op
 _SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Tile": (1,), "Pad": (1,),
-                 "Split": (1,), "Resize": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,), "ConstantOfShape": (0,)}
+                 "Split": (1,), "Resize": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,), "ConstantOfShape": (0,),
+                 "Range": (0, 1, 2)}
 
 
 def _attr(node, name, default):
@@ -94,6 +96,15 @@ def _apply(node: ir.Node, a: list) -> np.ndarray | None:
         if np.issubdtype(np.asarray(a[0]).dtype, np.integer):
             return np.trunc(np.divide(a[0], a[1])).astype(np.asarray(a[0]).dtype)
         return np.divide(a[0], a[1])
+    if op == "Mod":  # fmod=0: the sign of the divisor, as numpy's mod (Swin's window padding)
+        return (np.fmod if _attr(node, "fmod", 0) else np.mod)(a[0], a[1])
+    if op in ("Min", "Max"):
+        return (np.minimum if op == "Min" else np.maximum).reduce(np.broadcast_arrays(*a))
+    if op == "Reshape":
+        target = [d if d != 0 or _attr(node, "allowzero", 0) else a[0].shape[i] for i, d in enumerate(a[1])]
+        return np.reshape(a[0], [int(d) for d in target])
+    if op == "Transpose":
+        return np.transpose(a[0], _attr(node, "perm", None))
     if op in ("Floor", "Ceil", "Sqrt", "Neg", "Abs"):
         return {"Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt, "Neg": np.negative, "Abs": np.abs}[op](a[0])
     if op == "Equal":
@@ -115,7 +126,7 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     if shape_value is None or const_array(shape_value) is not None:
         return None
     t1, t2 = (_eval(shape_value, b, {}, batch) for b in (1, 2))
-    if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim != 1:
+    if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim > 1:  # (Range takes scalars)
         return None
     differ = np.flatnonzero(t1 != t2)
     if len(differ) == 0:
@@ -124,7 +135,7 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
         return None
     target = t1.astype(np.int64)
     x = node.inputs[0].shape
-    if differ[0] == 0 and x is not None and len(x) > 0 and _is_batch(x[0], batch) and \
+    if differ[0] == 0 and t1[0] == 1 and x is not None and len(x) > 0 and _is_batch(x[0], batch) and \
             not _attr(node, "allowzero", 0):
         target[0] = 0  # copy the input's batch (another entry may already be -1); shapes follow it
     elif patient:
