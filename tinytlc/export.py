@@ -154,9 +154,10 @@ def _refuse_control_flow(graph: onnx.GraphProto, path: Path) -> None:
     natively, at any method): refuse it here, naming the node, at any depth."""
     for node in graph.node:
         if node.op_type in _CONTROL_FLOW:
+            fixed = "the branch is fixed" if node.op_type == "If" else "the loop is unrolled"
             raise TinyTLError(f"{path}: control flow ({node.op_type} node {node.name or node.output[0]}) cannot be "
-                              "differentiated by onnxruntime-training; export with tracing (not torch.jit.script) "
-                              "so the branch is fixed")
+                              f"differentiated by onnxruntime-training; export with tracing (not torch.jit.script) "
+                              f"so {fixed}")
         for a in node.attribute:
             for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 _refuse_control_flow(g, path)
