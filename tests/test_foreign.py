@@ -462,3 +462,32 @@ def test_ort_fused_ops_are_written_as_their_definitions():
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # (or ORT fuses them again)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(unfused), run(model), rtol=1e-5, atol=1e-6)
+
+
+def bias_free_head_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3, bias=False))
+
+
+@pytest.mark.parametrize("method", ["last", "full"])
+def test_a_bias_free_head_gets_new_classes(tmp_path, method):
+    """nn.Linear(bias=False) exports as MatMul(x, Transpose(W)): with --num-classes the Transpose's
+    output takes the new shape too, and the step equals torch's with the new head."""
+    art = compile_model(f"{__file__}:bias_free_head_net", method, tmp_path / "a", num_classes=5, resolution=16,
+                        batch_size=BATCH)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(art.path / "forward_model.onnx").graph.initializer}
+    net = bias_free_head_net()
+    net[4] = nn.Linear(8, 5, bias=False)
+    net[4].weight.data = torch.from_numpy(weights["4.weight"].copy())
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((BATCH, 3, 16, 16), dtype=np.float32), rng.integers(0, 5, BATCH)
+    loss_t = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+    loss_t.backward()
+    loss, logits, grads = ort_step(art, x, y, 0.0)
+    assert logits.shape == (BATCH, 5)
+    np.testing.assert_allclose(loss, float(loss_t), rtol=1e-5)
+    expected = {n: p.grad.numpy() for n, p in net.named_parameters()}
+    assert set(grads) == ({"4.weight"} if method == "last" else set(expected))
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, expected[name], rtol=1e-4, atol=1e-6, err_msg=name)

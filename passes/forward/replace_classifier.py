@@ -83,6 +83,8 @@ class ReplaceClassifierPass(ir.passes.InPlacePass):
         if node.op_type == "Conv":  # (classes, C, 1, 1)
             new_w = new_w.reshape(self.num_classes, in_features, 1, 1)
         set_initializer(weight, new_w if out_by_in else new_w.T.copy())
+        if node.inputs[1] is not weight:  # Transpose(W) (a bias-free nn.Linear): its output changes shape too
+            node.inputs[1].shape = ir.Shape(list(reversed(new_w.shape)) if out_by_in else list(new_w.shape))
         new_b = rng.uniform(-bound, bound, self.num_classes).astype(np.float32)
         if bias is not None and const_array(bias) is not None:
             set_initializer(bias, new_b)
