@@ -340,3 +340,29 @@ class _ChannelsLast(nn.Module):
 def channels_last_net():
     torch.manual_seed(10)
     return _ChannelsLast()
+
+
+class _Fusion(nn.Module):
+    """HRNet's branch fusion and an FPN's top-down path: a low-resolution branch upsampled (nearest
+    x2, bilinear to a size, bilinear with align_corners) and added to the high-resolution one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.lateral = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        low = self.down(x)
+        h, w = x.shape[-2:]
+        x = x + F.interpolate(low, scale_factor=2.0, mode="nearest")[..., :h, :w]
+        x = x + F.interpolate(self.lateral(low), size=(h, w), mode="bilinear", align_corners=False)
+        x = F.relu(x + F.interpolate(low, size=(h, w), mode="bilinear", align_corners=True))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def fusion_net():
+    torch.manual_seed(11)
+    return randomize_bn(_Fusion())

@@ -30,3 +30,14 @@ def test_lowered_op_trains_exactly(tmp_path, net, op):
     assert set(grads) == set(params)
     for name, p in params.items():
         np.testing.assert_allclose(grads[name].reshape(p.shape), p.grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_resize_becomes_matmuls_only_where_a_gradient_passes(tmp_path):
+    """ORT has no CPU ResizeGrad: a Resize with a trained tensor before it becomes two MatMuls by
+    constant interpolation matrices (passes/forward/resize_as_matmul.py; `full` and `bias` steps of
+    this net equal PyTorch's in test_gradients.py); with only the head trained the Resizes stay."""
+    def resizes(method):
+        art = compile_model(f"{NETS}:fusion_net", method, tmp_path / method, resolution=15, batch_size=2)
+        return sum(n.op_type == "Resize" for n in onnx.load(art.path / "forward_model.onnx").graph.node)
+    assert resizes("last") == 3  # nearest x2, bilinear to a size, bilinear with align_corners
+    assert resizes("bias") == 0

@@ -21,7 +21,7 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
-from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass,
+from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward._values import LOWERED
@@ -172,6 +172,9 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     RemoveUnusedNodesPass()(irm)
     ShapeInferencePass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)
+    if ResizeAsMatMulPass(trainable)(irm).modified:  # (its sizes' shape arithmetic is left unused)
+        RemoveUnusedNodesPass()(irm)
+        ShapeInferencePass()(irm)
     return irm, trainable, source, (num_classes or head_classes)
 
 

@@ -37,7 +37,7 @@ def _is_batch(dim, batch_dim) -> bool:
     return str(dim) == str(batch_dim)
 
 
-def _eval(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> np.ndarray | None:
+def evaluate_shape(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> np.ndarray | None:
     """The value of a shape computation for `batch`, or None when it depends on data or on a
     dimension other than the image's batch (`batch_dim`) that is not known."""
     if id(value) in memo:
@@ -57,7 +57,7 @@ def _eval(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> np.ndarray
         dims = np.array([batch if not isinstance(shape[0], int) else shape[0]] + list(shape)[1:], np.int64)
         result = dims[_attr(node, "start", 0): _attr(node, "end", None)]
     else:
-        args = [None if v is None else _eval(v, batch, memo, batch_dim) for v in node.inputs]
+        args = [None if v is None else evaluate_shape(v, batch, memo, batch_dim) for v in node.inputs]
         if any(a is None for a, v in zip(args, node.inputs) if v is not None):
             return None
         result = _apply(node, args)
@@ -125,7 +125,7 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     shape_value = node.inputs[index]
     if shape_value is None or const_array(shape_value) is not None:
         return None
-    t1, t2 = (_eval(shape_value, b, {}, batch) for b in (1, 2))
+    t1, t2 = (evaluate_shape(shape_value, b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim > 1:  # (Range takes scalars)
         return None
     differ = np.flatnonzero(t1 != t2)
