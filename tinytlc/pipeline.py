@@ -21,7 +21,7 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
-from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, ResizeAsMatMulPass,
+from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward._values import LOWERED
@@ -155,6 +155,7 @@ def forward_graph(model: str, method: str, num_classes: int | None, resolution: 
     StaticReshapesPass()(irm)  # (infers every shape first)
     ExplicitPadsPass()(irm)
     KeepPadBeforeMaxPoolPass()(irm)
+    MergeAveragedHeadsPass()(irm)  # (a distilled DeiT's two heads)
     _, weight, _, out_by_in = find_classifier(irm.graph)
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]
     if num_classes is not None and num_classes != head_classes:

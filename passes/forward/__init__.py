@@ -11,11 +11,12 @@ from tinytlc.passes.forward.keep_pad_before_maxpool import KeepPadBeforeMaxPoolP
 from tinytlc.passes.forward.blocks import Block, find_blocks
 from tinytlc.passes.forward.lift_weight_constants import LiftWeightConstantsPass
 from tinytlc.passes.forward.lower_for_autodiff import LowerForAutodiffPass
+from tinytlc.passes.forward.merge_averaged_heads import MergeAveragedHeadsPass
 from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
 from tinytlc.passes.forward.static_reshapes import StaticReshapesPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 from tinytlc.passes.forward.resize_as_matmul import ResizeAsMatMulPass
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]

@@ -26,7 +26,7 @@ def _per_class(node: ir.Node) -> bool:
     return node.op_type in _PER_CLASS
 
 
-def _weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
+def linear_weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
     """(initializer, transposed): a weight given directly or as Transpose(W) of a 2-D W."""
     if v.is_initializer():
         return v, False
@@ -46,14 +46,14 @@ def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None
         matmul = next((v.producer() for v in node.inputs if v.producer() is not None
                        and v.producer().op_type == "MatMul"), None)
         bias = next((v for v in node.inputs if v.is_initializer()), None)
-        weight, transposed = _weight(matmul.inputs[1]) if matmul is not None else (None, False)
+        weight, transposed = linear_weight(matmul.inputs[1]) if matmul is not None else (None, False)
         if weight is not None:
             return matmul, weight, bias, transposed
     if node is not None and node.op_type == "Gemm" and node.inputs[1].is_initializer():
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return node, node.inputs[1], bias, bool(node.attributes.get_int("transB", 0))
     if node is not None and node.op_type == "MatMul":
-        weight, transposed = _weight(node.inputs[1])
+        weight, transposed = linear_weight(node.inputs[1])
         if weight is not None:
             return node, weight, None, transposed
     while node is not None and _per_class(node):
