@@ -44,7 +44,9 @@ def cmd_compile(a) -> dict:
             cropped = [x for x in mods if x.get("taps", [x["kernel"]] * 2) != [x["kernel"]] * 2]
             if cropped:
                 c = cropped[0]
-                print(f"  {len(cropped)} modules' kernels are wider than their maps reach: only the taps that reach "
+                what = ("module's kernel is wider than its map reaches" if len(cropped) == 1
+                        else "modules' kernels are wider than their maps reach")
+                print(f"  {len(cropped)} {what}: only the taps that reach "
                       f"the map are made (e.g. {c['kernel']}x{c['kernel']} -> {c['taps'][0]}x{c['taps'][1]} on "
                       f"{'x'.join(map(str, c['pooled']))})")
             for skip in m.get("lite_skipped", []):
