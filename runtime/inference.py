@@ -56,8 +56,11 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
         model = onnx.load(str(tmp))
         model.doc_string = f"{DOC_PREFIX}{manifest['model']} trained with method {manifest['method']}"
         classes = trained_classes(directory)
+        # the user's file's metadata (author, licence...) stays; tinytlc's own notes go
+        props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("tinytlc.")}
         if classes:  # which logit is which class: {"classes": [...]} in the model's metadata
-            onnx.helper.set_model_props(model, {"classes": json.dumps(classes)})
+            props["classes"] = json.dumps(classes)
+        onnx.helper.set_model_props(model, props)
         onnx.save(model, str(tmp))
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(
             None, {manifest["input"]["name"]: x})[0]

@@ -180,3 +180,23 @@ def test_ctrl_c_while_starting_is_one_line(cli, monkeypatch):
     monkeypatch.setattr(tinytlc.cli, "parser", interrupted)
     code, _, err = cli("train", "x", "--data", "y")
     assert code == 130 and err.strip() == "tinytlc: interrupted"
+
+
+def test_export_keeps_the_files_metadata(tmp_path, cli):
+    """The user's file's metadata (author, licence) survives train and export beside the class
+    names; tinytlc's own keys (tinytlc.exported_batch of a fixed-batch file) do not leak into it."""
+    import onnx
+    import torch
+    from nets import tiny_net
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(tiny_net().eval(), (torch.zeros(1, 3, RES, RES),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"])  # fixed batch 1
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"author": "me", "license": "MIT"})
+    onnx.save(model, str(path))
+    assert cli("compile", path, "--method", "last", "--num-classes", 4, "--resolution", RES, "--batch-size", 8,
+               "--out", tmp_path / "a")[0] == 0
+    assert cli("train", tmp_path / "a", "--data", "synthetic:16", "--epochs", 1)[0] == 0
+    assert cli("export", tmp_path / "a", tmp_path / "out.onnx")[0] == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "out.onnx")).metadata_props}
+    assert props.keys() == {"author", "license", "classes"} and props["author"] == "me"

@@ -17,7 +17,9 @@ Exact: each op is written as its definition (ORT's ContribOperators.md, contrib_
 
 The new Conv and Gemm keep the node's name and its weight and bias values, so parameters keep
 their names. A FusedMatMul that transposes an input needs that input's rank: shapes are inferred
-again while some are unknown. Other ops outside ai.onnx are left for load_onnx to refuse by name.
+again while some are unknown; a Transpose it writes that the graph already has is merged with it
+(common subexpressions), so blocks are cut where they were before ORT fused. Other ops outside
+ai.onnx are left for load_onnx to refuse by name.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+from onnx_ir.passes.common import CommonSubexpressionEliminationPass, ShapeInferencePass
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import add_constant, replace_node
@@ -123,6 +125,8 @@ class UnfuseOrtOpsPass(ir.passes.InPlacePass):
                 replace_node(model.graph, node, t.nodes, y)
                 modified = True
             if not waiting:
+                if modified:  # (a transposed FusedMatMul input is often transposed already for another reader)
+                    CommonSubexpressionEliminationPass()(model)
                 return ir.passes.PassResult(model, modified)
             ShapeInferencePass()(model)  # (the lowered ops have shapes now: ranks reach FusedMatMul's inputs)
             matmuls = [n for n in model.graph if n.domain == MS and n.op_type == "FusedMatMul"]
