@@ -14,6 +14,7 @@ from onnx import helper
 from test_gradients import ort_step
 
 from tinytlc.errors import TinyTLError
+from tinytlc.export import IMAGENET, load_source
 from tinytlc.pipeline import compile_model
 
 BATCH = 2
@@ -37,7 +38,7 @@ def assert_step_matches_torch(tmp_path, file, net: nn.Module, res: int, methods=
     net.eval().zero_grad()
     loss_t = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
     loss_t.backward()
-    grads_t = {n: p.grad.numpy() for n, p in net.named_parameters()}
+    grads_t = {n: p.grad.numpy() for n, p in net.named_parameters() if p.requires_grad}  # (frozen: not trained)
     trained = {}
     for method in methods:
         art = compile_model(str(file), method, tmp_path / method, resolution=res, batch_size=BATCH)
@@ -258,6 +259,74 @@ def test_a_network_that_normalises_its_own_input(tmp_path, kind, pixels):
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     fed = Preprocess.from_manifest(art.manifest)([image])
     np.testing.assert_allclose(fed[0], image.transpose(2, 0, 1) / 255 * pixels, rtol=1e-5, atol=1e-5)
+
+
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class Preprocessing(nn.Module):
+    """Networks that take 0..255 pixels and normalise them as converters write it, or do something
+    tinytlc cannot read as a normalisation."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.net = kind, conv_net()
+        self.bn = nn.BatchNorm2d(3).requires_grad_(False)  # MXNet's data_bn: preprocessing, frozen
+        if kind == "data_bn":
+            with torch.no_grad():
+                self.bn.running_mean.copy_(torch.tensor([123.7, 116.3, 103.5]))
+                self.bn.running_var.copy_(torch.tensor([58.4, 57.1, 57.4]) ** 2)
+                self.bn.weight.uniform_(0.5, 1.5), self.bn.bias.uniform_(-0.3, 0.3)
+        self.mean_image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 40 + 100
+        self.keras = torch.tensor([1 / 127.5] * 3), torch.tensor([-1.0] * 3)
+        self.vignette = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        if self.kind == "shape":  # `B = x.shape[0]`: a Shape node reads the image too
+            b = x.shape[0]
+            return self.net[-1](self.net[:-2]((x / 255 - MEAN) / STD).reshape(b, -1))
+        if self.kind == "keras":  # tf2onnx --inputs-as-nchw of a Keras Rescaling: in NHWC, (3,) constants
+            return self.net((x.permute(0, 2, 3, 1) * self.keras[0] + self.keras[1]).permute(0, 3, 1, 2))
+        if self.kind in ("data_bn", "bn on normalised pixels"):
+            return self.net(self.bn(x))
+        if self.kind == "mean image":  # Caffe's, (1, 3, H, W)
+            return self.net((x - self.mean_image) * 0.017)
+        if self.kind == "vignette":
+            return self.net(x * self.vignette)
+        return self.net((x / 255 - MEAN) / STD)  # "cast": a Cast to float goes in front (below)
+
+
+@pytest.mark.parametrize("kind", ["cast", "shape", "keras", "data_bn", "mean image"])
+def test_a_network_that_normalises_its_own_input_otherwise(tmp_path, kind):
+    """Beyond a bare chain of Sub/Div after the image: through a Cast, beside a Shape reader, over the
+    last axis between two Transposes, a BatchNorm on raw pixels (made Mul + Add by its frozen scale
+    and shift, trained by no method), a mean image (its per-channel mean says 0..255; not trained)."""
+    net = Preprocessing(kind)
+    model = export(net, tmp_path / "m.onnx", 16, do_constant_folding=False)
+    if kind == "cast":
+        x = model.graph.input[0].name
+        for node in model.graph.node:
+            node.input[:] = [f"{x}_f" if i == x else i for i in node.input]
+        model.graph.node.insert(0, helper.make_node("Cast", [x], [f"{x}_f"], to=onnx.TensorProto.FLOAT))
+        onnx.save(model, tmp_path / "m.onnx")
+    source = load_source(str(tmp_path / "m.onnx"), 16)
+    assert source.preprocess == {"mean": [0.0] * 3, "std": [1 / 255] * 3}
+    assert (f"it normalises its own input{' (its mean image read per channel)' * (kind == 'mean image')}: "
+            "fed pixels in 0..255") in source.description
+    if kind in ("keras", "data_bn", "mean image"):
+        assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16,
+                                  methods=("full", "norm+last") if kind == "data_bn" else ("full",))
+
+
+@pytest.mark.parametrize("kind,op", [("vignette", "Mul"), ("bn on normalised pixels", "BatchNormalization")])
+def test_preprocessing_tinytlc_cannot_read_is_said(tmp_path, kind, op):
+    """A per-pixel weight, or a BatchNorm whose statistics (mean 0) are not those of raw pixels: fed
+    ImageNet-normalised pixels, and compile's first line says so."""
+    export(Preprocessing(kind), tmp_path / "m.onnx", 16, do_constant_folding=False)
+    source = load_source(str(tmp_path / "m.onnx"), 16)
+    assert source.preprocess == IMAGENET
+    assert f"it seems to preprocess its own input ({op} " in source.description
+    assert "in a way tinytlc cannot read: fed ImageNet-normalised pixels" in source.description
 
 
 class PixelHead(nn.Module):
