@@ -428,6 +428,21 @@ def test_a_softmax_before_view_ops_is_left_out(tmp_path, head, after):
     assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", ref, 16, methods=("full",))
 
 
+@pytest.mark.parametrize("softmax", [False, True], ids=["logits", "softmax"])
+def test_logits_of_shape_n_k_1_1_are_flattened(tmp_path, softmax):
+    """A 1x1-conv classifier after global pooling, no Flatten (Caffe, SqueezeNet-style conversions):
+    every method failed with ORT's "Invalid rank for input: labels"."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 3, 1))
+    export(nn.Sequential(*net, *[nn.Softmax(1)] * softmax), tmp_path / "m.onnx", 16)
+    assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", nn.Sequential(*net, nn.Flatten()), 16,
+                              methods=("full", "bias"))
+    art = compile_model(str(tmp_path / "m.onnx"), "last", tmp_path / "n", num_classes=5, resolution=16, batch_size=BATCH)
+    assert "its (N, K, 1, 1) logits flattened to (N, K)" in art.manifest["source"]
+    rng = np.random.default_rng(0)
+    assert ort_step(art, rng.standard_normal((BATCH, 3, 16, 16), dtype=np.float32), np.array([0, 4]), 0.0)[1].shape == (BATCH, 5)
+
+
 def test_an_unused_second_input_is_left_out(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))

@@ -213,6 +213,23 @@ def _drop_final_softmax(model: onnx.ModelProto) -> str | None:
     return kind
 
 
+def _flatten_logits(model: onnx.ModelProto) -> bool:
+    """Logits of shape (N, K, 1, 1) (a 1x1-conv classifier after global pooling, no Flatten) get a
+    Flatten at the output, under the output's name: the loss takes (N, K) logits, and ORT read the
+    1x1 as spatial dims of the labels. Returns whether it did."""
+    out = model.graph.output[0]
+    inferred = onnx.shape_inference.infer_shapes(model).graph.output[0].type.tensor_type.shape.dim
+    if len(inferred) != 4 or any(not d.HasField("dim_value") or d.dim_value != 1 for d in inferred[2:]):
+        return False
+    conv = f"{out.name}/4d"
+    for n in model.graph.node:
+        n.output[:] = [conv if o == out.name else o for o in n.output]
+        n.input[:] = [conv if i == out.name else i for i in n.input]
+    model.graph.node.append(onnx.helper.make_node("Flatten", [conv], [out.name], name=f"{out.name}/Flatten"))
+    out.type.tensor_type.shape.CopyFrom(onnx.TensorShapeProto(dim=inferred[:2]))
+    return True
+
+
 def _unfuse_ort_ops(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     """A file ORT saved after its graph optimisations: its fused ops written as ai.onnx ops again
     (passes/forward/unfuse_ort_ops.py). Any other op outside ai.onnx has no gradient tinytlc can use."""
@@ -327,6 +344,8 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                             EXPORTED_BATCH: str(dims[0].dim_value)})
     dims[0].dim_param = "batch"
+    if _flatten_logits(model):
+        notes.append("its (N, K, 1, 1) logits flattened to (N, K)")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if out_dims:
         out_dims[0].dim_param = "batch"
