@@ -599,3 +599,59 @@ def test_two_averaged_heads_become_one_classifier(tmp_path):
         np.testing.assert_allclose(g.reshape(expected[name].shape), expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
     art = compile_model(f"{NETS}:distilled_net", "bias", tmp_path / "b", num_classes=5, resolution=16, batch_size=BATCH)
     assert ort_step(art, x, rng.integers(0, 5, BATCH), 0.0)[1].shape == (BATCH, 5)
+
+
+def test_a_fixed_size_file_compiles_at_its_own_size(tmp_path, cli):
+    """Without --resolution, compile takes a fixed-size file's own size (224 failed with a shape
+    mismatch) and says so."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    torch.onnx.export(net.eval(), (torch.zeros(1, 3, 16, 16),), str(tmp_path / "m.onnx"), dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    code, out, err = cli("compile", tmp_path / "m.onnx", "--method", "bias", "--batch-size", BATCH, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert f"[{BATCH}, 3, 16, 16]" in out and "16 px, the file's own input size (no --resolution given)" in out
+
+
+class FlatHead(nn.Module):
+    """A head over the flattened 8 x 8 x 8 map at 32 px (no global pooling), as torch.flatten or view."""
+
+    def __init__(self, view: bool):
+        super().__init__()
+        self.view, self.body, self.fc = view, nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1)), \
+            nn.Linear(8 * 8 * 8, 3)
+
+    def forward(self, x):
+        x = self.body(x)
+        return self.fc(x.view(x.size(0), -1) if self.view else torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["flatten", "view"])
+def test_a_head_over_a_flattened_map_names_its_size(tmp_path, view):
+    """At another resolution its Gemm gets another number of features: ORT said "GEMM: Dimension mismatch"."""
+    from tinytlc.export import load_onnx
+    torch.onnx.export(FlatHead(view).eval(), (torch.zeros(1, 3, 32, 32),), str(tmp_path / "m.onnx"), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    load_onnx(tmp_path / "m.onnx", 32)
+    with pytest.raises(TinyTLError, match=r"its head \(Gemm /fc/Gemm\) reads a flattened 8 x H x W map \(512 features at "
+                                          r"the exported size, 128 at 16 px\): compile at the size it was exported for "
+                                          r"\(--resolution 32\)$"):
+        load_onnx(tmp_path / "m.onnx", 16)
+
+
+def test_an_ir_11_file_and_a_truncated_data_file_are_named(tmp_path):
+    from tinytlc.export import load_onnx
+    torch.manual_seed(0)
+    model = export(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Flatten(), nn.Linear(512, 3)), tmp_path / "m.onnx", 16)
+    model.ir_version = 11  # (onnx >= 1.18 writes it; the checker said "not a valid ONNX model")
+    onnx.save(model, tmp_path / "ir11.onnx")
+    with pytest.raises(TinyTLError, match=r"IR version 11 is newer than this onnx \(1\.17\) reads; save it with "
+                                          r"ir_version <= 10$"):
+        load_onnx(tmp_path / "ir11.onnx", 16)
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    data = (tmp_path / "ext.onnx.data").read_bytes()
+    (tmp_path / "ext.onnx.data").write_bytes(data[:len(data) // 2])
+    with pytest.raises(TinyTLError, match=r"its external data file ext.onnx.data is shorter than the tensors it should "
+                                          r"hold \([\d,]+ of [\d,]+ bytes; truncated\?\)$"):
+        load_onnx(tmp_path / "ext.onnx", 16)

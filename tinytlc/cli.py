@@ -19,10 +19,22 @@ from tinytlc.report import mib
 
 
 
+def _resolution(a) -> int | None:
+    """Fill in --resolution when it was not given: a .onnx file's own fixed size (returned, for
+    the command to say), else 224."""
+    if a.resolution is not None:
+        return None
+    from tinytlc.export import file_resolution
+    fixed = file_resolution(a.model)
+    a.resolution = fixed or 224
+    return fixed
+
+
 def cmd_compile(a) -> dict:
     from tinytlc.pipeline import compile_model
     passes = [] if a.no_passes else (a.passes.split(",") if a.passes else None)
     had_run = a.force and (Path(a.out) / "trained").is_dir()
+    from_file = _resolution(a)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
                         resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes,
                         lite=_lite_options(a), norm=a.norm, lite_modules=a.lite_modules)
@@ -30,7 +42,8 @@ def cmd_compile(a) -> dict:
     found = m.get("found", {})
     if not a.json:
         print(f"compiled {m['source']} for method {m['method']} -> {art.path}")
-        print(f"  input '{m['input']['name']}' {m['input']['shape']}, logits '{m['logits']}', {m['num_classes']} classes")
+        print(f"  input '{m['input']['name']}' {m['input']['shape']}, logits '{m['logits']}', {m['num_classes']} classes"
+              + (f"; {from_file} px, the file's own input size (no --resolution given)" if from_file else ""))
         if found:
             print(f"  classifier: {found['classifier']}; norms: {found['norms'] or 'none'}; blocks: {found['blocks']}")
         print(f"  trains {len(m['trainable'])} tensors, {m['trainable_elements']:,} of "
@@ -160,6 +173,7 @@ def cmd_memory(a) -> dict:
 def cmd_diff(a) -> list:
     from tinytlc.pass_diff import diff, render
     log = (lambda s: print(s, file=sys.stderr)) if a.json else (lambda s: print("  " + s, flush=True))
+    _resolution(a)
     rows = diff(a.model, a.method, num_classes=a.num_classes, batch_size=a.batch_size, resolution=a.resolution,
                 measure_steps=a.steps, log=log)
     if not a.json:
@@ -172,6 +186,7 @@ def cmd_analyze(a) -> dict:
     from tinytlc.accounting import analyze
     if a.accounting not in ("paper", "exact"):
         raise TinyTLError(f"--accounting {a.accounting}: choose paper or exact")
+    _resolution(a)
     r = analyze(a.model, a.method, resolution=a.resolution, batch_size=a.batch_size, num_classes=a.num_classes,
                 accounting=a.accounting, norm=a.norm, lite=_lite_options(a), lite_modules=a.lite_modules)
     if not a.json:
@@ -223,7 +238,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--num-classes", type=CLASSES, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=8)
-    p.add_argument("--resolution", type=_ranged(int, 1, 4096), default=224)
+    p.add_argument("--resolution", type=_ranged(int, 1, 4096), default=None,
+                   help="input size in pixels (default: a .onnx file's own fixed size, else 224)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -242,7 +258,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     c.add_argument("--num-classes", type=CLASSES, default=None, help="new classifier size (default: keep the head)")
     c.add_argument("--batch-size", type=POSITIVE, default=8, help="batch the step is measured with (default 8)")
-    c.add_argument("--resolution", type=_ranged(int, 8, 4096), default=224, help="input size in pixels (default 224)")
+    c.add_argument("--resolution", type=_ranged(int, 8, 4096), default=None,
+                   help="input size in pixels (default: a .onnx file's own fixed size, else 224)")
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
     c.add_argument("--passes", default=None,

@@ -251,15 +251,20 @@ def _unfuse_ort_ops(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     return ir.serde.serialize_model(irm)
 
 
-def _check_convs(model: onnx.ModelProto, path: Path) -> None:
-    """A Conv whose group does not divide its channels passes onnx.checker and onnx's shape
-    inference, then fails deep inside ORT or tinytlc's passes: name it here."""
+def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Every value's inferred shape (None for an unknown dim), constants' included."""
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in list(inferred.value_info) + list(inferred.input)}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     shapes.update({n.output[0]: list(n.attribute[0].t.dims) for n in model.graph.node
                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return shapes
+
+
+def _check_convs(model: onnx.ModelProto, path: Path, shapes: dict) -> None:
+    """A Conv whose group does not divide its channels passes onnx.checker and onnx's shape
+    inference, then fails deep inside ORT or tinytlc's passes: name it here."""
     for n in model.graph.node:
         if n.op_type != "Conv" or n.domain not in ("", "ai.onnx"):
             continue
@@ -274,6 +279,87 @@ def _check_convs(model: onnx.ModelProto, path: Path) -> None:
                               "and weight[0] divisible by group)")
 
 
+def _check_features(model: onnx.ModelProto, path: Path, resolution: int, shapes: dict) -> None:
+    """A Gemm or MatMul layer whose weight takes another number of features than its input has at
+    this resolution: a head over a flattened C x H x W map (no global pooling) trains only at the
+    size it was exported for. Said here, with that size where one of side * 2^k gives the map the
+    weight wants; ORT would say "GEMM: Dimension mismatch"."""
+    values = {t.name: t for t in model.graph.initializer}
+    values.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"
+                   and n.attribute and n.attribute[0].name == "value"})
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type not in ("Gemm", "MatMul") or n.input[1] not in values or \
+                any(a.name == "transA" and a.i for a in n.attribute):
+            continue
+        w, x = shapes.get(n.input[1]), shapes.get(n.input[0])
+        if not w or len(w) != 2 or not x:
+            continue
+        wanted = w[1] if n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute) else w[0]
+        flat = producer.get(n.input[0])
+        grid = shapes.get(flat.input[0]) if flat is not None and _flattens(flat, producer, values) else None
+        grid = grid if grid and len(grid) == 4 and None not in grid[1:] else None
+        has = x[-1] if x[-1] is not None else grid and grid[1] * grid[2] * grid[3]
+        if not has or has == wanted:
+            continue
+        name = f"{n.op_type} {n.name or n.output[0]}"
+        if grid is None:
+            raise TinyTLError(f"{path}: {name} takes {wanted:,} features and gets {has:,} at {resolution} px")
+        side = int(np.sqrt(wanted / grid[1]))  # (the map is square, as the image)
+        sizes = [side << k for k in range(13) if 8 <= side << k <= 4096 and side * side * grid[1] == wanted
+                 and _map_side(model, flat.input[0], side << k) == side]
+        raise TinyTLError(f"{path}: its head ({name}) reads a flattened {grid[1]} x H x W map ({wanted:,} features at "
+                          f"the exported size, {has:,} at {resolution} px): compile at the size it was exported for"
+                          + (f" (--resolution {sizes[0]})" if sizes else ""))
+
+
+def _flattens(node: onnx.NodeProto, producer: dict, values: dict) -> bool:
+    """Flatten(axis=1), or a Reshape to (N, -1) (torch's `x.view(x.size(0), -1)`: a Concat ending in
+    -1): one row of C*H*W features per image."""
+    if node.op_type == "Flatten":
+        return next((a.i for a in node.attribute if a.name == "axis"), 1) == 1
+    if node.op_type != "Reshape":
+        return False
+    shape = node.input[1]
+    if shape in producer and producer[shape].op_type == "Concat":
+        shape = producer[shape].input[-1]
+    if shape not in values:
+        return False
+    last = onnx.numpy_helper.to_array(values[shape]).reshape(-1)
+    return last.size in (1, 2) and last[-1] == -1
+
+
+def _map_side(model: onnx.ModelProto, value: str, size: int) -> int | None:
+    """The height of `value` (a square map) when the image is size x size pixels."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    before = [d.dim_value for d in dims[2:]]
+    for d in dims[2:]:
+        d.dim_value = size
+    try:
+        shape = _shapes(model).get(value)
+    finally:
+        for d, v in zip(dims[2:], before):
+            d.dim_value = v
+    return shape[2] if shape and len(shape) == 4 and shape[2] == shape[3] else None
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """A truncated external data file (a copy cut short) loads without complaint and then fails
+    the checker with "should contain one and only one value field": compare its size with the
+    offsets and lengths the model gives its tensors."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    ends: dict[str, int] = {}
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            info = ExternalDataInfo(t)
+            ends[info.location] = max(ends.get(info.location, 0), (info.offset or 0) + (info.length or 0))
+    for location, end in ends.items():
+        file = path.parent / location
+        if file.is_file() and file.stat().st_size < end:
+            raise TinyTLError(f"{path}: its external data file {location} is shorter than the tensors it should hold "
+                              f"({file.stat().st_size:,} of {end:,} bytes; truncated?)")
+
+
 def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     """Load a user's .onnx file (external data beside it is read too) and check that ORT 1.19.2 can
     train it at this resolution: opset brought into 13..21, initializers taken out of the graph
@@ -281,8 +367,15 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     Softmax dropped, the batch made symbolic, the image size fixed. Also returns notes for the user
     on what was changed."""
     try:
-        model = onnx.load(os.fspath(path))
+        model = onnx.load(os.fspath(path), load_external_data=False)
+        if model.ir_version > onnx.IR_VERSION:  # (onnx >= 1.18 writes IR 11; the checker's message blames the file)
+            raise TinyTLError(f"{path}: IR version {model.ir_version} is newer than this onnx "
+                              f"({'.'.join(onnx.__version__.split('.')[:2])}) reads; save it with ir_version <= {onnx.IR_VERSION}")
+        _check_external_data(model, path)
+        onnx.external_data_helper.load_external_data_for_model(model, os.fspath(path.parent))
         onnx.checker.check_model(model)
+    except TinyTLError:
+        raise
     except Exception as e:
         raise TinyTLError(f"{path}: not a valid ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -349,8 +442,26 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if out_dims:
         out_dims[0].dim_param = "batch"
-    _check_convs(model, path)
+    shapes = _shapes(model)
+    _check_convs(model, path, shapes)
+    _check_features(model, path, resolution, shapes)
     return model, notes
+
+
+def file_resolution(spec: str) -> int | None:
+    """The square image size a .onnx file fixes in its input, or None (a dynamic size, or not a
+    file): --resolution defaults to it. A file that cannot be read is load_onnx's to name."""
+    if not spec.endswith(".onnx") or not Path(spec).is_file():
+        return None
+    try:
+        model = onnx.load(spec, load_external_data=False)
+    except Exception:
+        return None
+    params = {t.name for t in model.graph.initializer}
+    dims = next((i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in params
+                 and len(i.type.tensor_type.shape.dim) == 4), [])
+    sizes = {d.dim_value for d in dims[2:] if d.HasField("dim_value")}
+    return sizes.pop() if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]) and len(sizes) == 1 else None
 
 
 _AFFINE = ("Sub", "Add", "Mul", "Div")
