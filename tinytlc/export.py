@@ -364,8 +364,8 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     """Load a user's .onnx file (external data beside it is read too) and check that ORT 1.19.2 can
     train it at this resolution: opset brought into 13..21, initializers taken out of the graph
     inputs (files written for IR < 4 list them there), training-mode ops made inference ops, a final
-    Softmax dropped, the batch made symbolic, the image size fixed. Also returns notes for the user
-    on what was changed."""
+    Softmax dropped, (N, K, 1, 1) logits flattened, the batch made symbolic, the image size fixed.
+    Also returns notes for the user on what was changed."""
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
         if model.ir_version > onnx.IR_VERSION:  # (onnx >= 1.18 writes IR 11; the checker's message blames the file)
