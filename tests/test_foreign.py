@@ -655,3 +655,40 @@ def test_an_ir_11_file_and_a_truncated_data_file_are_named(tmp_path):
     with pytest.raises(TinyTLError, match=r"its external data file ext.onnx.data is shorter than the tensors it should "
                                           r"hold \([\d,]+ of [\d,]+ bytes; truncated\?\)$"):
         load_onnx(tmp_path / "ext.onnx", 16)
+
+
+class TokenMix(nn.Module):
+    """Convs, then tokens (x.flatten(2).transpose(1, 2)) through a residual MLP: ORT's EXTENDED level
+    fuses the transpose into the first Linear (FusedMatMul, transA)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU())
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.down(F.relu(x + self.a(x)))
+        t = x.flatten(2).transpose(1, 2)
+        return self.head((t + self.fc2(F.gelu(self.fc1(t)))).mean(1))
+
+
+def test_lite_finds_the_same_blocks_after_ort_optimisations(tmp_path):
+    """The Transpose that unfusing FusedMatMul writes is the one the residual path already reads
+    (merged as a common subexpression): lite puts as many modules in the EXTENDED file as in the
+    BASIC one (it lost the token block's)."""
+    import onnxruntime as ort
+    export(TokenMix(), tmp_path / "m.onnx", 32)
+    counts = []
+    for level in ("BASIC", "EXTENDED"):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+        opts.optimized_model_filepath = str(tmp_path / f"{level}.onnx")
+        ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+        art = compile_model(str(tmp_path / f"{level}.onnx"), "lite+bias", tmp_path / level, resolution=32, batch_size=BATCH)
+        counts.append(len(art.manifest["lite_modules"]))
+    assert "FusedMatMul" in {n.op_type for n in onnx.load(tmp_path / "EXTENDED.onnx").graph.node}
+    assert counts == [2, 2]
