@@ -1164,3 +1164,9 @@ def convnext_tiny():
         CONFIG = [(96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)]
     torch.manual_seed(0)
     return _finish(Tiny())
+
+
+def swin_t():
+    """torchvision's swin_t at full size (window 7, random weights): for `make bench`."""
+    torch.manual_seed(0)
+    return _finish(Swin(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=(7, 7)))
