@@ -200,3 +200,12 @@ def test_export_keeps_the_files_metadata(tmp_path, cli):
     assert cli("export", tmp_path / "a", tmp_path / "out.onnx")[0] == 0
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "out.onnx")).metadata_props}
     assert props.keys() == {"author", "license", "classes"} and props["author"] == "me"
+
+
+def test_passes_and_no_passes_together_are_refused(cli, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        cli("compile", f"{NETS}:tiny_net", "--method", "bias", "--passes", "frozen-conv", "--no-passes",
+            "--out", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--no-passes: not allowed with argument --passes" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -244,7 +244,7 @@ def speed_targets(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--models", default="mobilenetv2,efficientnet-lite0")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--resolution", type=int, default=224)

@@ -1,5 +1,5 @@
-"""The `tinytlc` command: compile, train, eval, export, memory. Bad input ends with one line on
-stderr and exit status 2; set TINYTLC_DEBUG=1 to see tracebacks."""
+"""The `tinytlc` command: compile, train, eval, export, memory, diff, analyze, bench. Bad input
+ends with one line on stderr and exit status 2; set TINYTLC_DEBUG=1 to see tracebacks."""
 
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def parser() -> argparse.ArgumentParser:
     from tinytlc import __version__
     from tinytlc.methods import METHODS, default_lr
     from tinytlc.passes.training import DEFAULT_PASSES, PASSES
-    p = _Parser(prog="tinytlc", description=__doc__.split("\n")[0])
+    p = _Parser(prog="tinytlc", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--version", action="version", version=f"tinytlc {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("bench", help="accuracy against measured memory for every method (tinytlc bench --help)",
@@ -261,8 +261,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--resolution", type=_ranged(int, 8, 4096), default=None,
                    help="input size in pixels (default: a .onnx file's own fixed size, else 224)")
     c.add_argument("--out", required=True, help="artifact directory to write")
-    c.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
-    c.add_argument("--passes", default=None,
+    chosen = c.add_mutually_exclusive_group()
+    chosen.add_argument("--no-passes", action="store_true", help="keep ORT's training graph unmodified")
+    chosen.add_argument("--passes", default=None,
                    help=f"comma-separated training-graph passes to run, from {','.join(PASSES)} "
                         f"(default: {','.join(DEFAULT_PASSES)}); +name adds one to the defaults, "
                         f"as in +pack-masks")

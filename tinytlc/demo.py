@@ -43,13 +43,14 @@ def main(argv=None) -> int:
                                                      "(apt-get install dataset-fashion-mnist)"
     print(f"tinytlc demo: {a.model}, {what}, {a.train_images} training images, {a.epochs} epoch(s), "
           f"{a.resolution} px, batch {a.batch_size}\n")
-    rows = []
+    rows, tested = [], a.test_images
     try:
         for method in a.methods.split(","):
             t0 = time.perf_counter()
             art = compile_model(a.model, method, a.out / method, num_classes=10, batch_size=a.batch_size,
                                 resolution=a.resolution, force=True)
             data = load_data(spec, 10, limit=a.train_images, test_limit=a.test_images)
+            tested = len(data.test)  # (synthetic data, or a small dataset, may have fewer)
             print(f"[{method}] compiled in {time.perf_counter() - t0:.1f}s; training {len(data.train)} images")
             record = train(art.path, art.manifest, data,
                            TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=default_lr(method)))
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     except TinyTLError as e:
         print(f"tinytlc: error: {e}", file=sys.stderr)
         return 2
-    print(table(["method", "trained params", f"held-out acc ({a.test_images} imgs)", "params+optim MiB",
+    print(table(["method", "trained params", f"held-out acc ({tested} imgs)", "params+optim MiB",
                  "step peak, plain ORT", "step peak, tinytlc", "total MiB", "step ms"], rows))
     print("\nMemory in MiB, measured in a fresh process per artifact (ORT arena off, memray peak of a training "
           "step). 'plain ORT' is the same model and method with ORT's own training graph (--no-passes). "

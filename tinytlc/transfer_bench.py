@@ -269,7 +269,7 @@ def _written_by_bench(path: Path) -> bool:
 def main(argv=None) -> int:
     from tinytlc.cli import _Parser, _ranged
     count, positive = _ranged(int, 0), _ranged(int, 1)
-    ap = _Parser(prog="tinytlc bench", description=__doc__.split("\n")[0])
+    ap = _Parser(prog="tinytlc bench", description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--data", default=FASHION, help="as for tinytlc train (default: Debian's Fashion-MNIST)")
     ap.add_argument("--methods", default=",".join(METHODS))
