@@ -48,7 +48,10 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
     sess = open_session(directory, manifest, with_optimizer=False)
     sess.module.eval()
     shape = [check_batch] + manifest["input"]["shape"][1:]
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    adapter = manifest["preprocess"].get("adapter", {})
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, shape).astype(np.float32) if adapter.get("dtype") == "uint8" else \
+        rng.standard_normal(shape, dtype=np.float32)
     y = np.zeros(check_batch, np.int64)
     _, expected = sess.eval_step(x, y)
     with atomic_path(out) as tmp:
@@ -61,11 +64,44 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
         if classes:  # which logit is which class: {"classes": [...]} in the model's metadata
             props["classes"] = json.dumps(classes)
         onnx.helper.set_model_props(model, props)
+        feed = x
+        if adapter:
+            _restore_input(model, manifest["input"]["name"], adapter)
+            feed = x.transpose(0, 2, 3, 1) if adapter.get("layout") == "NHWC" else x
+            feed = feed.astype(np.uint8) if adapter.get("dtype") == "uint8" else feed
         onnx.save(model, str(tmp))
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(
-            None, {manifest["input"]["name"]: x})[0]
+            None, {manifest["input"]["name"]: np.ascontiguousarray(feed)})[0]
         err = float(np.abs(got - expected).max())
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
             raise TinyTLError(f"exported model disagrees with the eval model (max |diff| {err:.3g}); not written")
     return {"path": str(out), "max_abs_diff": err, "classes": classes, "inputs": [i.name for i in model.graph.input],
             "outputs": [o.name for o in model.graph.output]}
+
+
+def _restore_input(model: onnx.ModelProto, name: str, adapter: dict) -> None:
+    """The image input as the user's file took it: the Cast from uint8 and the Transpose from NHWC
+    that compile took off (export._take_input_adapter) go back in front of the graph."""
+    inner = f"{name}/nchw_float"
+    for node in model.graph.node:
+        node.input[:] = [inner if i == name else i for i in node.input]
+    front, x = [], name
+    if adapter.get("dtype") == "uint8":
+        front.append(onnx.helper.make_node("Cast", [x], [f"{name}/float"], to=onnx.TensorProto.FLOAT, name=f"{name}/Cast"))
+        x = f"{name}/float"
+    if adapter.get("layout") == "NHWC":
+        front.append(onnx.helper.make_node("Transpose", [x], [inner], perm=[0, 3, 1, 2], name=f"{name}/Transpose"))
+    else:
+        front[-1].output[0] = inner
+    for i, node in enumerate(front):
+        model.graph.node.insert(i, node)
+    image = next(i for i in model.graph.input if i.name == name)
+    t = image.type.tensor_type
+    if adapter.get("dtype") == "uint8":
+        t.elem_type = onnx.TensorProto.UINT8
+    if adapter.get("layout") == "NHWC":
+        n, c, h, w = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
+        for new, old in zip((n, c, h, w), t.shape.dim):
+            new.CopyFrom(old)
+        del t.shape.dim[:]
+        t.shape.dim.extend([n, h, w, c])

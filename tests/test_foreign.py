@@ -350,14 +350,59 @@ def test_a_conv_head_read_at_one_pixel(tmp_path):
     assert art.manifest["trainable"] == ["head.weight", "head.bias"]
 
 
-def test_a_channels_last_input_is_named(tmp_path):
-    """tf2onnx files take NHWC images and transpose them first."""
-    model = export(conv_net(), tmp_path / "m.onnx", 16)
+def _adapted_file(tmp_path, cast: bool):
+    """conv_net's file, given a float or uint8 NHWC input (Cast and Transpose as its first nodes)."""
+    model = export(conv_net(), tmp_path / "m.onnx", 16, do_constant_folding=False)  # (torch's names)
     x = model.graph.input[0]
     x.type.tensor_type.shape.dim[1].dim_value, x.type.tensor_type.shape.dim[3].dim_value = 16, 3
-    model.graph.node.insert(0, helper.make_node("Transpose", [x.name], ["nchw"], perm=[0, 3, 1, 2]))
-    for node in model.graph.node[1:]:
-        node.input[:] = ["nchw" if i == x.name else i for i in node.input]
+    front = [helper.make_node("Transpose", ["f" if cast else x.name], ["nchw"], perm=[0, 3, 1, 2])]
+    if cast:
+        x.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+        front.insert(0, helper.make_node("Cast", [x.name], ["f"], to=onnx.TensorProto.FLOAT))
+        front.insert(2, helper.make_node("Div", ["nchw", "c255"], ["scaled"]))
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(255, np.float32), "c255"))
+    for node in model.graph.node:
+        node.input[:] = [("scaled" if cast else "nchw") if i == x.name else i for i in node.input]
+    for i, node in enumerate(front):
+        model.graph.node.insert(i, node)
+    onnx.save(model, tmp_path / "adapted.onnx")
+    return tmp_path / "adapted.onnx"
+
+
+def test_uint8_and_channels_last_inputs_train_and_export_as_they_came(tmp_path):
+    """tf2onnx's Keras models take NHWC images (a Transpose first), deployed ones uint8 (a Cast
+    first): tinytlc trains on float NCHW batches (its gradients equal torch's) and the exported
+    model takes what the file took."""
+    from tinytlc.runtime.inference import export_inference
+    file = _adapted_file(tmp_path, cast=True)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (BATCH, 3, 16, 16)).astype(np.float32)  # (NCHW, as tinytlc feeds it)
+    y = rng.integers(0, 3, BATCH)
+    net = conv_net().eval()
+    loss_t = F.cross_entropy(net(torch.from_numpy(x) / 255), torch.from_numpy(y))
+    loss_t.backward()
+    from tinytlc.export import file_resolution
+    assert file_resolution(str(file)) == 16  # (the default --resolution: H and W of an NHWC file)
+    art = compile_model(str(file), "full", tmp_path / "a", resolution=16, batch_size=BATCH)
+    assert art.manifest["preprocess"]["std"] == [1 / 255] * 3 and "uint8 NHWC" in art.manifest["source"]
+    loss, _, grads = ort_step(art, x, y, 0.0)
+    np.testing.assert_allclose(loss, float(loss_t), rtol=1e-5)
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(grads[name].reshape(p.shape), p.grad.numpy(), rtol=2e-4, atol=1e-6, err_msg=name)
+    export_inference(art.path, art.manifest, tmp_path / "out.onnx")  # (checks itself against the eval model)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    given = session.get_inputs()[0]
+    assert given.type == "tensor(uint8)" and given.shape[1:] == [16, 16, 3]
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(np.uint8)
+    np.testing.assert_allclose(session.run(None, {given.name: nhwc})[0], net(torch.from_numpy(x) / 255).detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_channels_last_input_read_twice_is_named(tmp_path):
+    """An NHWC input read by more than its Transpose to NCHW cannot be taken to be NCHW."""
+    model = onnx.load(_adapted_file(tmp_path, cast=False))
+    model.graph.node.append(helper.make_node("Shape", [model.graph.input[0].name], ["s"]))
     onnx.save(model, tmp_path / "nhwc.onnx")
     with pytest.raises(TinyTLError, match=r"channels-last \(NHWC\); tinytlc takes NCHW images \(tf2onnx writes them "
                                           r"with --inputs-as-nchw\)"):

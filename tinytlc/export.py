@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import sys
 import warnings
@@ -211,6 +212,48 @@ def _drop_final_softmax(model: onnx.ModelProto) -> str | None:
             node.output[0] = graph.output[0].name
             graph.output[0].type.CopyFrom(logits)
     return kind
+
+
+INPUT_ADAPTER = "tinytlc.input_adapter"  # model metadata: the Cast/Transpose taken off the image input
+
+
+def _take_input_adapter(model: onnx.ModelProto) -> dict:
+    """An image input read only by a Cast to float (uint8 pixels) and then only by a Transpose to
+    NCHW (tf2onnx's NHWC Keras models) is taken to be float NCHW, without those nodes: tinytlc
+    trains on float NCHW batches. What was taken ({"dtype": "uint8", "layout": "NHWC"}) is recorded
+    in the metadata; export puts the nodes back, so the exported model takes what the file took."""
+    graph, image, adapter = model.graph, model.graph.input[0], {}
+
+    def only_reader(name):
+        readers = [n for n in graph.node if name in n.input]
+        return readers[0] if len(readers) == 1 and readers[0].domain in ("", "ai.onnx") else None
+
+    def bypass(node):  # readers of the node's output read the image instead
+        for n in graph.node:
+            n.input[:] = [image.name if i == node.output[0] else i for i in n.input]
+        graph.node.remove(node)
+
+    t = image.type.tensor_type
+    node = only_reader(image.name)
+    if t.elem_type == onnx.TensorProto.UINT8 and node is not None and node.op_type == "Cast" and \
+            onnx.helper.get_attribute_value(node.attribute[0]) == onnx.TensorProto.FLOAT:
+        bypass(node)
+        t.elem_type, adapter["dtype"] = onnx.TensorProto.FLOAT, "uint8"
+        node = only_reader(image.name)
+    dims = t.shape.dim
+    if len(dims) == 4 and node is not None and node.op_type == "Transpose" and \
+            list(onnx.helper.get_attribute_value(node.attribute[0])) == [0, 3, 1, 2]:
+        bypass(node)
+        nchw = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
+        for new, old in zip(nchw, (dims[0], dims[3], dims[1], dims[2])):
+            new.CopyFrom(old)
+        del dims[:]
+        dims.extend(nchw)
+        adapter["layout"] = "NHWC"
+    if adapter:
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            INPUT_ADAPTER: json.dumps(adapter)})
+    return adapter
 
 
 def _flatten_logits(model: onnx.ModelProto) -> bool:
@@ -412,6 +455,9 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     softmax = _drop_final_softmax(model)
     if softmax:
         notes.append(f"its final {softmax} left out: training and the exported model use logits")
+    adapter = _take_input_adapter(model)
+    if adapter:
+        notes.append(f"it takes {' '.join(adapter.values())} images: trained on float NCHW ones, exported taking its own")
     if image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise TinyTLError(f"{path}: input '{image.name}' is {onnx.TensorProto.DataType.Name(image.type.tensor_type.elem_type)}, "
                           "expected float32 images")
@@ -460,8 +506,10 @@ def file_resolution(spec: str) -> int | None:
     params = {t.name for t in model.graph.initializer}
     dims = next((i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in params
                  and len(i.type.tensor_type.shape.dim) == 4), [])
-    sizes = {d.dim_value for d in dims[2:] if d.HasField("dim_value")}
-    return sizes.pop() if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]) and len(sizes) == 1 else None
+    nhwc = len(dims) == 4 and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3)
+    spatial = dims[1:3] if nhwc else dims[2:]  # (an NHWC file is taken as NCHW: _take_input_adapter)
+    sizes = {d.dim_value for d in spatial if d.HasField("dim_value")}
+    return sizes.pop() if len(dims) == 4 and all(d.HasField("dim_value") for d in spatial) and len(sizes) == 1 else None
 
 
 _AFFINE = ("Sub", "Add", "Mul", "Div")
@@ -591,11 +639,15 @@ def _preprocess(model: onnx.ModelProto, notes: list[str]) -> dict:
     """What tinytlc feeds the network: ImageNet-normalised pixels, or raw pixels in the range a
     network that normalises its own input expects (data.Preprocess divides by 255 first)."""
     pixels, remark = _own_normalisation(model)
+    adapter = json.loads(next((p.value for p in model.metadata_props if p.key == INPUT_ADAPTER), "{}"))
+    extra = {"adapter": adapter} if adapter else {}  # (for export: the input as the file took it)
+    if pixels is None and adapter.get("dtype") == "uint8":  # uint8 images are raw pixels, whatever follows
+        return {"mean": [0.0] * 3, "std": [1 / 255] * 3, **extra}
     if pixels is None:
         notes += [remark] if remark else []
-        return IMAGENET
+        return {**IMAGENET, **extra}
     notes.append(f"it normalises its own input{f' ({remark})' if remark else ''}: fed pixels in 0..{pixels:g}")
-    return {"mean": [0.0] * 3, "std": [1 / pixels] * 3}
+    return {"mean": [0.0] * 3, "std": [1 / pixels] * 3, **extra}
 
 
 def load_function(spec: str) -> torch.nn.Module:
