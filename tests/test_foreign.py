@@ -737,3 +737,16 @@ def test_lite_finds_the_same_blocks_after_ort_optimisations(tmp_path):
         counts.append(len(art.manifest["lite_modules"]))
     assert "FusedMatMul" in {n.op_type for n in onnx.load(tmp_path / "EXTENDED.onnx").graph.node}
     assert counts == [2, 2]
+
+
+def test_pixels_says_what_a_network_takes(tmp_path, cli):
+    """Where compile cannot read the preprocessing (a per-pixel weight), --pixels says what the
+    network takes; the manifest, which train, eval and export follow, records it."""
+    import json
+    export(Preprocessing("vignette"), tmp_path / "m.onnx", 16, do_constant_folding=False)
+    code, out, err = cli("compile", tmp_path / "m.onnx", "--method", "bias", "--pixels", "0-255", "--out", tmp_path / "a",
+                         "--json")
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["preprocess"]["mean"] == [0.0] * 3 and manifest["preprocess"]["std"] == [1 / 255] * 3
+    assert manifest["source"].endswith("(fed pixels as --pixels 0-255 says)")

@@ -37,7 +37,7 @@ def cmd_compile(a) -> dict:
     from_file = _resolution(a)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
                         resolution=a.resolution, force=a.force, pretrained=not a.random_init, passes=passes,
-                        lite=_lite_options(a), norm=a.norm, lite_modules=a.lite_modules)
+                        lite=_lite_options(a), norm=a.norm, lite_modules=a.lite_modules, pixels=a.pixels)
     m = art.manifest
     found = m.get("found", {})
     if not a.json:
@@ -268,6 +268,9 @@ def parser() -> argparse.ArgumentParser:
                         f"(default: {','.join(DEFAULT_PASSES)}); +name adds one to the defaults, "
                         f"as in +pack-masks")
     c.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
+    c.add_argument("--pixels", choices=["imagenet", "0-1", "0-255"], default=None,
+                   help="what the network takes, where compile cannot read it from the graph: ImageNet-"
+                        "normalised images, or raw pixels in 0..1 or 0..255 (default: as compile finds)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)
 

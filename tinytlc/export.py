@@ -611,7 +611,8 @@ def _own_normalisation(model: onnx.ModelProto) -> tuple[float | None, str | None
     if stop is not None or (read and pixels is None):
         what = stop or read[0]
         return None, (f"it seems to preprocess its own input ({what.op_type} {what.name or what.output[0]}) in a way "
-                      "tinytlc cannot read: fed ImageNet-normalised pixels, check that the network expects those")
+                      "tinytlc cannot read: fed ImageNet-normalised pixels, check that the network expects those "
+                      "(--pixels says what it takes)")
     if not read:
         return None, None
     for name in dict.fromkeys(names):

@@ -19,7 +19,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import EXPORTED_BATCH, MAX_IR, load_source
+from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, load_source
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
@@ -256,16 +256,23 @@ def run_training_passes(path: Path, names: list[str]) -> list[str]:
 LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "default"}
 
 
+# what --pixels feeds the network (data.Preprocess divides by 255 first, then normalises)
+PIXELS = {"imagenet": IMAGENET, "0-1": {"mean": [0.0] * 3, "std": [1.0] * 3},
+          "0-255": {"mean": [0.0] * 3, "std": [1 / 255] * 3}}
+
+
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
                   pretrained: bool = True, passes: list[str] | None = None,
                   session: dict | None = None, lite: LiteOptions | None = None, norm: str = "batch",
-                  lite_modules: bool = False) -> Artifact:
+                  lite_modules: bool = False, pixels: str | None = None) -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
 
     `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
     `session`: ORT session settings to train with (None: LEAN_SESSION after passes, else ORT's).
-    `lite_modules`: lite residual modules in the network whatever the method (frozen unless trained)."""
+    `lite_modules`: lite residual modules in the network whatever the method (frozen unless trained).
+    `pixels`: what the network takes, when compile cannot read it from the graph: "imagenet"
+    (normalised), "0-1" or "0-255" (raw pixels; for networks that preprocess their own input)."""
     out = Path(out)
     check_output_directory(out, force)
     if batch_size < 1 or resolution < 8:
@@ -273,6 +280,8 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
     if num_classes is not None and num_classes < 2:
         raise TinyTLError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
     passes = resolve_passes(passes)
+    if pixels is not None and pixels not in PIXELS:
+        raise TinyTLError(f"--pixels {pixels}: expected one of {', '.join(PIXELS)}")
     if session is None:
         session = dict(LEAN_SESSION) if passes else {}
     report: dict = {}
@@ -288,7 +297,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         changed = run_training_passes(tmp / "training_model.onnx", passes)
         manifest = {
             "model": model,
-            "source": source.description,
+            "source": source.description + (f" (fed pixels as --pixels {pixels} says)" if pixels else ""),
             "method": method,
             "num_classes": classes,
             "input": {"name": image.name, "shape": [batch_size, channels, resolution, resolution], "dtype": "float32"},
@@ -298,7 +307,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
             "trainable": trainable,
             "trainable_elements": _count(proto, set(trainable)),
             "total_elements": _count(proto, None),
-            "preprocess": {**source.preprocess, "resolution": resolution, "channels": channels},
+            "preprocess": {**source.preprocess, **PIXELS.get(pixels, {}), "resolution": resolution, "channels": channels},
             "passes": passes,
             "session": session,
             # the training model's initializers are in WEIGHTS where a pass rewrote it
