@@ -241,7 +241,8 @@ def _take_input_adapter(model: onnx.ModelProto) -> dict:
         t.elem_type, adapter["dtype"] = onnx.TensorProto.FLOAT, "uint8"
         node = only_reader(image.name)
     dims = t.shape.dim
-    if len(dims) == 4 and node is not None and node.op_type == "Transpose" and \
+    nhwc = len(dims) == 4 and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3)
+    if nhwc and node is not None and node.op_type == "Transpose" and \
             list(onnx.helper.get_attribute_value(node.attribute[0])) == [0, 3, 1, 2]:
         bypass(node)
         nchw = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
