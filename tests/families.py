@@ -1110,7 +1110,7 @@ def swin():
 
 
 FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
-            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers", "swin"]
+            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers", "swin", "hrnet"]
 # blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
 BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
           "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 5}
@@ -1170,3 +1170,44 @@ def swin_t():
     """torchvision's swin_t at full size (window 7, random weights): for `make bench`."""
     torch.manual_seed(0)
     return _finish(Swin(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=(7, 7)))
+
+
+# ---------------------------------------------------------------------------------------------
+# HRNet (the official HighResolutionNet's classification model, Wang et al.)
+
+class HRNet(nn.Module):
+    """A stem, a transition that forks a half-resolution stream off the full one, residual BasicBlocks
+    in each stream, one fusion (each stream adds the other's: 1x1 conv + BN + nearest upsampling from
+    below, strided 3x3 conv + BN from above, then ReLU), and the classification head's merge of the
+    high stream into the low one, a 1x1 conv, avgpool, fc. No single tensor separates the blocks of
+    either stream: the two streams stay apart from the transition to the head."""
+
+    def __init__(self, widths=(8, 16), blocks=2, num_classes=NUM_CLASSES):
+        super().__init__()
+        c1, c2 = widths
+        self.stem = Conv2dNormActivation(3, c1, 3, stride=2)
+        self.transition = Conv2dNormActivation(c1, c2, 3, stride=2)
+        self.branches = nn.ModuleList([nn.Sequential(*[BasicBlock(c, c) for _ in range(blocks)]) for c in widths])
+        self.fuse_up = nn.Sequential(conv1x1(c2, c1), nn.BatchNorm2d(c1), nn.Upsample(scale_factor=2, mode="nearest"))
+        self.fuse_down = nn.Sequential(conv3x3(c1, c2, stride=2), nn.BatchNorm2d(c2))
+        self.relu = nn.ReLU()
+        self.downsample = Conv2dNormActivation(c1, c2, 3, stride=2)
+        self.final = Conv2dNormActivation(c2, 4 * c2, 1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * c2, num_classes)
+
+    def forward(self, x):
+        x1 = self.stem(x)
+        x2 = self.transition(x1)
+        x1, x2 = self.branches[0](x1), self.branches[1](x2)
+        x1, x2 = self.relu(x1 + self.fuse_up(x2)), self.relu(x2 + self.fuse_down(x1))
+        x = self.final(x2 + self.downsample(x1))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def hrnet():
+    """Two streams (16x16 and 8x8 at 32 px), two BasicBlocks in each, one fusion. 5 blocks: the stage from
+    the stem's output to the head's merge (where the streams fork and join) with the stem, the first,
+    and the 4 BasicBlocks inside it, which get the lite modules (every block but the first)."""
+    torch.manual_seed(0)
+    return _finish(HRNet())

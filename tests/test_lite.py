@@ -211,3 +211,39 @@ def test_channels_last_blocks_get_modules_over_height_and_width(tmp_path):
             (model, name)
         expected = dict(block.named_parameters())[rest].grad.numpy()
         np.testing.assert_allclose(grad, expected.reshape(grad.shape), rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_parallel_streams_get_modules_beside_their_blocks(tmp_path):
+    """HRNet (tests/families.py:hrnet) keeps a 16x16 and an 8x8 stream apart from the transition to the
+    head: no single tensor separates the blocks inside them, so the stage is one segment; the residual
+    blocks of both streams are found inside it (blocks.py, step 6) and each gets a module whose sum is
+    what the next block, or the fusion, reads. The stage, with the stem, is the first block."""
+    from conftest import TESTS
+    from tinytlc.passes.forward import find_blocks
+    from tinytlc.pipeline import forward_graph
+    source = f"{TESTS / 'families.py'}:hrnet"
+    blocks = find_blocks(forward_graph(source, "last", 3, 32)[0].graph)
+    assert [(list(b.input.shape)[1:], list(b.output.shape)[1:], b.stride, b.kind) for b in blocks] == \
+        [([3, 32, 32], [16, 8, 8], 4, "residual-projection")] + \
+        [([8, 16, 16], [8, 16, 16], 1, "residual"), ([16, 8, 8], [16, 8, 8], 1, "residual")] * 2
+    art = compile_model(source, "lite", tmp_path / "a", num_classes=3, resolution=32, batch_size=2)
+    report = art.manifest["lite_modules"]
+    assert art.manifest["lite_blocks"] == 5 and not art.manifest["lite_skipped"]
+    assert [(m["block"], m["input"], m["output"]) for m in report] == \
+        [("residual", [8, 16, 16], [8, 16, 16]), ("residual", [16, 8, 8], [16, 8, 8])] * 2
+    graph = onnx.load(art.path / "forward_model.onnx").graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def sources(name):  # the graph inputs and initializers a tensor is computed from
+        seen, todo = set(), [name]
+        while todo:
+            v = todo.pop()
+            if v not in seen:
+                seen.add(v)
+                todo += [i for i in producer[v].input if i] if v in producer else []
+        return {v for v in seen if v not in producer}
+
+    for k, b in enumerate(blocks[1:], start=1):  # each block's output is read only by its module's Add
+        (add,) = [n for n in graph.node if b.output.name in n.input]
+        (branch,) = [i for i in add.input if i != b.output.name]
+        assert add.op_type == "Add" and f"lite{k}.conv2.weight" in sources(branch)

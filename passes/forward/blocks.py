@@ -16,7 +16,16 @@
 5. The stem (single layers before the first block of several layers) joins that block, so "every
    block but the first" skips the stem and the first block together, as the paper does; trailing
    1x1 layers after the last spatial op are the head (MobileNet's 1x1 conv to 1280), not a block.
+6. Parallel streams: HRNet keeps a full- and a half-resolution stream apart from a transition to the
+   head, exchanging only at fusions, so no single tensor separates the blocks inside either stream
+   and the whole stage is one segment. A fork-and-join region that is no residual block and whose
+   join takes two or more paths besides its entry is looked into: along each path, the cuts are the
+   dominators of the path's end back to the entry (step 2 within the region), and a segment between
+   two of them whose paths meet in an Add of its own input (an identity shortcut), with no tensor
+   read outside it, is a residual block (its ReLU included); any other fork-and-join segment there is
+   looked into the same way (a fusion's output joins both streams). The stage stays a block too.
 A block ends at the last cut of its span with the rank of its input, never after a global pool.
+Blocks are listed by where their input is computed (a stage before the blocks inside it).
 Lite residual modules' side branches are looked past: the blocks are those of the network itself.
 """
 
@@ -139,20 +148,33 @@ def _data_graph(graph: ir.Graph) -> tuple[nx.DiGraph, set]:
     return g, data
 
 
-def _segments(graph: ir.Graph, classifier: ir.Node | None) -> tuple[list[ir.Value], list[_Segment]]:
+def _segments(graph: ir.Graph, classifier: ir.Node | None) -> tuple[list[ir.Value], list[_Segment], tuple]:
+    """The cuts and the segments between them; and (data-path graph, data, dominators) for _inner."""
     g, data = _data_graph(graph)
     image, logits = graph.inputs[0], graph.outputs[0]
     if logits not in g:
-        return [], []
+        return [], [], (g, data, {})
     idom = nx.immediate_dominators(g, image)
-    chain = [logits]
-    while chain[-1] is not image:
-        chain.append(idom[chain[-1]])
-    cuts = chain[::-1]
-    index = {id(c): i for i, c in enumerate(cuts)}
+    cuts = _chain(idom, logits, image)
     on_path = nx.ancestors(g, logits) | {logits}
+    return cuts, _split(list(graph), cuts, idom, on_path, data, classifier), (g, data, idom)
+
+
+def _chain(idom: dict, v: ir.Value, root: ir.Value) -> list[ir.Value]:
+    """The dominators of v from root to v itself."""
+    chain = [v]
+    while chain[-1] is not root:
+        chain.append(idom[chain[-1]])
+    return chain[::-1]
+
+
+def _split(nodes: list[ir.Node], cuts: list[ir.Value], idom: dict, on_path: set, data: set,
+           classifier: ir.Node | None) -> list[_Segment]:
+    """The segments between consecutive cuts: a node (with an output on the path) belongs to the
+    segment of the nearest cut that dominates its output."""
+    index = {id(c): i for i, c in enumerate(cuts)}
     members: list[list[ir.Node]] = [[] for _ in cuts[1:]]
-    for node in graph:
+    for node in nodes:
         out = next((o for o in node.outputs if o in on_path), None)
         if out is None or node.op_type in NOT_DATA:
             continue
@@ -175,7 +197,45 @@ def _segments(graph: ir.Graph, classifier: ir.Node | None) -> tuple[list[ir.Valu
             segments.append(_Segment(start, nodes, layers, "branch"))
         else:
             segments.append(_Segment(start, nodes, [], "other"))
-    return cuts, segments
+    return segments
+
+
+def _identity(segment: _Segment, x: ir.Value) -> bool:
+    """A fork-and-join segment from x whose paths meet in an Add of x itself: a residual block."""
+    return segment.merge is not None and segment.merge.op_type == "Add" and x in segment.merge.inputs
+
+
+def _inner(flow: tuple, classifier: ir.Node | None, x: ir.Value, region: _Segment, seen: set) -> list[Block]:
+    """Residual blocks inside a fork-and-join region from x (module docstring, step 6)."""
+    g, data, idom = flow
+    streams = list({id(v): v for v in region.merge.inputs if v is not None and v in data and v is not x}.values())
+    if len(streams) < 2:  # one path beside a shortcut: not parallel streams
+        return []
+    blocks = []
+    for v in streams:
+        cuts = _chain(idom, v, x)
+        segments = _split(region.nodes, cuts, idom, nx.ancestors(g, v) | {v}, data, classifier)
+        for i, s in enumerate(segments):
+            if s.kind != "branch" or s.merge is None or (id(cuts[i]), id(cuts[i + 1])) in seen:
+                continue
+            seen.add((id(cuts[i]), id(cuts[i + 1])))
+            if not _identity(s, cuts[i]):
+                blocks += _inner(flow, classifier, cuts[i], s, seen)
+                continue
+            end = i + 1  # the segments without a layer after it (its ReLU), up to a tensor of its input's rank
+            while end < len(segments) and segments[end].kind == "other":
+                end += 1
+            end = next((e for e in range(end, i, -1) if _rank(cuts[e]) == _rank(cuts[i])), None)
+            if end is not None and _closed([n for seg in segments[i:end] for n in seg.nodes], cuts[end]):
+                blocks.append(Block(cuts[i], cuts[end], _stride(cuts[i], cuts[end]), _kind([s], cuts[i]), s.merge))
+    return blocks
+
+
+def _closed(nodes: list[ir.Node], y: ir.Value) -> bool:
+    """Nothing the nodes compute but y is read outside them (by data ops)."""
+    inside = {id(n) for n in nodes}
+    return all(o is y or id(u) in inside or u.op_type in NOT_DATA or u.meta.get(LITE)
+               for n in nodes for o in n.outputs for u, _ in o.uses())
 
 
 def _group(segments: list[_Segment]) -> list[list[_Segment]]:
@@ -227,16 +287,16 @@ def _classifier(graph: ir.Graph) -> ir.Node | None:
 def residual_segments(graph: ir.Graph) -> list[tuple[ir.Value, list[ir.Node], ir.Node]]:
     """(x, nodes, the Add) of every fork-and-join region whose paths meet in an Add: a residual
     block, with an identity or a projection shortcut; x is the tensor it forks from."""
-    cuts, segments = _segments(graph, _classifier(graph))
+    cuts, segments, _ = _segments(graph, _classifier(graph))
     return [(cuts[s.start], s.nodes, s.merge) for s in segments
             if s.kind == "branch" and s.merge is not None and s.merge.op_type == "Add"]
 
 
 def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Block]:
-    """Blocks in graph order (module docstring). `classifier`: the node that is no block's layer."""
+    """Blocks in the order of their inputs (module docstring). `classifier`: the node that is no block's layer."""
     if classifier is None:
         classifier = _classifier(graph)
-    cuts, segments = _segments(graph, classifier)
+    cuts, segments, flow = _segments(graph, classifier)
     if not segments:
         return []
     groups = _group(segments)
@@ -266,7 +326,12 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
             continue
         merge = grp[-1].merge if grp[-1].kind == "branch" else None
         blocks.append(Block(x, y, _stride(x, y), _kind(grp, cuts[grp[-1].start]), merge))
-    return blocks
+    seen: set = set()
+    inner = [b for s in segments if s.kind == "branch" and s.merge is not None and not _identity(s, cuts[s.start])
+             for b in _inner(flow, classifier, cuts[s.start], s, seen)]
+    order = {id(n): i for i, n in enumerate(graph)}
+    at = lambda b: order.get(id(b.input.producer()), -1)  # noqa: E731
+    return sorted(blocks + inner, key=at)  # (stable: a region's own block before those inside it)
 
 
 def _stride(x: ir.Value, y: ir.Value) -> int:
