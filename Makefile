@@ -32,8 +32,9 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(PY) -m tinytlc.demo
 
+# two workers: much of a test is single-threaded (export, graph passes, process start-up)
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n 2
 
 bench: $(STAMP) fashion-mnist
 	$(PY) -m tinytlc.bench
