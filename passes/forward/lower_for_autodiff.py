@@ -45,6 +45,18 @@ def _per_channel(graph, t, v: ir.Value, rank: int) -> ir.Value:
     return t.op("Reshape", [v, add_constant(graph, "tinytlc.channel_shape", [-1] + [1] * (rank - 2))])
 
 
+def gelu(graph: ir.Graph, t: ir.tape.Tape, x: ir.Value, tanh: bool) -> ir.Value:
+    """0.5 x (1 + erf(x / sqrt 2)), or with tanh(sqrt(2 / pi) (x + 0.044715 x^3)) for the erf."""
+    if tanh:
+        inner = t.op("Mul", [t.op("Add", [x, t.op("Mul", [t.op("Mul", [t.op("Mul", [x, x]), x]),
+                                                       _scalar(graph, 0.044715)])]),
+                             _scalar(graph, math.sqrt(2 / math.pi))])
+        gate = t.op("Tanh", [inner])
+    else:
+        gate = t.op("Erf", [t.op("Div", [x, _scalar(graph, math.sqrt(2))])])
+    return t.op("Mul", [t.op("Mul", [x, t.op("Add", [gate, _scalar(graph, 1)])]), _scalar(graph, 0.5)])
+
+
 def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
     a = node.attributes
     x = node.inputs[0]
@@ -59,14 +71,7 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         return t.op("Clip", [t.op("Add", [t.op("Mul", [x, _scalar(graph, alpha)]), _scalar(graph, beta)]),
                              _scalar(graph, 0), _scalar(graph, 1)])
     if node.op_type == "Gelu":
-        if a.get_string("approximate", "none") == "tanh":
-            inner = t.op("Mul", [t.op("Add", [x, t.op("Mul", [t.op("Mul", [t.op("Mul", [x, x]), x]),
-                                                           _scalar(graph, 0.044715)])]),
-                                 _scalar(graph, math.sqrt(2 / math.pi))])
-            gate = t.op("Tanh", [inner])
-        else:
-            gate = t.op("Erf", [t.op("Div", [x, _scalar(graph, math.sqrt(2))])])
-        return t.op("Mul", [t.op("Mul", [x, t.op("Add", [gate, _scalar(graph, 1)])]), _scalar(graph, 0.5)])
+        return gelu(graph, t, x, tanh=a.get_string("approximate", "none") == "tanh")
     if node.op_type in _EXP_UNITS:  # Relu(x) + scale * (exp(min(x, 0) / a) - 1), min(x, 0) = -Relu(-x)
         default, divide = _EXP_UNITS[node.op_type]
         alpha = a.get_float("alpha", default)

@@ -24,7 +24,6 @@ ai.onnx are left for load_onnx to refuse by name.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import onnx_ir as ir
@@ -32,6 +31,7 @@ from onnx_ir.passes.common import CommonSubexpressionEliminationPass, ShapeInfer
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import add_constant, replace_node
+from tinytlc.passes.forward.lower_for_autodiff import gelu
 
 MS = "com.microsoft"
 OPS = ("FusedConv", "FusedGemm", "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "FusedMatMul")  # (in MS)
@@ -42,15 +42,6 @@ _GEMM_ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Har
 
 def _scalar(graph: ir.Graph, value: float) -> ir.Value:
     return add_constant(graph, "tinytlc.scalar", np.float32(value))
-
-
-def _gelu(graph: ir.Graph, t: ir.tape.Tape, x: ir.Value, tanh: bool) -> ir.Value:
-    if tanh:  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
-        cube = t.op("Mul", [t.op("Mul", [t.op("Mul", [x, x]), x]), _scalar(graph, 0.044715)])
-        gate = t.op("Tanh", [t.op("Mul", [t.op("Add", [x, cube]), _scalar(graph, math.sqrt(2 / math.pi))])])
-    else:
-        gate = t.op("Erf", [t.op("Div", [x, _scalar(graph, math.sqrt(2))])])
-    return t.op("Mul", [t.op("Mul", [x, t.op("Add", [gate, _scalar(graph, 1)])]), _scalar(graph, 0.5)])
 
 
 def _activation(graph: ir.Graph, t: ir.tape.Tape, node: ir.Node, y: ir.Value, kind: str, attrs: dict) -> ir.Value:
@@ -84,7 +75,7 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
     if node.op_type in ("BiasGelu", "FastGelu", "Gelu"):
         if len(node.inputs) > 1 and node.inputs[1] is not None:
             x = t.op("Add", [x, node.inputs[1]])
-        return _gelu(graph, t, x, tanh=node.op_type == "FastGelu")
+        return gelu(graph, t, x, tanh=node.op_type == "FastGelu")
     if node.op_type == "QuickGelu":
         alpha = a.get_float("alpha", 1.702)
         return t.op("Mul", [x, t.op("Sigmoid", [x if alpha == 1 else t.op("Mul", [x, _scalar(graph, alpha)])])])
