@@ -36,6 +36,11 @@ INPUT, OUTPUT = "input", "logits"
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+def raw_pixels(top: float) -> dict:
+    """What feeds a network pixels in 0..top (data.Preprocess divides by 255 first)."""
+    return {"mean": [0.0] * 3, "std": [1 / top] * 3}
+
+
 @dataclass
 class Source:
     model: onnx.ModelProto
@@ -129,13 +134,36 @@ def _check_float32(model: onnx.ModelProto, path: Path) -> None:
 _CONTROL_FLOW = ("If", "Loop", "Scan", "SequenceMap")
 
 
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Every constant tensor by name: the initializers and the Constant nodes' values."""
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"
+                   and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    return consts
+
+
+def _replace_node(graph: onnx.GraphProto, i: int, nodes: list[onnx.NodeProto]) -> None:
+    """graph.node[i] replaced by `nodes`, in its place (the graph stays in topological order)."""
+    del graph.node[i]
+    for k, n in enumerate(nodes):
+        graph.node.insert(i + k, n)
+
+
+def _set_prop(model: onnx.ModelProto, key: str, value: str) -> None:
+    """One metadata entry set, the file's own kept."""
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+
+
+def _looks_nhwc(dims) -> bool:
+    """A 4-D image shape with 1 or 3 channels last and not second."""
+    return len(dims) == 4 and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3)
+
+
 def _inline_constant_ifs(graph: onnx.GraphProto) -> None:
     """An If whose condition is a constant (an initializer or a Constant node) is the branch it
     takes: its nodes go in the If's place, their outputs renamed by Identity nodes."""
     from onnx import numpy_helper
-    consts = {t.name: t for t in graph.initializer}
-    consts.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"
-                   and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    consts = _constants(graph)
     for i, node in reversed(list(enumerate(graph.node))):
         if node.op_type != "If" or node.domain not in ("", "ai.onnx") or node.input[0] not in consts:
             continue
@@ -143,11 +171,9 @@ def _inline_constant_ifs(graph: onnx.GraphProto) -> None:
         branch = next(a.g for a in node.attribute if a.name == taken)
         _inline_constant_ifs(branch)
         graph.initializer.extend(branch.initializer)
-        nodes = list(branch.node) + [onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name}/{o}")
-                                     for b, o in zip(branch.output, node.output)]
-        del graph.node[i]
-        for k, n in enumerate(nodes):
-            graph.node.insert(i + k, n)
+        renamed = [onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name}/{o}")
+                   for b, o in zip(branch.output, node.output)]
+        _replace_node(graph, i, list(branch.node) + renamed)
 
 
 def _refuse_control_flow(graph: onnx.GraphProto, path: Path) -> None:
@@ -241,8 +267,7 @@ def _take_input_adapter(model: onnx.ModelProto) -> dict:
         t.elem_type, adapter["dtype"] = onnx.TensorProto.FLOAT, "uint8"
         node = only_reader(image.name)
     dims = t.shape.dim
-    nhwc = len(dims) == 4 and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3)
-    if nhwc and node is not None and node.op_type == "Transpose" and \
+    if _looks_nhwc(dims) and node is not None and node.op_type == "Transpose" and \
             list(onnx.helper.get_attribute_value(node.attribute[0])) == [0, 3, 1, 2]:
         bypass(node)
         nchw = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
@@ -252,8 +277,7 @@ def _take_input_adapter(model: onnx.ModelProto) -> dict:
         dims.extend(nchw)
         adapter["layout"] = "NHWC"
     if adapter:
-        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                            INPUT_ADAPTER: json.dumps(adapter)})
+        _set_prop(model, INPUT_ADAPTER, json.dumps(adapter))
     return adapter
 
 
@@ -300,9 +324,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in list(inferred.value_info) + list(inferred.input)}
-    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
-    shapes.update({n.output[0]: list(n.attribute[0].t.dims) for n in model.graph.node
-                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    shapes.update({name: list(t.dims) for name, t in _constants(model.graph).items()})
     return shapes
 
 
@@ -328,9 +350,7 @@ def _check_features(model: onnx.ModelProto, path: Path, resolution: int, shapes:
     this resolution: a head over a flattened C x H x W map (no global pooling) trains only at the
     size it was exported for. Said here, with that size where one of side * 2^k gives the map the
     weight wants; ORT would say "GEMM: Dimension mismatch"."""
-    values = {t.name: t for t in model.graph.initializer}
-    values.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"
-                   and n.attribute and n.attribute[0].name == "value"})
+    values = _constants(model.graph)
     producer = {o: n for n in model.graph.node for o in n.output}
     for n in model.graph.node:
         if n.op_type not in ("Gemm", "MatMul") or n.input[1] not in values or \
@@ -465,7 +485,7 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     dims = image.type.tensor_type.shape.dim
     if len(dims) != 4:
         raise TinyTLError(f"{path}: input '{image.name}' has rank {len(dims)}, expected NCHW images")
-    if dims[3].HasField("dim_value") and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3):
+    if _looks_nhwc(dims):
         raise TinyTLError(f"{path}: input '{image.name}' is channels-last (NHWC); tinytlc takes NCHW images "
                           "(tf2onnx writes them with --inputs-as-nchw)")
     if not dims[1].HasField("dim_value") or dims[1].dim_value not in (1, 3):
@@ -481,8 +501,7 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     for axis in (2, 3):
         dims[axis].dim_value = resolution
     if dims[0].HasField("dim_value"):  # exported for one batch size: its Reshapes may have it baked in
-        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                            EXPORTED_BATCH: str(dims[0].dim_value)})
+        _set_prop(model, EXPORTED_BATCH, str(dims[0].dim_value))
     dims[0].dim_param = "batch"
     if _flatten_logits(model):
         notes.append("its (N, K, 1, 1) logits flattened to (N, K)")
@@ -507,8 +526,7 @@ def file_resolution(spec: str) -> int | None:
     params = {t.name for t in model.graph.initializer}
     dims = next((i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in params
                  and len(i.type.tensor_type.shape.dim) == 4), [])
-    nhwc = len(dims) == 4 and dims[3].dim_value in (1, 3) and dims[1].dim_value not in (1, 3)
-    spatial = dims[1:3] if nhwc else dims[2:]  # (an NHWC file is taken as NCHW: _take_input_adapter)
+    spatial = dims[1:3] if _looks_nhwc(dims) else dims[2:]  # (an NHWC file is taken as NCHW: _take_input_adapter)
     sizes = {d.dim_value for d in spatial if d.HasField("dim_value")}
     return sizes.pop() if len(dims) == 4 and all(d.HasField("dim_value") for d in spatial) and len(sizes) == 1 else None
 
@@ -535,9 +553,7 @@ def _own_normalisation(model: onnx.ModelProto) -> tuple[float | None, str | None
 
     from onnx import numpy_helper
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consts = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1
-              and n.attribute[0].name == "value"}
+    inits, consts = {t.name: t for t in graph.initializer}, _constants(graph)
     users = defaultdict(list)
     for n in graph.node:
         for name in n.input:
@@ -545,7 +561,7 @@ def _own_normalisation(model: onnx.ModelProto) -> tuple[float | None, str | None
     channels = graph.input[0].type.tensor_type.shape.dim[1].dim_value
 
     def constant(name):
-        t = inits.get(name, consts.get(name))
+        t = consts.get(name)
         return None if t is None or t.data_type != onnx.TensorProto.FLOAT else numpy_helper.to_array(t).astype(np.float64)
 
     def per_channel(a, axis, image_ok):
@@ -630,10 +646,7 @@ def _own_normalisation(model: onnx.ModelProto) -> tuple[float | None, str | None
         nodes = [onnx.helper.make_node("Constant", [], [t.name], value=t) for t in tensors] + [
             onnx.helper.make_node("Mul", [src, tensors[0].name], [f"{name}/scaled"], name=f"{name}/Mul"),
             onnx.helper.make_node("Add", [f"{name}/scaled", tensors[1].name], [y], name=f"{name}/Add")]
-        i = next(i for i, n in enumerate(graph.node) if n.output[:1] == [y])
-        del graph.node[i]
-        for k, n in enumerate(nodes):
-            graph.node.insert(i + k, n)
+        _replace_node(graph, next(i for i, n in enumerate(graph.node) if n.output[:1] == [y]), nodes)
     return pixels, "its mean image read per channel" if image else None
 
 
@@ -644,12 +657,12 @@ def _preprocess(model: onnx.ModelProto, notes: list[str]) -> dict:
     adapter = json.loads(next((p.value for p in model.metadata_props if p.key == INPUT_ADAPTER), "{}"))
     extra = {"adapter": adapter} if adapter else {}  # (for export: the input as the file took it)
     if pixels is None and adapter.get("dtype") == "uint8":  # uint8 images are raw pixels, whatever follows
-        return {"mean": [0.0] * 3, "std": [1 / 255] * 3, **extra}
+        return {**raw_pixels(255), **extra}
     if pixels is None:
         notes += [remark] if remark else []
         return {**IMAGENET, **extra}
     notes.append(f"it normalises its own input{f' ({remark})' if remark else ''}: fed pixels in 0..{pixels:g}")
-    return {"mean": [0.0] * 3, "std": [1 / pixels] * 3, **extra}
+    return {**raw_pixels(pixels), **extra}
 
 
 def load_function(spec: str) -> torch.nn.Module:

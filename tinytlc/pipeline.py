@@ -19,7 +19,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, load_source
+from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
@@ -256,9 +256,7 @@ def run_training_passes(path: Path, names: list[str]) -> list[str]:
 LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "default"}
 
 
-# what --pixels feeds the network (data.Preprocess divides by 255 first, then normalises)
-PIXELS = {"imagenet": IMAGENET, "0-1": {"mean": [0.0] * 3, "std": [1.0] * 3},
-          "0-255": {"mean": [0.0] * 3, "std": [1 / 255] * 3}}
+PIXELS = {"imagenet": IMAGENET, "0-1": raw_pixels(1), "0-255": raw_pixels(255)}  # what --pixels feeds
 
 
 def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
