@@ -16,35 +16,22 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_initializer, const_array, replace_node
-from tinytlc.passes.forward.replace_classifier import linear_weight
+from tinytlc.passes.forward.replace_classifier import linear_layer
 
 
 def _head(v: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray, str, str] | None:
     """(features (N, D), W (K, D), b (K,), weight name, bias name) of a linear layer producing v."""
-    node, bias = v.producer(), None
-    if node is None:
+    found = linear_layer(v)
+    if found is None:
         return None
+    node, weight, bias, out_by_in = found
+    a, b = node.attributes, const_array(bias)
+    if a.get_int("transA", 0) or (bias is not None and b is None):
+        return None
+    w = const_array(weight) if out_by_in else const_array(weight).T
     if node.op_type == "Gemm":
-        a, c = node.attributes, node.inputs[2] if len(node.inputs) > 2 else None
-        w, b = const_array(node.inputs[1]), const_array(c)
-        if a.get_int("transA", 0) or w is None or (c is not None and b is None):
-            return None
-        w = (w if a.get_int("transB", 0) else w.T) * a.get_float("alpha", 1.0)
-        b = np.zeros(w.shape[0], np.float32) if b is None else np.broadcast_to(b * a.get_float("beta", 1.0), w.shape[:1])
-        return node.inputs[0], w, b, node.inputs[1].name, c.name if c is not None else ""
-    if node.op_type == "Add":
-        matmul = next((u.producer() for u in node.inputs if u.producer() is not None and u.producer().op_type == "MatMul"), None)
-        bias = next((u for u in node.inputs if const_array(u) is not None), None)
-        if matmul is None or bias is None:
-            return None
-        node = matmul
-    if node.op_type != "MatMul":
-        return None
-    weight, transposed = linear_weight(node.inputs[1])
-    if weight is None:
-        return None
-    w = const_array(weight) if transposed else const_array(weight).T
-    b = np.zeros(w.shape[0], np.float32) if bias is None else np.broadcast_to(const_array(bias), w.shape[:1])
+        w, b = w * a.get_float("alpha", 1.0), None if b is None else b * a.get_float("beta", 1.0)
+    b = np.zeros(w.shape[0], np.float32) if b is None else np.broadcast_to(b, w.shape[:1])
     return node.inputs[0], w, b, weight.name, bias.name if bias is not None else ""
 
 

@@ -26,7 +26,7 @@ def _per_class(node: ir.Node) -> bool:
     return node.op_type in _PER_CLASS
 
 
-def linear_weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
+def _weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
     """(initializer, transposed): a weight given directly or as Transpose(W) of a 2-D W."""
     if v.is_initializer():
         return v, False
@@ -37,25 +37,35 @@ def linear_weight(v: ir.Value) -> tuple[ir.Value | None, bool]:
     return None, False
 
 
-def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None, bool]:
-    """(node, weight, bias, weight_is_out_by_in) of the layer producing the logits: a Gemm, a MatMul
-    (+ Add), or a 1x1 Conv followed only by per-class ops (ReLU, global pooling, flatten)."""
-    out = graph.outputs[0]
-    node = out.producer()
+def linear_layer(v: ir.Value) -> tuple[ir.Node, ir.Value, ir.Value | None, bool] | None:
+    """(node, weight, bias, weight_is_out_by_in) of the Gemm or MatMul (+ Add) with a constant
+    weight that produces v, else None."""
+    node = v.producer()
     if node is not None and node.op_type == "Add":
-        matmul = next((v.producer() for v in node.inputs if v.producer() is not None
-                       and v.producer().op_type == "MatMul"), None)
-        bias = next((v for v in node.inputs if v.is_initializer()), None)
-        weight, transposed = linear_weight(matmul.inputs[1]) if matmul is not None else (None, False)
+        matmul = next((u.producer() for u in node.inputs if u.producer() is not None
+                       and u.producer().op_type == "MatMul"), None)
+        bias = next((u for u in node.inputs if u.is_initializer()), None)
+        weight, transposed = _weight(matmul.inputs[1]) if matmul is not None else (None, False)
         if weight is not None:
             return matmul, weight, bias, transposed
     if node is not None and node.op_type == "Gemm" and node.inputs[1].is_initializer():
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return node, node.inputs[1], bias, bool(node.attributes.get_int("transB", 0))
     if node is not None and node.op_type == "MatMul":
-        weight, transposed = linear_weight(node.inputs[1])
+        weight, transposed = _weight(node.inputs[1])
         if weight is not None:
             return node, weight, None, transposed
+    return None
+
+
+def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None, bool]:
+    """(node, weight, bias, weight_is_out_by_in) of the layer producing the logits: a Gemm, a MatMul
+    (+ Add), or a 1x1 Conv followed only by per-class ops (ReLU, global pooling, flatten)."""
+    out = graph.outputs[0]
+    found = linear_layer(out)
+    if found is not None:
+        return found
+    node = out.producer()
     while node is not None and _per_class(node):
         node = node.inputs[0].producer()
     if node is not None and node.op_type == "Conv" and node.inputs[1].is_initializer() and \
