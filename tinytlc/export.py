@@ -281,20 +281,24 @@ def _take_input_adapter(model: onnx.ModelProto) -> dict:
     return adapter
 
 
-def _flatten_logits(model: onnx.ModelProto) -> bool:
+def _flatten_logits(model: onnx.ModelProto, shapes: dict) -> bool:
     """Logits of shape (N, K, 1, 1) (a 1x1-conv classifier after global pooling, no Flatten) get a
     Flatten at the output, under the output's name: the loss takes (N, K) logits, and ORT read the
-    1x1 as spatial dims of the labels. Returns whether it did."""
+    1x1 as spatial dims of the labels. `shapes`: _shapes(model). Returns whether it did."""
     out = model.graph.output[0]
-    inferred = onnx.shape_inference.infer_shapes(model).graph.output[0].type.tensor_type.shape.dim
-    if len(inferred) != 4 or any(not d.HasField("dim_value") or d.dim_value != 1 for d in inferred[2:]):
+    inferred = shapes.get(out.name) or []
+    if len(inferred) != 4 or inferred[2:] != [1, 1]:
         return False
     conv = f"{out.name}/4d"
     for n in model.graph.node:
         n.output[:] = [conv if o == out.name else o for o in n.output]
         n.input[:] = [conv if i == out.name else i for i in n.input]
     model.graph.node.append(onnx.helper.make_node("Flatten", [conv], [out.name], name=f"{out.name}/Flatten"))
-    out.type.tensor_type.shape.CopyFrom(onnx.TensorShapeProto(dim=inferred[:2]))
+    shape = out.type.tensor_type.shape
+    shape.CopyFrom(onnx.TensorShapeProto(dim=[onnx.TensorShapeProto.Dimension(dim_param="batch"),
+                                              onnx.TensorShapeProto.Dimension()]))
+    if inferred[1] is not None:
+        shape.dim[1].dim_value = inferred[1]
     return True
 
 
@@ -323,7 +327,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     """Every value's inferred shape (None for an unknown dim), constants' included."""
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.value_info) + list(inferred.input)}
+              for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
     shapes.update({name: list(t.dims) for name, t in _constants(model.graph).items()})
     return shapes
 
@@ -503,12 +507,12 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     if dims[0].HasField("dim_value"):  # exported for one batch size: its Reshapes may have it baked in
         _set_prop(model, EXPORTED_BATCH, str(dims[0].dim_value))
     dims[0].dim_param = "batch"
-    if _flatten_logits(model):
+    shapes = _shapes(model)  # (once: the Flatten below changes no shape the checks read)
+    if _flatten_logits(model, shapes):
         notes.append("its (N, K, 1, 1) logits flattened to (N, K)")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if out_dims:
         out_dims[0].dim_param = "batch"
-    shapes = _shapes(model)
     _check_convs(model, path, shapes)
     _check_features(model, path, resolution, shapes)
     return model, notes
