@@ -95,6 +95,14 @@ def _restore_input(model: onnx.ModelProto, name: str, adapter: dict) -> None:
         front[-1].output[0] = inner
     for i, node in enumerate(front):
         model.graph.node.insert(i, node)
+    if adapter.get("layout") == "NHWC":  # compile's NHWC view of the image for its NHWC readers: the image itself
+        for view in [n for n in model.graph.node if n.op_type == "Transpose" and list(n.input) == [inner]
+                     and list(onnx.helper.get_attribute_value(n.attribute[0])) == [0, 2, 3, 1]]:
+            for node in model.graph.node:
+                node.input[:] = [x if i == view.output[0] else i for i in node.input]
+            model.graph.node.remove(view)
+        if not any(inner in node.input for node in model.graph.node) and inner not in {o.name for o in model.graph.output}:
+            model.graph.node.remove(front[-1])
     image = next(i for i in model.graph.input if i.name == name)
     t = image.type.tensor_type
     if adapter.get("dtype") == "uint8":

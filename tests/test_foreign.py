@@ -399,14 +399,46 @@ def test_uint8_and_channels_last_inputs_train_and_export_as_they_came(tmp_path):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_a_channels_last_input_read_twice_is_named(tmp_path):
-    """An NHWC input read by more than its Transpose to NCHW cannot be taken to be NCHW."""
-    model = onnx.load(_adapted_file(tmp_path, cast=False))
-    model.graph.node.append(helper.make_node("Shape", [model.graph.input[0].name], ["s"]))
-    onnx.save(model, tmp_path / "nhwc.onnx")
-    with pytest.raises(TinyTLError, match=r"channels-last \(NHWC\); tinytlc takes NCHW images \(tf2onnx writes them "
-                                          r"with --inputs-as-nchw\)"):
-        compile_model(str(tmp_path / "nhwc.onnx"), "bias", tmp_path / "a", resolution=16, batch_size=BATCH)
+class KerasFront(nn.Module):
+    """A Keras model as tf2onnx writes it without --inputs-as-nchw: NHWC images, rescaled in NHWC
+    (Rescaling(1 / 127.5, -1)) before the Transpose to NCHW, and the batch read off the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = conv_net()
+
+    def forward(self, x):
+        return self.net((x * (1 / 127.5) - 1.0).permute(0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def test_a_channels_last_input_read_before_its_transpose(tmp_path):
+    """An NHWC input read by more than a Transpose to NCHW (a Rescaling, a Shape) trains on NCHW
+    batches through an NHWC view of them: torch's gradients; the export takes NHWC again."""
+    from tinytlc.runtime.inference import export_inference
+    torch.onnx.export(KerasFront().eval(), (torch.zeros(1, 16, 16, 3),), str(tmp_path / "m.onnx"), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                      do_constant_folding=False)  # (torch's names)
+    readers = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if "x" in n.input}
+    assert readers == {"Mul", "Shape"}, readers  # (what the test is about: no Transpose reads the image)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (BATCH, 3, 16, 16)).astype(np.float32)  # (NCHW, as tinytlc feeds it)
+    y = rng.integers(0, 3, BATCH)
+    net = KerasFront().eval()
+    nhwc = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    F.cross_entropy(net(nhwc), torch.from_numpy(y)).backward()
+    art = compile_model(str(tmp_path / "m.onnx"), "full", tmp_path / "a", resolution=16, batch_size=BATCH)
+    assert art.manifest["preprocess"]["std"] == [1 / 255] * 3 and "NHWC" in art.manifest["source"]
+    _, _, grads = ort_step(art, x, y, 0.0)
+    assert set(grads) == {n for n, _ in net.named_parameters()}
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(grads[name].reshape(p.shape), p.grad.numpy(), rtol=2e-4, atol=1e-6, err_msg=name)
+    export_inference(art.path, art.manifest, tmp_path / "out.onnx")  # (checks itself against the eval model)
+    exported = onnx.load(str(tmp_path / "out.onnx"))
+    assert "Transpose" not in [n.op_type for n in exported.graph.node if "x" in n.input]  # (no Transpose pair)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [16, 16, 3]
+    np.testing.assert_allclose(session.run(None, {"x": nhwc.numpy()})[0], net(nhwc).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_non_square_input_is_named(tmp_path):

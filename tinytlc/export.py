@@ -244,10 +244,11 @@ INPUT_ADAPTER = "tinytlc.input_adapter"  # model metadata: the Cast/Transpose ta
 
 
 def _take_input_adapter(model: onnx.ModelProto) -> dict:
-    """An image input read only by a Cast to float (uint8 pixels) and then only by a Transpose to
-    NCHW (tf2onnx's NHWC Keras models) is taken to be float NCHW, without those nodes: tinytlc
-    trains on float NCHW batches. What was taken ({"dtype": "uint8", "layout": "NHWC"}) is recorded
-    in the metadata; export puts the nodes back, so the exported model takes what the file took."""
+    """An image input read only by a Cast to float (uint8 pixels) and an NHWC one (tf2onnx's Keras
+    models) are taken to be float NCHW: tinytlc trains on float NCHW batches. The Cast goes; so
+    does a Transpose to NCHW that is the only reader, and other readers read an NHWC view. What
+    was taken ({"dtype": "uint8", "layout": "NHWC"}) is recorded in the metadata; export puts the
+    nodes back, so the exported model takes what the file took."""
     graph, image, adapter = model.graph, model.graph.input[0], {}
 
     def only_reader(name):
@@ -267,9 +268,16 @@ def _take_input_adapter(model: onnx.ModelProto) -> dict:
         t.elem_type, adapter["dtype"] = onnx.TensorProto.FLOAT, "uint8"
         node = only_reader(image.name)
     dims = t.shape.dim
-    if _looks_nhwc(dims) and node is not None and node.op_type == "Transpose" and \
-            list(onnx.helper.get_attribute_value(node.attribute[0])) == [0, 3, 1, 2]:
-        bypass(node)
+    if _looks_nhwc(dims):
+        if node is not None and node.op_type == "Transpose" and \
+                list(onnx.helper.get_attribute_value(node.attribute[0])) == [0, 3, 1, 2]:
+            bypass(node)
+        else:  # read in NHWC too (a Keras Rescaling before the Transpose, a Shape): read an NHWC view
+            view = f"{image.name}/nhwc"
+            for n in graph.node:
+                n.input[:] = [view if i == image.name else i for i in n.input]
+            graph.node.insert(0, onnx.helper.make_node("Transpose", [image.name], [view], perm=[0, 2, 3, 1],
+                                                       name=view + "/Transpose"))
         nchw = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
         for new, old in zip(nchw, (dims[0], dims[3], dims[1], dims[2])):
             new.CopyFrom(old)
@@ -489,9 +497,6 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
     dims = image.type.tensor_type.shape.dim
     if len(dims) != 4:
         raise TinyTLError(f"{path}: input '{image.name}' has rank {len(dims)}, expected NCHW images")
-    if _looks_nhwc(dims):
-        raise TinyTLError(f"{path}: input '{image.name}' is channels-last (NHWC); tinytlc takes NCHW images "
-                          "(tf2onnx writes them with --inputs-as-nchw)")
     if not dims[1].HasField("dim_value") or dims[1].dim_value not in (1, 3):
         raise TinyTLError(f"{path}: input '{image.name}' has {dims[1].dim_value or dims[1].dim_param or '?'} "
                           "channels, expected 1 (grayscale) or 3 (RGB) in NCHW order")

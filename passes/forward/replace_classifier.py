@@ -68,6 +68,9 @@ def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None
     node = out.producer()
     while node is not None and _per_class(node):
         node = node.inputs[0].producer()
+    found = linear_layer(node.outputs[0]) if node is not None else None
+    if found is not None:  # (a Keras model's logits reshaped to (batch, -1) after the Dense)
+        return found
     if node is not None and node.op_type == "Conv" and node.inputs[1].is_initializer() and \
             list(node.inputs[1].shape or [])[2:] == [1, 1] and node.attributes.get_int("group", 1) == 1:
         bias = node.inputs[2] if len(node.inputs) > 2 else None
