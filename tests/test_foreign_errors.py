@@ -75,6 +75,21 @@ def test_a_conv_whose_group_does_not_fit_is_named(tmp_path, weight, group):
         load_onnx(tmp_path / "g.onnx", 16)
 
 
+def test_a_constant_made_for_another_image_size_is_named(tmp_path):
+    """A mean image (1, C, 16, 16) subtracted in a file with a dynamic image size: at 24 px ORT said
+    "Input 0 expected to have type but instead is null" about the Gemm at the end."""
+    mean = numpy_helper.from_array(np.ones((1, 4, 16, 16), np.float32), "mean")
+    model = small_model([helper.make_node("Sub", ["c", "mean"], ["a"], name="/Sub")], [mean])
+    for axis, name in ((2, "h"), (3, "w")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(TinyTLError, match=r"Sub /Sub combines shapes \['\?', 4, 24, 24\] and \[1, 4, 16, 16\], which do "
+                                          r"not broadcast at 24 px \(a constant made for another image size\): compile "
+                                          r"at the size it was made for \(--resolution 16\)$"):
+        load_onnx(tmp_path / "m.onnx", 24)
+    load_onnx(tmp_path / "m.onnx", 16)
+
+
 def test_ort_logs_no_run_time_error_on_stderr(capfd):
     """A failing op: the exception says it (tinytlc prints one line); ORT's own ERROR log line must not."""
     import onnxruntime as ort

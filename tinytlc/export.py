@@ -389,6 +389,35 @@ def _check_features(model: onnx.ModelProto, path: Path, resolution: int, shapes:
                           + (f" (--resolution {sizes[0]})" if sizes else ""))
 
 
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Less", "Greater"}
+
+
+def _check_broadcasts(model: onnx.ModelProto, path: Path, resolution: int, shapes: dict) -> None:
+    """An elementwise op whose inputs do not broadcast at this resolution: a constant sized for the
+    image size the file was made for (Caffe's mean image, a position table added to the map). ORT
+    would say "Input 0 expected to have type but instead is null" at some later node. Said here,
+    with the size where the constant is a 4-D map beside one of the image's own size."""
+    values = _constants(model.graph)
+    for n in model.graph.node:
+        if n.op_type not in _BROADCASTING or n.domain not in ("", "ai.onnx"):
+            continue
+        ins = [(i, shapes.get(i)) for i in n.input if i]
+        if len(ins) < 2 or any(s is None for _, s in ins):
+            continue
+        rank = max(len(s) for _, s in ins)
+        padded = [[1] * (rank - len(s)) + s for _, s in ins]
+        if all(len({d for d in dims if d not in (None, 0, 1)}) <= 1 for dims in zip(*padded)):
+            continue
+        hint = ""
+        const = next((s for i, s in ins if i in values and len(s) == 4), None)
+        if const is not None and any(s[2:] == [resolution, resolution] for i, s in ins if i not in values) and \
+                const[2] == const[3]:
+            hint = f": compile at the size it was made for (--resolution {const[2]})"
+        raise TinyTLError(f"{path}: {n.op_type} {n.name or n.output[0]} combines shapes "
+                          f"{' and '.join(str(['?' if d is None else d for d in s]) for _, s in ins)}, which do not "
+                          f"broadcast at {resolution} px (a constant made for another image size){hint}")
+
+
 def _flattens(node: onnx.NodeProto, producer: dict, values: dict) -> bool:
     """Flatten(axis=1), or a Reshape to (N, -1) (torch's `x.view(x.size(0), -1)`: a Concat ending in
     -1): one row of C*H*W features per image."""
@@ -520,6 +549,7 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
         out_dims[0].dim_param = "batch"
     _check_convs(model, path, shapes)
     _check_features(model, path, resolution, shapes)
+    _check_broadcasts(model, path, resolution, shapes)
     return model, notes
 
 
