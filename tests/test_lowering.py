@@ -5,9 +5,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from test_gradients import ort_step
+from test_gradients import ort_step, torch_reference
 
 import nets
 from tinytlc.pipeline import compile_model
@@ -41,3 +42,139 @@ def test_resize_becomes_matmuls_only_where_a_gradient_passes(tmp_path):
         return sum(n.op_type == "Resize" for n in onnx.load(art.path / "forward_model.onnx").graph.node)
     assert resizes("last") == 3  # nearest x2, bilinear to a size, bilinear with align_corners
     assert resizes("bias") == 0
+
+
+class _BlurPool(nn.Module):
+    """timm's BlurPool2d: reflect padding, then a fixed [1 2 1]^2 / 16 depthwise filter at stride 2
+    (a buffer, not a parameter)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        f = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (f[:, None] * f[None, :] / 16).repeat(channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        y = F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), self.filt, stride=2, groups=x.shape[1])
+        return y + self.zero_bias[:, None, None] if hasattr(self, "zero_bias") else y
+
+
+class _Replicate(nn.Module):
+    def forward(self, x):
+        return F.pad(x, [2, 1, 0, 1], mode="replicate")  # asymmetric; the top row is not padded
+
+
+def blur_pool_net():
+    """Pad in reflect and edge mode (ORT 1.19.2 differentiates constant mode only): timm's BlurPool,
+    nn.ReflectionPad2d(2) and a replicate pad before trained convs."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), _BlurPool(6), nn.ReflectionPad2d(2),
+                         nn.Conv2d(6, 6, 3), nn.ReLU(), _Replicate(), nn.Conv2d(6, 8, 3, stride=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+class _Cbam(nn.Module):
+    """timm's CBAM: channel attention from the average and the max (amax over (2, 3)) through a
+    shared MLP, then spatial attention from the channel mean and max (amax over 1) through a 7x7 conv."""
+
+    def __init__(self, channels, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, hidden, 1), nn.Conv2d(hidden, channels, 1)
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        mlp = lambda v: self.fc2(F.relu(self.fc1(v)))  # noqa: E731
+        x = x * torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(s))
+
+
+def cbam_net():
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Cbam(8, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+@pytest.mark.parametrize("net,op,res", [("blur_pool_net", "Pad", 20), ("cbam_net", "ReduceMax", 16)])
+@pytest.mark.parametrize("method", ["full", "bias"])
+def test_reflect_pad_and_reduce_max_train_exactly(tmp_path, net, op, res, method):
+    """ORT 1.19.2 builds no training graph for a reflect / edge Pad or a ReduceMax; lowered, one step
+    (ORT's own graph and the default passes' alike) equals PyTorch autograd for every trained tensor.
+    (The reduce-max gradient goes to one maximal element where torch's amax splits it among ties: random
+    inputs have none.)"""
+    spec = f"{__file__}:{net}"
+    arts = [compile_model(spec, method, tmp_path / "plain", resolution=res, batch_size=2, passes=[]),
+            compile_model(spec, method, tmp_path / "lean", resolution=res, batch_size=2)]
+    for art in arts:
+        modes = [a.s for n in onnx.load(art.path / "forward_model.onnx").graph.node if n.op_type == op
+                 for a in n.attribute if a.name == "mode"]
+        assert not (modes if op == "Pad" else [n for n in onnx.load(art.path / "forward_model.onnx").graph.node
+                                                 if n.op_type == op])
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, res, res), dtype=np.float32)
+    y = np.array([0, 2])
+    model, train = torch_reference(method, globals()[net])
+    names = {}
+    if method == "bias" and net == "blur_pool_net":  # add-zero-bias gives the bias-less blur conv one
+        model[2].zero_bias = nn.Parameter(torch.zeros(6))
+        (names["2.zero_bias"],) = set(arts[0].manifest["trainable"]) - train
+        train = train | {"2.zero_bias"}
+    assert {names.get(n, n) for n in train} == set(arts[0].manifest["trainable"]) == set(arts[1].manifest["trainable"])
+    logits_t = model(torch.from_numpy(x))
+    loss_t = F.cross_entropy(logits_t, torch.from_numpy(y))
+    loss_t.backward()
+    params = dict(model.named_parameters())
+    for art in arts:
+        loss, logits, grads = ort_step(art, x, y, 0.0)
+        np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+        for name in train:
+            np.testing.assert_allclose(grads[names.get(name, name)].reshape(params[name].shape), params[name].grad.numpy(),
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{method} {art.manifest['passes']}: {name}")
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> list:
+    import onnxruntime as ort
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("opset", [10, 13, 18, 19])
+def test_lowered_pad_and_reduce_max_equal_the_ops(opset):
+    """Every written-out Pad mode (pads as an attribute before opset 11, an input after, with an axes
+    input from 18, negative entries cropping) and ReduceMax / ReduceMin (axes an attribute or, from
+    opset 18, an input; keepdims 0 and 1; image axes, channels, both) computes what ORT's op does."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from tinytlc.passes.forward import LowerForAutodiffPass
+    x = np.random.default_rng(6).standard_normal((2, 3, 5, 6), dtype=np.float32)
+    cases = []
+    for mode in ["reflect", "edge"] + (["wrap"] if opset >= 19 else []):
+        for pads in ([0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 2, 0, 0, 0, 1, 4], [0, 1, 0, 3, 0, 2, 4, 0],
+                     [0, 0, -1, 2, 0, 0, 3, -2]):
+            if opset < 11:
+                cases.append(([helper.make_node("Pad", ["x"], ["y"], mode=mode, pads=pads)], []))
+            else:
+                inits = [helper.make_tensor("pads", TensorProto.INT64, [8], pads)]
+                cases.append(([helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)], inits))
+        if opset >= 18:
+            inits = [helper.make_tensor("pads", TensorProto.INT64, [4], [2, 1, 3, 4]),
+                     helper.make_tensor("axes", TensorProto.INT64, [2], [3, -2])]
+            cases.append(([helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], mode=mode)], inits))
+    if opset >= 13:
+        for op in ("ReduceMax", "ReduceMin"):
+            for axes in ([2, 3], [1], [-1], [1, 3], [1, 2, 3]):
+                for keepdims in (0, 1):
+                    if opset >= 18:
+                        inits = [helper.make_tensor("axes", TensorProto.INT64, [len(axes)], axes)]
+                        cases.append(([helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)], inits))
+                    else:
+                        cases.append(([helper.make_node(op, ["x"], ["y"], axes=axes, keepdims=keepdims)], []))
+    for nodes, inits in cases:
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 5, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+        irm = ir.serde.deserialize_model(model)
+        assert LowerForAutodiffPass()(irm).modified
+        lowered = ir.serde.serialize_model(irm)
+        assert nodes[0].op_type not in {n.op_type for n in lowered.graph.node}
+        np.testing.assert_array_equal(_run(lowered, {"x": x})[0], _run(model, {"x": x})[0], err_msg=str(nodes[0]))

@@ -13,12 +13,39 @@
 | PRelu                 | no gradient builder                     | Relu(x) - slope * Relu(-x)               |
 | Elu, Selu, Celu       | no gradient builder                     | Relu(x) + alpha (exp(min(x, 0) [/ alpha]) - 1) [* gamma] |
 | Softplus, Mish        | no gradient builder (torch's Mish exports through Softplus) | Relu(x) + log(1 + exp(-abs x)) [x tanh of it] |
+| Pad, reflect / edge / wrap | the builder takes constant mode only | per padded axis, Concat of Slices of x (Gathers where reflected) |
+| ReduceMax, ReduceMin  | no gradient builder                     | MaxPool with a window of the reduced axes (of -x for Min) |
 
 Exact: each is the op's definition, written with the same float operations the reference uses
 where it matters (HardSwish as torch computes it; the exponential units' exp(x) - 1 where torch
 uses expm1, within 1e-7 of it). Memory: the written-out forms keep what their
 parts' gradients need (a Clip keeps a mask once the activation-mask pass has run).
 Parameter names are kept: scale and bias initializers feed the new Mul and Add.
+
+Pad (torch's ReflectionPad2d, ReplicationPad2d, F.pad(mode="reflect"/"replicate"/"circular"), timm's
+BlurPool): its pads must be constant (an input from opset 11, an attribute before; an opset-18 axes
+input is read). Each axis with nonzero pads (b, e) becomes, in turn, a Slice cropping any negative
+side (as ORT does, before padding), then Concat(before, x, after) with before / after: reflect
+x[b:0:-1] / x[n-2:n-2-e:-1] (a Gather of those constant indices: ORT 1.19.2's SliceGrad fails on a
+negative step, narrowing_error), edge b copies of x[0:1] / e of x[n-1:], wrap x[n-b:] / x[:e]: the
+mode's definition element for element, so the values are copies and exact; ORT's SliceGrad,
+GatherGrad and ConcatGrad route each output's gradient back to the element it copies (summing
+where one is copied twice, as torch's reflect / replicate backward does). The axis' size must be
+static; a reflect wider than the axis less one (a wrap wider than the axis) is left alone (ORT
+refuses it too). Nothing is stored for the backward but shapes and the constant indices.
+ReduceMax over axes (torch's amax; timm's CBAM: x.amax((2, 3), keepdim=True), x.amax(1,
+keepdim=True)), the axes an attribute or (opset 18) an input, keepdims 0 or 1, the reduced axes of
+static size and not the batch: over image axes only, a MaxPool whose window is those axes' whole
+extent (1 on the others), as GlobalMaxPool; over any other axes (channels) the input is
+transposed to (N, kept axes..., reduced axes...) and reshaped to (N, kept, reduced) for a 1-D
+MaxPool over the whole reduced extent; then reshaped to the output's shape (keepdims or not).
+ReduceMin is -ReduceMax(-x). Exact in value (a max of the same floats); the gradient goes to the
+maximal element, as torch's max_pool does. At ties it all goes to the first of them (ORT's
+MaxPool's argmax) where torch's amax splits it evenly among them: the gradients differ only where
+two inputs of one reduction are equal and maximal. Float activations from a conv practically
+never are; tied zeros after a Relu are (a pixel whose channels are all negative), but there
+both routes end at the Relu, whose gradient at 0 is 0, so the trained tensors' gradients agree.
+The MaxPool keeps its argmax indices (int64, one per output), not its input.
 """
 
 from __future__ import annotations
@@ -99,6 +126,17 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
     rank = len(x.shape)
     if node.op_type == "GlobalMaxPool" and all(isinstance(d, int) for d in x.shape[2:]):
         return t.op("MaxPool", [x], attributes={"kernel_shape": list(x.shape[2:])})
+    if node.op_type == "Pad" and a.get_string("mode", "constant") in ("reflect", "edge", "wrap"):
+        return _pad(graph, node, t, x, rank)
+    if node.op_type in ("ReduceMax", "ReduceMin"):
+        axes = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = const_array(axes) if axes is not None else a.get_ints("axes", None)
+        if axes is None or len(axes) == 0:  # all axes (the batch too), or with noop_with_empty_axes, none
+            return t.op("Identity", [x]) if a.get_int("noop_with_empty_axes", 0) and axes is not None else None
+        if node.op_type == "ReduceMin":
+            y = _reduce_max(graph, t, t.op("Neg", [x]), x.shape, [int(i) for i in axes], a.get_int("keepdims", 1))
+            return None if y is None else t.op("Neg", [y])
+        return _reduce_max(graph, t, x, x.shape, [int(i) for i in axes], a.get_int("keepdims", 1))
     if node.op_type == "InstanceNormalization":
         y = normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
         return _affine(graph, t, y, node.inputs[1], node.inputs[2], rank)
@@ -113,6 +151,93 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
             scale, bias = t.op("Gather", [scale, repeat]), t.op("Gather", [bias, repeat])
         return _affine(graph, t, y, scale, bias, rank)
     return None
+
+
+def _ints(graph, values) -> ir.Value:
+    return add_constant(graph, "tinytlc.slice", [int(v) for v in values])
+
+
+def _slice(graph, t, x: ir.Value, axis: int, start: int, end: int) -> ir.Value:
+    return t.op("Slice", [x, _ints(graph, [start]), _ints(graph, [end]), _ints(graph, [axis])])
+
+
+def _reversed(graph, t, x: ir.Value, axis: int, start: int, end: int) -> ir.Value:
+    """x[start:end:-1] along `axis`, as a Gather: ORT 1.19.2's SliceGrad fails on a negative step
+    (narrowing_error)."""
+    return t.op("Gather", [x, add_constant(graph, "tinytlc.reflect", np.arange(start, end, -1, dtype=np.int64))],
+                attributes={"axis": axis})
+
+
+def _pad(graph, node: ir.Node, t, x: ir.Value, rank: int) -> ir.Value | None:
+    """A reflect / edge / wrap Pad as Slices and a Concat per padded axis (module docstring)."""
+    mode = node.attributes.get_string("mode")
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        pads = const_array(node.inputs[1])
+    else:
+        pads = node.attributes.get_ints("pads", None)
+    if pads is None:
+        return None
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        given = const_array(node.inputs[3])
+        if given is None:
+            return None
+        axes = [int(i) % rank for i in np.asarray(given).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        return None
+    y, changed = x, False
+    for i, axis in enumerate(axes):
+        before, after = pads[i], pads[i + len(axes)]
+        if before == 0 and after == 0:
+            continue
+        n = x.shape[axis]
+        if not isinstance(n, int):
+            return None
+        if before < 0 or after < 0:  # crop first
+            y = _slice(graph, t, y, axis, max(-before, 0), n + min(after, 0))
+            n += min(before, 0) + min(after, 0)
+            before, after = max(before, 0), max(after, 0)
+        if n <= 0 or (mode == "reflect" and max(before, after) > n - 1) or (mode == "wrap" and max(before, after) > n):
+            return None
+        parts = []
+        if before:
+            if mode == "reflect":
+                parts.append(_reversed(graph, t, y, axis, before, 0))
+            elif mode == "edge":
+                parts += [_slice(graph, t, y, axis, 0, 1)] * before
+            else:
+                parts.append(_slice(graph, t, y, axis, n - before, n))
+        parts.append(y)
+        if after:
+            if mode == "reflect":
+                parts.append(_reversed(graph, t, y, axis, n - 2, n - 2 - after))
+            elif mode == "edge":
+                parts += [_slice(graph, t, y, axis, n - 1, n)] * after
+            else:
+                parts.append(_slice(graph, t, y, axis, 0, after))
+        y = t.op("Concat", parts, attributes={"axis": axis}) if len(parts) > 1 else y
+        changed = True
+    return y if changed else t.op("Identity", [x])
+
+
+def _reduce_max(graph, t, x: ir.Value, shape, axes: list[int], keepdims: int) -> ir.Value | None:
+    """ReduceMax of x over `axes` as a MaxPool over their whole extent (module docstring)."""
+    rank = len(shape)
+    axes = sorted({i % rank for i in axes})
+    if 0 in axes or rank < 2 or any(not isinstance(shape[i], int) for i in range(1, rank)):
+        return None
+    kept = [i for i in range(1, rank) if i not in axes]
+    out_shape = [0] + [1 if i in axes else shape[i] for i in range(1, rank)] if keepdims else [0] + [shape[i] for i in kept]
+    if axes[0] >= 2:  # image axes only: a window over them, as GlobalMaxPool
+        y = t.op("MaxPool", [x], attributes={"kernel_shape": [shape[i] if i in axes else 1 for i in range(2, rank)]})
+        return y if keepdims else t.op("Reshape", [y, _ints(graph, out_shape)])
+    perm = [0] + kept + axes
+    v = x if perm == list(range(rank)) else t.op("Transpose", [x], attributes={"perm": perm})
+    reduced = int(np.prod([shape[i] for i in axes]))
+    v = t.op("Reshape", [v, _ints(graph, [0, int(np.prod([shape[i] for i in kept])), reduced])])
+    y = t.op("MaxPool", [v], attributes={"kernel_shape": [reduced]})
+    return t.op("Reshape", [y, _ints(graph, out_shape)])
 
 
 def _affine(graph, t, y: ir.Value, scale: ir.Value, bias: ir.Value, rank: int) -> ir.Value:
