@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +15,26 @@ import numpy as np
 from onnxruntime.training.api import CheckpointState
 from tqdm import tqdm
 
-from tinytlc.data import Data, Preprocess, Split, batches
+from tinytlc.data import Data, Preprocess, Split, batches, follow_classes, load_data
 from tinytlc.errors import TinyTLError
 from tinytlc.fsutil import atomic_path, locked, recover, sha256
 from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
-                                     verify_checkpoint)
+                                     trained_classes, verify_checkpoint)
 
 STATE = "state.json"
 DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
 
 
+# What train takes (field: low, high or None, low excluded): the ranges of the CLI's train flags, which
+# argparse checks first (cli.py, with these bounds); train checks them again for the Python API.
+RANGES = {"epochs": (1, 100000, False), "batch_size": (1, None, False), "lr": (0, 1, True),
+          "label_smoothing": (0, 0.99, False), "seed": (0, None, False)}
+INTEGERS = ("epochs", "batch_size", "seed")
+
+
 @dataclass
 class TrainConfig:
+    """How train trains (the CLI's train flags): the ranges in RANGES are checked by train."""
     epochs: int = 1
     batch_size: int = 8
     lr: float = 1e-3
@@ -34,6 +43,17 @@ class TrainConfig:
     resume: bool = False
     restart: bool = False
     eval_every_epoch: bool = True  # False: held-out accuracy after the last epoch only (benchmark sweeps)
+
+    def check(self) -> None:
+        """Each setting within its range, said in one line as the CLI says it for its flag."""
+        for name, (low, high, low_open) in RANGES.items():
+            value, flag = getattr(self, name), "--" + name.replace("_", "-")
+            kind = int if name in INTEGERS else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise TinyTLError(f"{flag} {value!r} is not {'an integer' if name in INTEGERS else 'a number'}")
+            if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
+                span = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+                raise TinyTLError(f"{flag} {value} is out of range (must be {span})")
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -51,6 +71,42 @@ def evaluate_split(sess: TrainingSession, split: Split, pre: Preprocess, batch_s
         loss_sum += loss * len(y)
         n += len(y)
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "images": n}
+
+
+def _warn(message: str) -> None:
+    print(f"tinytlc: warning: {message}", file=sys.stderr)
+
+
+def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | None = None, *, seed: int = 0,
+             skip_bad_images: bool = False, warn=_warn) -> dict:
+    """Accuracy and mean loss of the artifact DIRECTORY's trained (else compiled) weights on DATA's
+    held-out split, as `tinytlc eval` reports them: {"accuracy", "loss", "images"}.
+
+    DATA: a --data spec (image folder, idx folder, synthetic:N; loaded with `seed` and `skip_bad_images`
+    as eval does) or a Data from load_data. Labels follow the class names the model was trained on.
+    `batch_size`: default the compiled one. `warn` gets the data's warnings, one line each."""
+    from tinytlc.pipeline import load_artifact
+    art = load_artifact(directory)
+    m = art.manifest
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise TinyTLError(f"--batch-size {batch_size} is out of range (must be >= 1)")
+    classes = trained_classes(art.path)
+    if isinstance(data, Data):
+        spec = data.note or "data"
+        if classes is not None and data.classes != classes:  # relabelled on a copy: the caller's Data stays
+            data = Data(list(data.classes), Split(data.train.labels, data.train.load),
+                        Split(data.test.labels, data.test.load), data.note, list(data.warnings))
+            follow_classes(data, classes, spec)
+        check_data(data, m["num_classes"])
+    else:
+        spec = os.fspath(data)
+        data = load_data(spec, m["num_classes"], seed=seed, skip_bad=skip_bad_images, classes=classes)
+    for w in data.warnings:
+        warn(w)
+    if not len(data.test):
+        raise TinyTLError(f"--data {spec}: no held-out images to evaluate")
+    sess = open_session(art.path, m, with_optimizer=False)
+    return evaluate_split(sess, data.test, Preprocess.from_manifest(m), batch_size or m["input"]["shape"][0])
 
 
 def _save(sess: TrainingSession, out: Path, record: dict) -> None:
@@ -100,7 +156,28 @@ def earlier_run(directory: Path, manifest: dict, cfg: TrainConfig) -> dict | Non
     return None
 
 
-def train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
+def check_data(data: Data, num_classes: int) -> None:
+    """Data a model of NUM_CLASSES outputs can train on: labels beyond its logits would train on
+    whatever ORT's loss reads out of range (losses of 0 or below)."""
+    if len(data.classes) > num_classes:
+        raise TinyTLError(f"--data has {len(data.classes)} classes, the model was compiled for {num_classes} "
+                          f"(compile with --num-classes {len(data.classes)})")
+    for split in (data.train, data.test):
+        labels = np.asarray(split.labels)
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise TinyTLError(f"--data has labels outside 0..{num_classes - 1} (the model was compiled for "
+                              f"{num_classes} classes)")
+
+
+def train(directory: str | Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
+    """Train the artifact DIRECTORY (str or Path; MANIFEST as load_artifact read it) on DATA as CFG says,
+    saving a checkpoint to DIRECTORY/trained after every epoch; `log` gets one line per epoch.
+    Returns the training record: epoch, step and each epoch's losses and accuracies."""
+    directory = Path(directory)
+    cfg.check()
+    check_data(data, manifest["num_classes"])
+    if not len(data.train):
+        raise TinyTLError("--data has no training images")
     with locked(directory, "train"):  # two trains would each replace the other's run
         return _train(directory, manifest, data, cfg, log)
 

@@ -126,16 +126,9 @@ def _note_untrained(art) -> None:
 
 
 def cmd_eval(a) -> dict:
-    from tinytlc.data import Preprocess
-    from tinytlc.runtime.session import open_session, trained_classes
-    from tinytlc.runtime.train import evaluate_split
+    from tinytlc.runtime.train import evaluate
     art = _load(a)
-    m = art.manifest
-    data = _load_data(a, m, trained_classes(art.path))
-    if not len(data.test):
-        raise TinyTLError(f"--data {a.data}: no held-out images to evaluate")
-    sess = open_session(art.path, m, with_optimizer=False)
-    result = evaluate_split(sess, data.test, Preprocess.from_manifest(m), a.batch_size or m["input"]["shape"][0])
+    result = evaluate(art.path, a.data, a.batch_size, seed=a.seed, skip_bad_images=a.skip_bad_images)
     _note_untrained(art)
     if not a.json:
         print(f"held-out accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} on {result['images']} images")
@@ -143,7 +136,7 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_export(a) -> dict:
-    from tinytlc.runtime.inference import export_inference
+    from tinytlc.pipeline import export_inference
     art = _load(a)
     r = export_inference(art.path, art.manifest, Path(a.out))
     _note_untrained(art)
@@ -274,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_compile)
 
+    # (train checks these ranges again for the Python API: runtime/train.py RANGES)
     t = sub.add_parser("train", help="train a compiled artifact with ONNX Runtime on the CPU")
     t.add_argument("dir")
     t.add_argument("--data", required=True, help="image folder (class per subfolder), idx folder, or synthetic:N")

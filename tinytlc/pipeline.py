@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
@@ -19,7 +20,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, load_source, raw_pixels
+from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, Source, _preprocess, export_module, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
@@ -30,6 +31,9 @@ from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
 from tinytlc.runtime import artifacts
 from tinytlc.runtime.session import TRAINED, check_step, foreign_trained_files
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MANIFEST = "tinytlc.json"
 
@@ -45,6 +49,7 @@ class Artifact:
 
 
 def load_artifact(path: str | Path) -> Artifact:
+    """The artifact compile wrote at PATH (str or Path), its manifest and files checked."""
     path = Path(path)
     mf = path / MANIFEST
     if not path.exists():
@@ -138,14 +143,46 @@ def _versions() -> dict:
     return {p: metadata.version(p) for p in ("tinytlc", "torch", "onnx", "onnxruntime-training-cpu", "onnx-ir")}
 
 
-def forward_graph(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
+MODEL_KINDS = ("a zoo name, a .onnx file or path/to/file.py:function (str or Path), or a torch.nn.Module")
+
+
+def check_model(model) -> None:
+    """MODEL must be a str, a Path or an nn.Module: anything else is said before any work."""
+    import torch
+    if not isinstance(model, (str, os.PathLike, torch.nn.Module)):
+        raise TinyTLError(f"MODEL is a {type(model).__name__}; expected {MODEL_KINDS}")
+
+
+def model_name(model) -> str:
+    """MODEL as the manifest names it: the string given, or a module's class name."""
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+
+
+def model_source(model: str | Path | nn.Module, resolution: int, pretrained: bool = True, norm: str = "batch") -> Source:
+    """export.load_source for MODEL as a str or Path, and for an nn.Module in hand (exported as
+    load_source exports what a file.py:function returns; the module's train/eval mode is kept)."""
+    check_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        return load_source(os.fspath(model), resolution, pretrained, norm)
+    if norm != "batch":
+        raise TinyTLError("--norm applies to zoo models only")
+    training = model.training
+    try:
+        proto, notes = export_module(model, resolution), []
+    finally:
+        model.train(training)
+    name = type(model).__name__
+    return Source(proto, _preprocess(proto, notes), f"PyTorch module {name}" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
                   lite_modules: bool = False, fold_norms: bool = True, fold_trained_batchnorm: bool = True):
     """The forward graph (onnx_ir, shapes inferred) ready for autodiff, the trainable names, the
     source and the class count. `report`, if given, receives what the passes inserted.
     `lite_modules`, `fold_norms`, `fold_trained_batchnorm`: see methods.forward_passes."""
     methods.check_method(method)
-    source = load_source(model, resolution, pretrained, norm)
+    source = model_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
     LiftWeightConstantsPass()(irm)
     IdentityEliminationPass()(irm)
@@ -205,7 +242,7 @@ def _norm_kind(norm) -> str:
     return "written out (Mul + Add)"
 
 
-def build_forward(model: str, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
+def build_forward(model: str | Path | nn.Module, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
                   lite_modules: bool = False, fold_trained_batchnorm: bool = True):
     """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
@@ -259,18 +296,21 @@ LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "de
 PIXELS = {"imagenet": IMAGENET, "0-1": raw_pixels(1), "0-255": raw_pixels(255)}  # what --pixels feeds
 
 
-def compile_model(model: str, method: str, out: str | Path, *, num_classes: int | None = None,
+def compile_model(model: str | Path | nn.Module, method: str, out: str | Path, *, num_classes: int | None = None,
                   batch_size: int = 8, resolution: int = 224, force: bool = False,
                   pretrained: bool = True, passes: list[str] | None = None,
                   session: dict | None = None, lite: LiteOptions | None = None, norm: str = "batch",
                   lite_modules: bool = False, pixels: str | None = None) -> Artifact:
     """Compile MODEL for METHOD into the artifact directory OUT (written atomically).
 
+    MODEL: a zoo name, a .onnx file or "path/to/file.py:function" (str or Path), or a torch.nn.Module.
+
     `passes`: training-graph passes to run (None: all of them; []: ORT's graph unmodified).
     `session`: ORT session settings to train with (None: LEAN_SESSION after passes, else ORT's).
     `lite_modules`: lite residual modules in the network whatever the method (frozen unless trained).
     `pixels`: what the network takes, when compile cannot read it from the graph: "imagenet"
     (normalised), "0-1" or "0-255" (raw pixels; for networks that preprocess their own input)."""
+    check_model(model)
     out = Path(out)
     check_output_directory(out, force)
     if batch_size < 1 or resolution < 8:
@@ -294,7 +334,7 @@ def compile_model(model: str, method: str, out: str | Path, *, num_classes: int 
         artifacts.generate(proto, trainable, tmp)
         changed = run_training_passes(tmp / "training_model.onnx", passes)
         manifest = {
-            "model": model,
+            "model": model_name(model),
             "source": source.description + (f" (fed pixels as --pixels {pixels} says)" if pixels else ""),
             "method": method,
             "num_classes": classes,
@@ -337,4 +377,12 @@ def _count(proto: onnx.ModelProto, names: set[str] | None) -> int:
                    if t.data_type == onnx.TensorProto.FLOAT and (names is None or t.name in names)))
 
 
-__all__ = ["Artifact", "compile_model", "load_artifact", "build_forward"]
+def export_inference(directory: str | Path, manifest: dict, out: str | Path, check_batch: int = 2) -> dict:
+    """Write an inference ONNX model at OUT with the trained weights of the artifact DIRECTORY (str or
+    Path), checked against its eval model on a batch of `check_batch` first; returns the path written,
+    that check's max |diff|, the class names and the model's input and output names."""
+    from tinytlc.runtime import inference
+    return inference.export_inference(Path(directory), manifest, Path(out), check_batch)
+
+
+__all__ = ["Artifact", "compile_model", "load_artifact", "build_forward", "export_inference"]
