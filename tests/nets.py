@@ -193,14 +193,15 @@ def mlp_head_net():
                          nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
 
 
-class _AmaxPool(nn.Module):
+class _ProdPool(nn.Module):
     def forward(self, x):
-        return x.amax(dim=(2, 3))
+        return x.prod(dim=3).prod(dim=2)
 
 
-def max_reduce_net():
-    """A global max written as ReduceMax, which has no gradient in onnxruntime-training 1.19.2."""
-    return nn.Sequential(nn.Conv2d(3, 4, 3), _AmaxPool(), nn.Linear(4, 2)).eval()
+def prod_reduce_net():
+    """A global product written as ReduceProd, which has no gradient in onnxruntime-training 1.19.2
+    (and which tinytlc does not write out)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), _ProdPool(), nn.Linear(4, 2)).eval()
 
 
 def global_max_net():

@@ -83,3 +83,14 @@ def test_api_is_documented_and_light():
         assert callable(getattr(tinytlc, name)) and getattr(tinytlc, name).__doc__, name
     code = "import sys, tinytlc; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_load_data_takes_a_path(tmp_path):
+    import numpy as np
+    from PIL import Image
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((12, 12, 3), 60 * i + 20 * len(c), np.uint8)).save(tmp_path / c / f"{i}.png")
+    by_path, by_str = tinytlc.load_data(tmp_path, 2), tinytlc.load_data(str(tmp_path), 2)
+    assert by_path.classes == by_str.classes == ["cat", "dog"]

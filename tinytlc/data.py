@@ -7,6 +7,7 @@ set costs little memory.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,10 +347,11 @@ def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
 SYNTHETIC_MAX = 10_000_000
 
 
-def load_data(spec: str, num_classes: int, limit: int | None = None, seed: int = 0,
+def load_data(spec: str | os.PathLike, num_classes: int, limit: int | None = None, seed: int = 0,
               test_limit: int | None = None, skip_bad: bool = False, classes: list[str] | None = None) -> Data:
     """Resolve --data. `limit` (`test_limit`) keeps a fixed random subset of the training (held-out)
     split. `classes`: the class names a model was trained on; labels follow them by name."""
+    spec = os.fspath(spec)
     if not spec.strip():
         raise TinyTLError("--data is empty; give an image folder, an idx folder or synthetic:N")
     if spec.startswith("synthetic:"):

@@ -63,27 +63,156 @@ def _stdout_silenced():
         os.close(saved)
 
 
-def export_module(module: torch.nn.Module, resolution: int, channels: int = 3) -> onnx.ModelProto:
-    """Export an eval-mode nn.Module to ONNX (batch dimension symbolic, spatial size fixed)."""
-    module = module.eval()
-    x = torch.zeros(1, channels, resolution, resolution)
-    buf = io.BytesIO()
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself under torch.compile's and DataParallel's wrappers."""
+    while True:
+        inner = getattr(module, "_orig_mod", None) or (
+            module.module if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel))
+            else None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+
+
+def input_channels(module: torch.nn.Module) -> int:
+    """The image channels a module takes: its first Conv2d's input channels (3 without one)."""
+    conv = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+def _check_tensors(module: torch.nn.Module) -> None:
+    name = type(module).__name__
+    tensors = list(module.parameters()) + list(module.buffers())
+    if any(t.is_meta for t in tensors):
+        raise TinyTLError(f"{name} has parameters on the meta device (no weights): create or load them first")
+    wide = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point() and t.dtype != torch.float32})
+    if wide:
+        raise TinyTLError(f"{name} has {', '.join(wide)} parameters; tinytlc trains float32 models: call .float() on it")
+
+
+def export_module(module: torch.nn.Module, resolution: int, channels: int | None = None) -> onnx.ModelProto:
+    """Export an eval-mode nn.Module to ONNX (batch dimension symbolic, spatial size fixed). It is
+    traced at batch 2 (a `squeeze()` keeps the batch axis) on random pixels (a zero image takes
+    branches real ones do not); custom autograd Functions are refused: their backward cannot be
+    exported, and differentiating their forward instead would train something else."""
+    module = _unwrap(module).eval()
+    name = type(module).__name__
+    _check_tensors(module)
+    x = torch.rand(2, channels or input_channels(module), resolution, resolution, generator=torch.Generator().manual_seed(0))
+    def export(dynamic: bool) -> bytes:
+        buf = io.BytesIO()
+        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=False,
+                          training=torch.onnx.TrainingMode.EVAL, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None,
+                          keep_initializers_as_inputs=True, autograd_inlining=False)
+        return buf.getvalue()
+
     with warnings.catch_warnings(), _stdout_silenced():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=False,
-                              training=torch.onnx.TrainingMode.EVAL, input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                              keep_initializers_as_inputs=True)
+            data = export(dynamic=True)
         except Exception as e:  # torch raises many types; the user needs the first line
             first = str(e).splitlines()[0].split("[Caused by")[0].strip()  # (torch's IR dump follows)
-            raise TinyTLError(f"cannot export {type(module).__name__} to ONNX: {first}") from e
-    model = onnx.load_from_string(buf.getvalue())
+            if "Python operator" in first or "PythonOp" in first:
+                raise TinyTLError(f"{name} uses a custom torch.autograd.Function ({first}): its backward cannot be "
+                                  "exported, so tinytlc cannot train it as PyTorch would") from e
+            try:  # (a pooling window of x.size(2) cannot be traced with a symbolic batch; a fixed one is taken
+                data = export(dynamic=False)  # like a file exported for one batch size)
+            except Exception:
+                raise TinyTLError(f"cannot export {name} to ONNX: {first}") from e
+    model = onnx.load_from_string(data)
     params = {t.name for t in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in params]
     del model.graph.input[:]
     model.graph.input.extend(keep)
     return model
+
+
+PARAMETERS = "tinytlc.parameters"  # model metadata: the initializers a user's module trains (JSON list)
+
+
+def _logits_pick(out, label: str):
+    """(how to take the logits from what a forward returns, a note), (None, None) for a tensor."""
+    if isinstance(out, torch.Tensor):
+        return None, None
+    if isinstance(out, dict) or hasattr(out, "keys"):  # (a Hugging Face ModelOutput is a dict)
+        keys = list(out.keys())
+        if "logits" in keys:
+            return (lambda o: o["logits"]), "its output 'logits' taken" if len(keys) > 1 else None
+        if len(keys) == 1:
+            return (lambda o: o[keys[0]]), None
+        raise TinyTLError(f"{label}: forward returns a dict of {keys}; expected the logits (a tensor, or a 'logits' entry)")
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return (lambda o: o.logits), "its output's logits taken"
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return (lambda o: o[0]), f"its first output (of {len(out)}) taken as the logits"
+    raise TinyTLError(f"{label}: forward returns {type(out).__name__}; expected the logits tensor")
+
+
+def load_module(net: torch.nn.Module, label: str, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
+    """A user's module as a checked ONNX model (prepare_onnx, as for a file), with what trains as
+    PyTorch has it: parameters with requires_grad (recorded under PARAMETERS), less those no
+    gradient reaches in PyTorch (a detach or no_grad in forward), never buffers. The logits are the
+    output itself, its 'logits' entry or its first output. The trace is checked against the module
+    on other random images: a Python branch on tensor values is fixed by tracing."""
+    net = _unwrap(net).eval()
+    _check_tensors(net)
+    channels, notes = input_channels(net), []
+    x = torch.rand(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(1))
+    params = dict(net.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    try:
+        out = net(x)
+    except Exception as e:
+        raise TinyTLError(f"{label}: its forward fails on {channels}-channel {resolution} px images: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    pick, note = _logits_pick(out, label)
+    notes += [note] if note else []
+    logits = pick(out) if pick else out
+    reached = torch.autograd.grad((logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))).sum(),
+                                  [params[n] for n in trainable], allow_unused=True) if logits.requires_grad else []
+    cut = [n for n, g in zip(trainable, reached) if g is None] if reached else trainable
+    hook = net.register_forward_hook(lambda m, i, o: pick(o)) if pick else None
+    try:
+        model = export_module(net, resolution, channels)
+    finally:
+        if hook is not None:
+            hook.remove()
+    inits = {t.name for t in model.graph.initializer}
+    frozen = [n for n, p in params.items() if not p.requires_grad and n in inits]
+    cut = [n for n in cut if n in inits]
+    if frozen:
+        notes.append(f"{len(frozen)} parameters with requires_grad=False kept frozen")
+    if cut:
+        notes.append(f"{len(cut)} parameters no gradient reaches in PyTorch (detach or no_grad in forward) kept frozen")
+    _check_trace(model, net, pick, channels, resolution, label)
+    _set_prop(model, PARAMETERS, json.dumps([n for n in trainable if n in inits and n not in cut]))
+    model, more = prepare_onnx(model, label, resolution)
+    return model, notes + more
+
+
+def _check_trace(model: onnx.ModelProto, net: torch.nn.Module, pick, channels: int, resolution: int, label: str) -> None:
+    import onnxruntime as ort
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 3  # (a fixed batch: export's fallback)
+    x = torch.rand(batch, channels, resolution, resolution, generator=torch.Generator().manual_seed(3)) * 2 - 0.5
+    with torch.no_grad():
+        want = net(x)
+        want = (pick(want) if pick else want).numpy()
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        # the trace is checked, not ORT's optimiser: its PadFusion puts a zero Pad into a MaxPool
+        # wrongly (passes/forward/keep_pad_before_maxpool.py keeps them apart later)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:
+        return  # (what ORT cannot run is named later, with the graph tinytlc makes of it)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))):
+        err = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
+        raise TinyTLError(f"{label}: the traced graph disagrees with the module on other images (max |diff| {err:.3g}): "
+                          "its forward branches on tensor values (a Python `if` on a tensor), which tracing fixes "
+                          "to the branch the first images took")
 
 
 MIN_OPSET = 13  # older files are converted up (onnx's version converter) before anything else
@@ -208,6 +337,47 @@ def _inference_mode(graph: onnx.GraphProto) -> None:
             n.attribute.extend(keep)
         else:
             del n.input[2:]
+
+
+def _explicit_computed_batchnorms(model: onnx.ModelProto) -> None:
+    """A BatchNormalization over statistics computed in the graph (timm's ScaledStdConv2d
+    standardises its weight with F.batch_norm(training=True), which torch exports as ReduceMeans
+    feeding the BN's mean and var) is written out, (x - mean) / sqrt(var + eps) * scale + B:
+    the statistics depend on the weight and their gradient must reach it."""
+    graph = model.graph
+    consts = _constants(graph)
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}  # torch shares equal buffers
+
+    def constant(name: str) -> bool:
+        while name in alias and name not in consts:
+            name = alias[name]
+        return name in consts
+    norms = [n for n in graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")
+             and not all(constant(i) for i in n.input[3:5])]
+    if not norms:
+        return
+    shapes, make = _shapes(model), onnx.helper.make_node
+    for n in norms:
+        rank = len(shapes.get(n.input[0]) or [])
+        if rank < 2:
+            continue
+        x, scale, bias, mean, var = n.input[:5]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        p = f"{n.name or n.output[0]}/explicit"
+        axes, epsilon = f"{p}/axes", f"{p}/epsilon"
+        graph.initializer.extend([onnx.numpy_helper.from_array(np.arange(1, rank - 1, dtype=np.int64), axes),
+                                  onnx.numpy_helper.from_array(np.array(eps, np.float32), epsilon)])
+        view = {v: f"{p}/{k}" for k, v in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var))}
+        nodes = [make("Unsqueeze", [v, axes], [out]) for v, out in view.items()] if rank > 2 else []
+        view = view if rank > 2 else {v: v for v in view}
+        nodes += [make("Sub", [x, view[mean]], [f"{p}/centred"]), make("Add", [view[var], epsilon], [f"{p}/var_eps"]),
+                  make("Sqrt", [f"{p}/var_eps"], [f"{p}/std"]), make("Div", [f"{p}/centred", f"{p}/std"], [f"{p}/normed"]),
+                  make("Mul", [f"{p}/normed", view[scale]], [f"{p}/scaled"]),
+                  make("Add", [f"{p}/scaled", view[bias]], [n.output[0]])]
+        at = list(graph.node).index(n)
+        graph.node.remove(n)
+        for k, node in enumerate(nodes):
+            graph.node.insert(at + k, node)
 
 
 _VIEWS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten")
@@ -338,6 +508,23 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
               for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
     shapes.update({name: list(t.dims) for name, t in _constants(model.graph).items()})
     return shapes
+
+
+def _squeeze_known_ones(model: onnx.ModelProto, shapes: dict) -> bool:
+    """A Squeeze without axes (torch's `x.squeeze()`) gets the axes that are 1 whatever the batch:
+    with a symbolic batch its output rank is unknown, and ORT cannot build the training graph. At a
+    batch of 2 or more this is what torch squeezes. Returns whether it changed any."""
+    changed = False
+    for n in model.graph.node:
+        dims = shapes.get(n.input[0]) if n.op_type == "Squeeze" and len(n.input) == 1 else None
+        if not dims or any(a.name == "axes" for a in n.attribute):
+            continue
+        axes = [i for i, d in enumerate(dims) if d == 1]
+        name = f"{n.output[0]}/axes"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), name))
+        n.input.append(name)
+        changed = True
+    return changed
 
 
 def _check_convs(model: onnx.ModelProto, path: Path, shapes: dict) -> None:
@@ -483,6 +670,12 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
         raise
     except Exception as e:
         raise TinyTLError(f"{path}: not a valid ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    return prepare_onnx(model, path, resolution)
+
+
+def prepare_onnx(model: onnx.ModelProto, path: Path | str, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
+    """load_onnx after reading: the checks and changes above, for a file or an exported module
+    (`path` names it in messages)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise TinyTLError(f"{path}: the model imports no ai.onnx opset")
@@ -512,6 +705,7 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
                           f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}) and "
                           f"{len(model.graph.output)} outputs")
     _inference_mode(model.graph)
+    _explicit_computed_batchnorms(model)
     image = model.graph.input[0]  # (not inputs[0]: extend() copied it)
     del model.graph.value_info[:]  # shapes recorded for another size or batch: inferred again
     softmax = _drop_final_softmax(model)
@@ -542,6 +736,8 @@ def load_onnx(path: Path, resolution: int) -> tuple[onnx.ModelProto, list[str]]:
         _set_prop(model, EXPORTED_BATCH, str(dims[0].dim_value))
     dims[0].dim_param = "batch"
     shapes = _shapes(model)  # (once: the Flatten below changes no shape the checks read)
+    if _squeeze_known_ones(model, shapes):
+        shapes = _shapes(model)
     if _flatten_logits(model, shapes):
         notes.append("its (N, K, 1, 1) logits flattened to (N, K)")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
@@ -705,24 +901,37 @@ def _preprocess(model: onnx.ModelProto, notes: list[str]) -> dict:
 
 
 def load_function(spec: str) -> torch.nn.Module:
-    """`path/to/file.py:function` -> the nn.Module the function returns."""
+    """`path/to/file.py:function` -> the nn.Module the function returns. The file runs as `python
+    file.py` would run it (its folder importable, sys.argv just the file), and what it prints goes
+    to stderr, so `--json` output stays JSON."""
     file, _, func = spec.rpartition(":")
     path = Path(file)
     if not path.is_file():
         raise TinyTLError(f"{file}: no such file")
     mod_spec = importlib.util.spec_from_file_location(f"tinytlc_user_{path.stem}", path)
     module = importlib.util.module_from_spec(mod_spec)
+    folder, argv = str(path.resolve().parent), sys.argv
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    sys.argv = [str(path)]
     try:
-        mod_spec.loader.exec_module(module)
-    except Exception as e:
-        raise TinyTLError(f"{file}: failed to import ({type(e).__name__}: {e})") from e
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise TinyTLError(f"{file}: no function '{func}'")
-    try:
-        net = fn()
-    except Exception as e:  # the user's code: say where, in one line
-        raise TinyTLError(f"{spec}: the function raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                mod_spec.loader.exec_module(module)
+            except (Exception, SystemExit) as e:
+                what = f"exited ({e.code}) while being imported: does it parse command-line arguments at import?" \
+                    if isinstance(e, SystemExit) else f"failed to import ({type(e).__name__}: {e})"
+                raise TinyTLError(f"{file}: {what}") from e
+            fn = getattr(module, func, None)
+            if not callable(fn):
+                raise TinyTLError(f"{file}: no function '{func}'")
+            try:
+                net = fn()
+            except (Exception, SystemExit) as e:  # the user's code: say where, in one line
+                raise TinyTLError(f"{spec}: the function raised {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        sys.argv = argv  # (the folder stays importable, as under `python file.py`: a forward may import late)
     if not isinstance(net, torch.nn.Module):
         raise TinyTLError(f"{spec}: returned {type(net).__name__}, expected a torch.nn.Module")
     return net
@@ -740,7 +949,7 @@ def load_source(spec: str, resolution: int, pretrained: bool = True, norm: str =
         model, notes = load_onnx(Path(spec), resolution)
         return Source(model, _preprocess(model, notes), f"ONNX file {spec}" + (f" ({'; '.join(notes)})" if notes else ""))
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-        model, notes = export_module(load_function(spec), resolution), []
+        model, notes = load_module(load_function(spec), spec, resolution)
         return Source(model, _preprocess(model, notes), f"PyTorch module {spec}" + (f" ({'; '.join(notes)})" if notes else ""))
     entry = zoo.get(spec)
     if norm != "batch" and "norm" not in entry.build.__code__.co_varnames:

@@ -20,12 +20,12 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, Source, _preprocess, export_module, load_source, raw_pixels
+from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
-from tinytlc.passes.forward._values import LOWERED
+from tinytlc.passes.forward._values import CONSTANT, LOWERED
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
 from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
@@ -166,12 +166,11 @@ def model_source(model: str | Path | nn.Module, resolution: int, pretrained: boo
         return load_source(os.fspath(model), resolution, pretrained, norm)
     if norm != "batch":
         raise TinyTLError("--norm applies to zoo models only")
-    training = model.training
+    training, name = model.training, type(model).__name__
     try:
-        proto, notes = export_module(model, resolution), []
+        proto, notes = load_module(model, name, resolution)
     finally:
         model.train(training)
-    name = type(model).__name__
     return Source(proto, _preprocess(proto, notes), f"PyTorch module {name}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
@@ -184,7 +183,12 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     methods.check_method(method)
     source = model_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
-    LiftWeightConstantsPass()(irm)
+    if PARAMETERS in irm.metadata_props:  # a user's module: its parameters are known, the rest is constant
+        trains = set(json.loads(irm.metadata_props[PARAMETERS]))
+        for name, v in irm.graph.initializers.items():
+            v.meta[CONSTANT] = name not in trains
+    else:
+        LiftWeightConstantsPass()(irm)
     IdentityEliminationPass()(irm)
     ShapeInferencePass()(irm)
     ExplicitPadsPass(strict=False)(irm)  # before Pads are fused into convs

@@ -1,0 +1,192 @@
+"""A user's own PyTorch module (`file.py:function`): it trains as PyTorch trains it (what forward
+returns, which parameters train, its channels, its batch), and the file runs as `python file.py`
+runs it. Each case compares one step's gradients with PyTorch autograd on the same batch."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_gradients import ort_step
+
+from tinytlc.errors import TinyTLError
+from tinytlc.pipeline import compile_model
+
+RES, BATCH = 16, 2
+
+NETS = '''
+import collections, torch, torch.nn as nn
+
+class Net(nn.Module):
+    """conv -> BN -> ReLU -> pool -> linear; `out` picks what forward returns."""
+    def __init__(self, out="tensor", channels=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.out = out
+        self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1))
+        self.fc = nn.Linear(8, 3)
+        self.register_buffer("offset", torch.full((1, 8, 1, 1), 0.25))  # a buffer used as data
+
+    def forward(self, x):
+        f = self.features(x) + self.offset
+        if self.out == "detach":
+            f = f.detach()
+        pooled = f.mean((2, 3), keepdim=True)
+        y = self.fc(pooled.squeeze() if self.out == "squeeze" else pooled.flatten(1))
+        if self.out == "tuple":
+            return y, pooled
+        if self.out == "dict":
+            return {"features": pooled, "logits": y}
+        if self.out == "namedtuple":
+            return collections.namedtuple("Out", "logits aux")(y, pooled)
+        return y
+
+class GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+class Reversed(Net):
+    def forward(self, x):
+        return self.fc(GradReverse.apply(self.features(x)).mean((2, 3)))
+
+class Branchy(Net):
+    def forward(self, x):
+        if (x < 0).any():  # traced on pixels in [0, 1): the other branch is fixed
+            x = -x
+        return super().forward(x)
+
+class ScaledStdConv2d(nn.Conv2d):
+    """timm's: the weight standardised by F.batch_norm(training=True), which torch exports as a
+    BatchNormalization over ReduceMeans of the weight."""
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1)
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+        self.scale = self.weight[0].numel() ** -0.5
+
+    def forward(self, x):
+        w = nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                                     weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0, eps=1e-6)
+        return nn.functional.conv2d(x, w.reshape_as(self.weight), self.bias, self.stride, self.padding)
+
+def nf():  # two convs of one width (ORT merged their equal zero constants into one name)
+    torch.manual_seed(0)
+    return nn.Sequential(ScaledStdConv2d(3, 8, 2), nn.ReLU(), ScaledStdConv2d(8, 8), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3))
+
+class ChannelGate(nn.Module):
+    """CBAM's (its reference code): a pooling window of x.size(2) cannot be traced with a symbolic
+    batch, so the module is exported for a fixed one."""
+    def __init__(self, c):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c, 4), nn.ReLU(), nn.Linear(4, c))
+
+    def forward(self, x):
+        window = (x.size(2), x.size(3))
+        att = self.mlp(nn.functional.avg_pool2d(x, window, stride=window)) + \
+            self.mlp(nn.functional.max_pool2d(x, window, stride=window))
+        return x * torch.sigmoid(att).unsqueeze(2).unsqueeze(3).expand_as(x)
+
+def cbam():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), ChannelGate(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+def tensor(): return Net()
+def tuple_out(): return Net("tuple")
+def dict_out(): return Net("dict")
+def namedtuple_out(): return Net("namedtuple")
+def squeeze(): return Net("squeeze")
+def detach(): return Net("detach")
+def gray(): return Net(channels=1)
+def frozen():
+    net = Net()
+    net.features[0].requires_grad_(False)
+    return net
+def reversed_grad(): return Reversed()
+def branchy(): return Branchy()
+def double(): return Net().double()
+'''
+
+
+@pytest.fixture
+def nets(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(NETS)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("user_nets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return path, module
+
+
+def _torch_step(net, x, y, pick=lambda o: o):
+    net.eval().zero_grad()
+    loss = F.cross_entropy(pick(net(torch.from_numpy(x))), torch.from_numpy(y))
+    loss.backward()
+    return float(loss), {n: p.grad.numpy() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name,pick", [("tuple_out", lambda o: o[0]), ("dict_out", lambda o: o["logits"]),
+                                       ("namedtuple_out", lambda o: o.logits), ("squeeze", lambda o: o),
+                                       ("detach", lambda o: o), ("frozen", lambda o: o), ("gray", lambda o: o),
+                                       ("nf", lambda o: o), ("cbam", lambda o: o)])
+def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
+    """The logits are found in what forward returns; `full` trains exactly the parameters PyTorch
+    gives a gradient (not the buffer, not requires_grad=False, not behind a detach), with torch's
+    gradients; a 1-channel module takes 1-channel images; `squeeze()` keeps the batch axis."""
+    path, module = nets
+    net = getattr(module, name)()
+    channels = 1 if name == "gray" else 3
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, channels, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    loss_t, grads_t = _torch_step(net, x, y, pick)
+    art = compile_model(f"{path}:{name}", "full", tmp_path / "a", resolution=RES, batch_size=BATCH)
+    assert art.manifest["input"]["shape"][1] == channels
+    loss, _, grads = ort_step(art, x, y, 0.0)
+    np.testing.assert_allclose(loss, loss_t, rtol=1e-5)
+    assert set(grads) == set(grads_t), (sorted(grads), sorted(grads_t))
+    for n, g in grads.items():
+        np.testing.assert_allclose(g.reshape(grads_t[n].shape), grads_t[n], rtol=2e-4, atol=1e-6, err_msg=n)
+
+
+@pytest.mark.parametrize("name,phrase", [
+    ("reversed_grad", r"Reversed uses a custom torch.autograd.Function \(.*GradReverse\): its backward cannot be exported"),
+    ("branchy", r"nets.py:branchy: the traced graph disagrees with the module on other images .*a Python `if` on a tensor"),
+    ("double", r"Net has float64 parameters; tinytlc trains float32 models: call .float\(\) on it"),
+])
+def test_modules_tinytlc_cannot_train_as_pytorch_would_are_refused(tmp_path, nets, name, phrase):
+    path, _ = nets
+    with pytest.raises(TinyTLError, match=phrase):
+        compile_model(f"{path}:{name}", "bias", tmp_path / "a", resolution=RES, batch_size=BATCH)
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_file_runs_as_python_runs_it(tmp_path, cli, monkeypatch):
+    """It imports a file beside it, parses arguments at import (sys.argv is its own), and prints:
+    `compile --json` stays JSON on stdout."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "layers.py").write_text("import torch.nn as nn\n"
+                                       "def make(): return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), "
+                                       "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n")
+    (project / "model.py").write_text(textwrap.dedent("""
+        import argparse
+        from layers import make
+        args = argparse.ArgumentParser().parse_args()
+        def build():
+            print("building the model")
+            return make()
+    """))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("compile", "project/model.py:build", "--method", "bias", "--resolution", RES,
+                         "--batch-size", BATCH, "--out", tmp_path / "a", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "project/model.py:build"
+    assert "building the model" in err
