@@ -73,3 +73,15 @@ def test_proxylessnas_group_norm_compiles_with_per_layer_norm_params(tmp_path):
     # the norm shifts and the classifier, as the paper: no zero bias for a conv right before a norm
     assert len(art.manifest["trainable"]) == convs + 2
     assert len(set(art.manifest["trainable"])) == len(art.manifest["trainable"])
+
+
+def test_a_zoo_compile_is_reproducible():
+    """What is not loaded from weights (proxylessnas-mobile's every layer, mobilenetv2's 1000-class
+    head) is drawn from a fixed seed: the same command gives the same forward graph, and the
+    caller's torch RNG is left where it was."""
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = build_forward("proxylessnas-mobile", "bias", None, 32)[0]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(5)
+    assert build_forward("proxylessnas-mobile", "bias", None, 32)[0].SerializeToString() == first.SerializeToString()

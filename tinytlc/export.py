@@ -954,6 +954,8 @@ def load_source(spec: str, resolution: int, pretrained: bool = True, norm: str =
     entry = zoo.get(spec)
     if norm != "batch" and "norm" not in entry.build.__code__.co_varnames:
         raise TinyTLError(f"--norm {norm}: {spec} is built with BatchNorm only (proxylessnas-mobile takes --norm group)")
-    net = entry.build(resolution=resolution, pretrained=pretrained, **({"norm": norm} if norm != "batch" else {}))
+    with torch.random.fork_rng():  # what is not loaded (a head, proxylessnas) is drawn the same every compile
+        torch.manual_seed(0)
+        net = entry.build(resolution=resolution, pretrained=pretrained, **({"norm": norm} if norm != "batch" else {}))
     weights = entry.weights if pretrained and getattr(net, "pretrained", True) else "random init"
     return Source(export_module(net, resolution), entry.preprocess, f"{spec} ({weights})")
