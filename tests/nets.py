@@ -147,6 +147,24 @@ def paper_rules_net():
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
 
 
+class _MixedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv2d(3, 4, 5, padding=2, bias=False)
+        self.c = nn.Conv2d(3, 2, 1, bias=False)  # concatenated along the image axis: feeds no norm's channel
+
+    def forward(self, x):
+        return torch.cat([torch.cat([self.a(x), self.b(x)], 1), torch.cat([self.c(x)] * 4, 2)[:, :, :x.shape[2]].repeat(1, 4, 1, 1)], 1)
+
+
+def mixed_conv_net():
+    """timm's MixedConv2d: convs of several kernels whose outputs are concatenated along channels,
+    then BatchNorm (and a conv concatenated along the height, which is no norm's channel)."""
+    torch.manual_seed(4)
+    return randomize_bn(nn.Sequential(_MixedConv(), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(16, 3)))
+
+
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
     (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise

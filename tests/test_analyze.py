@@ -115,6 +115,9 @@ def test_bias_trains_norm_shifts_not_zero_biases_before_norms():
     # conv1's bias is its folded BatchNorm's shift; the depthwise conv feeds the GroupNorm: none
     assert not any(n.startswith("3.") for n in trainable), trainable
     assert "4.bias" in trainable and "0.bias" in trainable and "8.bias" in trainable
+    # nor do convs concatenated along channels before a norm; one concatenated along the height does
+    mixed = forward_graph(f"{NETS}:mixed_conv_net", "bias", None, 8)[1]
+    assert {n for n in mixed if n.startswith("0.")} == {"0.c.bias"}, mixed
     lite_bias = forward_graph(f"{NETS}:lite_net", "lite+bias", None, 8)[1]
     lite = forward_graph(f"{NETS}:lite_net", "lite", None, 8)[1]
     final = [n for n in lite if ".norm2.bias" in n]

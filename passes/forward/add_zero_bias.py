@@ -1,7 +1,7 @@
 """Give every Conv and Gemm without a bias a zero bias initializer, unless a norm or a bias follows it.
 
 Why: TinyTL-B trains biases; a conv exported without one and with no norm after it would
-otherwise have nothing to train. A conv that feeds a norm gets none, as in the paper: the norm's
+otherwise have nothing to train. A conv that feeds a norm (directly or through a Concat along channels) gets none, as in the paper: the norm's
 shift is trained instead and a bias before it adds next to nothing (nothing at all before a
 BatchNorm over frozen statistics). Nor one followed by an Add of a per-channel parameter
 (functional PyTorch, TensorFlow's BiasAdd): that is its bias already, and a second one trained
@@ -42,10 +42,19 @@ def added_bias(node: ir.Node) -> ir.Value | None:
     return None
 
 
+def _channel_axis(concat: ir.Node) -> bool:
+    rank = len(concat.outputs[0].shape) if concat.outputs[0].shape is not None else None
+    axis = concat.attributes.get_int("axis", 0)
+    return rank is not None and rank >= 3 and axis in (1, 1 - rank)
+
+
 class AddZeroBiasPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         normed = {id(n.input) for n in find_norms(graph)}
+        for node in reversed(list(graph)):  # convs concatenated along channels before a norm (MixNet's MixedConv2d)
+            if node.op_type == "Concat" and id(node.outputs[0]) in normed and _channel_axis(node):
+                normed |= {id(v) for v in node.inputs}
         for node in list(graph):
             if node.op_type not in ("Conv", "Gemm") or (len(node.inputs) > 2 and node.inputs[2] is not None):
                 continue
