@@ -190,3 +190,21 @@ def test_the_file_runs_as_python_runs_it(tmp_path, cli, monkeypatch):
     assert code == 0, err
     assert json.loads(out)["model"] == "project/model.py:build"
     assert "building the model" in err
+
+
+def test_compile_counts_the_models_parameters(tmp_path, nets):
+    """compile's "the model has N" is the module's parameter count with the new head, frozen ones
+    included, whatever the method (the passes fold, add and write out weights; BatchNorm statistics
+    are no parameters). In a file exported from it torch has folded the BatchNorm into the conv, and
+    the buffer added as data counts: ONNX cannot tell it from a parameter."""
+    path, module = nets
+    net = module.frozen()
+    want = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("fc.")) + 8 * 5 + 5
+    counts = {m: compile_model(f"{path}:frozen", m, tmp_path / m, num_classes=5, resolution=RES, batch_size=BATCH
+                               ).manifest["model_elements"] for m in ("full", "bias", "lite+bias")}
+    assert counts == {m: want for m in counts}
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(net.eval(), torch.zeros(1, 3, RES, RES), onnx_path, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}})
+    art = compile_model(onnx_path, "bias", tmp_path / "file", num_classes=5, resolution=RES, batch_size=BATCH)
+    assert art.manifest["model_elements"] == want - 2 * 8 + 8

@@ -46,8 +46,8 @@ def cmd_compile(a) -> dict:
               + (f"; {from_file} px, the file's own input size (no --resolution given)" if from_file else ""))
         if found:
             print(f"  classifier: {found['classifier']}; norms: {found['norms'] or 'none'}; blocks: {found['blocks']}")
-        print(f"  trains {len(m['trainable'])} tensors, {m['trainable_elements']:,} of "
-              f"{m['total_elements']:,} parameters; memory passes: {', '.join(m['passes']) or 'none'}")
+        print(f"  trains {len(m['trainable'])} tensors, {m['trainable_elements']:,} parameters (the model has "
+              f"{m['model_elements']:,}); memory passes: {', '.join(m['passes']) or 'none'}")
         if "lite_modules" in m:
             mods = m["lite_modules"]
             params = sum(x["params"] for x in mods)

@@ -129,6 +129,7 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int | None
 
 
 PARAMETERS = "tinytlc.parameters"  # model metadata: the initializers a user's module trains (JSON list)
+MODULE_PARAMETERS = "tinytlc.module_parameters"  # and all its parameters, frozen ones too (JSON list)
 
 
 def _logits_pick(out, label: str):
@@ -187,6 +188,7 @@ def load_module(net: torch.nn.Module, label: str, resolution: int) -> tuple[onnx
         notes.append(f"{len(cut)} parameters no gradient reaches in PyTorch (detach or no_grad in forward) kept frozen")
     _check_trace(model, net, pick, channels, resolution, label)
     _set_prop(model, PARAMETERS, json.dumps([n for n in trainable if n in inits and n not in cut]))
+    _set_prop(model, MODULE_PARAMETERS, json.dumps([n for n in params if n in inits]))
     model, more = prepare_onnx(model, label, resolution)
     return model, notes + more
 

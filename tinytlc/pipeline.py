@@ -20,7 +20,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
+from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, MODULE_PARAMETERS, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
@@ -207,6 +207,7 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     norms = methods.norm_params(irm.graph)
     if report is not None:
         report["found"] = describe(irm.graph)
+        report["model_elements"] = _model_elements(irm)
     for p in methods.forward_passes(method, lite, lite_modules, fold_norms, fold_trained_batchnorm):
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
@@ -218,6 +219,19 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
         RemoveUnusedNodesPass()(irm)
         ShapeInferencePass()(irm)
     return irm, trainable, source, (num_classes or head_classes)
+
+
+def _model_elements(irm: ir.Model) -> int:
+    """The model's parameter count as its author would give it (new head included): a module's
+    parameters, frozen ones too; a file's trainable weights (methods.parameters), less BatchNorm
+    statistics. Before the method's passes, which fold, add and write out weights."""
+    if MODULE_PARAMETERS in irm.metadata_props:
+        names = set(json.loads(irm.metadata_props[MODULE_PARAMETERS]))
+    else:
+        stats = {n.inputs[i].name for n in irm.graph if n.op_type == "BatchNormalization"
+                 for i in (3, 4) if len(n.inputs) > i and n.inputs[i] is not None}
+        names = set(methods.parameters(irm.graph)) - stats
+    return sum(v.const_value.size for name, v in irm.graph.initializers.items() if name in names)
 
 
 def describe(graph: ir.Graph) -> dict:
