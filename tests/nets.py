@@ -165,6 +165,42 @@ def mixed_conv_net():
                                       nn.Linear(16, 3)))
 
 
+class MixedConv2d(nn.Module):
+    """timm's MixedConv2d: the channels split, one conv per split (kernels 3, 5, ...), concatenated."""
+
+    def __init__(self, cin, cout, kernels, stride=1, depthwise=False):
+        super().__init__()
+        splits = lambda c: [c // len(kernels) + (i < c % len(kernels)) for i in range(len(kernels))]  # noqa: E731
+        self.splits = splits(cin)
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, stride, k // 2, groups=i if depthwise else 1, bias=False)
+                                   for i, o, k in zip(self.splits, splits(cout), kernels))
+
+    def forward(self, x):
+        return torch.cat([c(p) for c, p in zip(self.convs, torch.split(x, self.splits, 1))], 1)
+
+
+def _mix_block(cin, cout, stride, mixed):
+    mid = cin * 3
+    conv = (lambda i, o, ks, s=1, dw=False: MixedConv2d(i, o, ks, s, dw)) if mixed else \
+        (lambda i, o, ks, s=1, dw=False: nn.Conv2d(i, o, ks[0], s, ks[0] // 2, groups=i if dw else 1, bias=False))
+    return nn.Sequential(conv(cin, mid, [1, 1]), nn.BatchNorm2d(mid), nn.ReLU(),
+                         conv(mid, mid, [3, 5, 7], stride, True), nn.BatchNorm2d(mid), nn.ReLU(),
+                         conv(mid, cout, [1, 1]), nn.BatchNorm2d(cout))
+
+
+def mixnet_net(mixed=True):
+    """MixNet's inverted bottlenecks without skips (stride 2), whose convs are MixedConv2d (or, for
+    comparison, plain convs of the first kernel)."""
+    torch.manual_seed(6)
+    return randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      _mix_block(8, 12, 2, mixed), _mix_block(12, 16, 2, mixed),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)))
+
+
+def mixnet_net_plain():
+    return mixnet_net(mixed=False)
+
+
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
     (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise

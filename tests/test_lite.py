@@ -179,6 +179,26 @@ def test_blocks_are_the_same_whatever_the_norm():
     assert [b[3] for b in group].count("residual") == sum(b.use_skip for b in net.blocks)
 
 
+def test_a_conv_over_split_channels_is_one_layer(tmp_path):
+    """MixNet's MixedConv2d (channels split, a conv per split, concatenated) is a layer like the conv
+    it stands for: its inverted bottlenecks are the blocks a plain conv's are, where each mixed conv
+    was taken for a block of its own (3 lite modules a block)."""
+    from tinytlc.passes.forward import find_blocks
+    from tinytlc.pipeline import forward_graph
+
+    def blocks(mixed):
+        graph = forward_graph(f"{NETS}:mixnet_net{'' if mixed else '_plain'}", "last", 3, 32)[0].graph
+        return [(list(b.input.shape)[1:], list(b.output.shape)[1:], b.stride, b.kind) for b in find_blocks(graph)]
+
+    assert blocks(True) == blocks(False) == [([3, 32, 32], [12, 8, 8], 4, "inverted-bottleneck"),
+                                             ([12, 8, 8], [16, 4, 4], 2, "inverted-bottleneck")]
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:mixnet_net", "lite+bias", tmp_path / tag, resolution=R, batch_size=B, passes=passes)
+                   for tag, passes in (("plain", []), ("lean", None)))
+    assert len(lean.manifest["lite_modules"]) == 1
+    assert_same_step(plain, lean, 3, 1e-5, 1e-6)
+
+
 class ChannelsLastWithLite(WithLite):
     """The lite branch beside a block on (n, h, w, c) tensors: it convolves over h and w."""
 

@@ -10,7 +10,7 @@
    with a layer is a block. A region without one (a norm, SiLU or GELU written out as several ops)
    and a gate (squeeze-and-excitation: a side path pooled to 1x1 that scales the main path) belong to
    the block around them.
-4. Chains of single layers are grouped: a depthwise conv takes the plain conv before it (expand, or
+4. Chains of single layers (a conv over split channels, concatenated, is one: MixNet's) are grouped: a depthwise conv takes the plain conv before it (expand, or
    the stem) and the 1x1 conv after it (project), an inverted bottleneck; any other layer is a block
    of its own (a VGG conv, a DenseNet transition). Segments without a layer join the block before.
 5. The stem (single layers before the first block of several layers) joins that block, so "every
@@ -189,7 +189,9 @@ def _split(nodes: list[ir.Node], cuts: list[ir.Value], idom: dict, on_path: set,
     for start, nodes in enumerate(members):
         layers = [n for n in nodes if n is not classifier and is_layer(n)]
         merges = [n for n in nodes if len({id(i) for i in n.inputs if i is not None and i in data}) >= 2]
-        if layers and merges and not all(_is_gate(m, data) for m in merges):
+        if layers and merges and _mixed_conv(layers, merges):
+            segments.append(_Segment(start, nodes, layers, "layer"))
+        elif layers and merges and not all(_is_gate(m, data) for m in merges):
             segments.append(_Segment(start, nodes, layers, "branch", merges[-1]))
         elif layers and not merges and len(layers) == 1:
             segments.append(_Segment(start, nodes, layers, "layer"))
@@ -198,6 +200,16 @@ def _split(nodes: list[ir.Node], cuts: list[ir.Value], idom: dict, on_path: set,
         else:
             segments.append(_Segment(start, nodes, [], "other"))
     return segments
+
+
+def _mixed_conv(layers: list[ir.Node], merges: list[ir.Node]) -> bool:
+    """Channels split, each part convolved once, concatenated along channels (timm's MixedConv2d,
+    MixNet's kernels of several sizes): one conv layer, a grouped conv in disguise, not a block."""
+    concat = merges[0]
+    return len(merges) == 1 and concat.op_type == "Concat" and concat.attributes.get_int("axis", 0) in (1, -3) \
+        and len(concat.inputs) == len(layers) > 1 and all(n.op_type == "Conv" for n in layers) \
+        and {id(v.producer()) for v in concat.inputs if v is not None} == {id(n) for n in layers} \
+        and all(n.inputs[0].producer() is not None and n.inputs[0].producer().op_type in ("Split", "Slice") for n in layers)
 
 
 def _identity(segment: _Segment, x: ir.Value) -> bool:
