@@ -201,6 +201,28 @@ def mixnet_net_plain():
     return mixnet_net(mixed=False)
 
 
+class _Picks(nn.Module):
+    """torchvision Swin's `q, k, v = qkv[0], qkv[1], qkv[2]`, a class token `x[:, 0]`, a last row
+    `x[:, :, -1]`, and a row of a parameter table picked by a constant index."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Conv2d(4, 12, 1)
+        self.table = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        qkv = self.qkv(x).reshape(n, 3, 4, h * w).permute(1, 0, 3, 2)  # (3, n, hw, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(1, 2)).softmax(-1) @ v  # (n, hw, 4)
+        return attn[:, 0] + attn[:, :, -1].sum(1, keepdim=True) + self.table[2]
+
+
+def picks_net():
+    torch.manual_seed(8)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), _Picks(), nn.Linear(4, 3))
+
+
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
     (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import conv_kinds_net, dense_net, gather_net, mixed_conv_net, odd_net, fusion_net, small_net, wide_lite_net, windows_net
+from nets import conv_kinds_net, dense_net, gather_net, mixed_conv_net, odd_net, picks_net, fusion_net, small_net, wide_lite_net, windows_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -83,7 +83,8 @@ def plain_without_lean(tmp_path, net: str, method: str, left_out: tuple[str, ...
     ("odd_net", "full", 0.0), ("odd_net", "bias", 0.0), ("wide_lite_net", "bias", 0.0),
     ("wide_lite_net", "full", 0.0), ("dense_net", "bias", 0.0), ("dense_net", "full", 0.0),
     ("gather_net", "full", 0.0), ("conv_kinds_net", "full", 0.0), ("windows_net", "full", 0.0),
-    ("fusion_net", "full", 0.0), ("fusion_net", "bias", 0.0), ("mixed_conv_net", "bias", 0.0)])
+    ("fusion_net", "full", 0.0), ("fusion_net", "bias", 0.0), ("mixed_conv_net", "bias", 0.0),
+    ("picks_net", "full", 0.0), ("picks_net", "bias", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smoothing):
     if net == "gather_net":  # at RES px every gathered copy outgrows the image: lift that rule here
         monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
@@ -98,7 +99,7 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
     model, train = torch_reference(method, {"small_net": small_net, "odd_net": odd_net, "wide_lite_net": wide_lite_net,
                                       "dense_net": dense_net, "gather_net": gather_net,
                                       "conv_kinds_net": conv_kinds_net, "windows_net": windows_net, "fusion_net": fusion_net,
-                                      "mixed_conv_net": mixed_conv_net}[net])
+                                      "mixed_conv_net": mixed_conv_net, "picks_net": picks_net}[net])
     if net == "mixed_conv_net":  # the conv concatenated along the height feeds no norm: add-zero-bias gives it one
         model[0].c.bias = nn.Parameter(torch.zeros(2))
         train = train | {"0.c.bias"}
@@ -118,6 +119,18 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
                                        err_msg=f"{method} {art.manifest['passes']}: gradient of {name} vs torch")
             np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{method} {art.manifest['passes']}: gradient of {name} vs plain ORT")
+
+
+def test_gathers_of_one_index_become_slices_and_splits(tmp_path):
+    """gather-as-slice: q, k, v picked from one tensor become a Split, a class token and a last row
+    Slices; a parameter's row keeps its Gather. ORT's own graph keeps every Gather (GatherGrad)."""
+    import onnx
+    ops = lambda art: [n.op_type for n in onnx.load(art.path / "forward_model.onnx").graph.node]  # noqa: E731
+    plain = compile_model(f"{NETS}:picks_net", "full", tmp_path / "plain", resolution=RES, batch_size=BATCH, passes=[])
+    lean = compile_model(f"{NETS}:picks_net", "full", tmp_path / "lean", resolution=RES, batch_size=BATCH)
+    assert ops(plain).count("Gather") == 6 and "Split" not in ops(plain)
+    assert ops(lean).count("Gather") == 1 and ops(lean).count("Split") == 1 and ops(lean).count("Slice") == 2
+    assert "gather-as-slice" in lean.manifest["passes"]
 
 
 def test_passes_rewrite_what_they_claim(tmp_path):

@@ -22,7 +22,7 @@ from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, MODULE_PARAMETERS, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
-from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
+from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward._values import CONSTANT, LOWERED
@@ -176,10 +176,12 @@ def model_source(model: str | Path | nn.Module, resolution: int, pretrained: boo
 
 def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
-                  lite_modules: bool = False, fold_norms: bool = True, fold_trained_batchnorm: bool = True):
+                  lite_modules: bool = False, fold_norms: bool = True, fold_trained_batchnorm: bool = True,
+                  gather_as_slice: bool = True):
     """The forward graph (onnx_ir, shapes inferred) ready for autodiff, the trainable names, the
     source and the class count. `report`, if given, receives what the passes inserted.
-    `lite_modules`, `fold_norms`, `fold_trained_batchnorm`: see methods.forward_passes."""
+    `lite_modules`, `fold_norms`, `fold_trained_batchnorm`: see methods.forward_passes;
+    `gather_as_slice`: run passes/forward/gather_index_as_slice.py (ORT's own graph without it)."""
     methods.check_method(method)
     source = model_source(model, resolution, pretrained, norm)
     irm = ir.serde.deserialize_model(source.model)
@@ -212,6 +214,8 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
             report.update(lite_modules=p.report, lite_blocks=p.blocks, lite_skipped=p.skipped)
+    if gather_as_slice:  # (after the blocks and the head are found: they read Gathers)
+        GatherIndexAsSlicePass()(irm)
     RemoveUnusedNodesPass()(irm)
     ShapeInferencePass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)
@@ -262,10 +266,11 @@ def _norm_kind(norm) -> str:
 
 def build_forward(model: str | Path | nn.Module, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
                   lite: LiteOptions | None = None, report: dict | None = None, norm: str = "batch",
-                  lite_modules: bool = False, fold_trained_batchnorm: bool = True):
+                  lite_modules: bool = False, fold_trained_batchnorm: bool = True, gather_as_slice: bool = True):
     """forward_graph as an ONNX ModelProto at an IR version ORT 1.19.2 loads."""
     irm, trainable, source, classes = forward_graph(model, method, num_classes, resolution, pretrained, lite, report,
-                                                    norm, lite_modules, fold_trained_batchnorm=fold_trained_batchnorm)
+                                                    norm, lite_modules, fold_trained_batchnorm=fold_trained_batchnorm,
+                                                    gather_as_slice=gather_as_slice)
     proto = declare_layer_norm_statistics(ir.serde.serialize_model(irm))
     proto.ir_version = min(proto.ir_version, MAX_IR)
     return proto, trainable, source, classes
@@ -343,7 +348,8 @@ def compile_model(model: str | Path | nn.Module, method: str, out: str | Path, *
     report: dict = {}
     proto, trainable, source, classes = build_forward(model, method, num_classes, resolution, pretrained, lite,
                                                       report, norm, lite_modules,
-                                                      fold_trained_batchnorm="fold-trained-batchnorm" in passes)
+                                                      fold_trained_batchnorm="fold-trained-batchnorm" in passes,
+                                                      gather_as_slice="gather-as-slice" in passes)
     image = proto.graph.input[0]
     channels = image.type.tensor_type.shape.dim[1].dim_value
     with atomic_path(out, is_dir=True, replaceable=lambda d: check_output_directory(d, force)) as tmp:

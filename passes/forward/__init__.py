@@ -7,6 +7,7 @@ from tinytlc.passes.forward.explicit_pads import ExplicitPadsPass
 from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
 from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
 from tinytlc.passes.forward.fuse_pad_into_conv import FusePadIntoConvPass
+from tinytlc.passes.forward.gather_index_as_slice import GatherIndexAsSlicePass
 from tinytlc.passes.forward.keep_pad_before_maxpool import KeepPadBeforeMaxPoolPass
 from tinytlc.passes.forward.blocks import Block, find_blocks
 from tinytlc.passes.forward.lift_weight_constants import LiftWeightConstantsPass
@@ -18,5 +19,5 @@ from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, fin
 from tinytlc.passes.forward.resize_as_matmul import ResizeAsMatMulPass
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]

@@ -19,10 +19,14 @@ _PER_CLASS = {"Flatten", "Reshape", "Squeeze", "GlobalAveragePool", "ReduceMean"
 
 def _per_class(node: ir.Node) -> bool:
     """Keeps each class's values apart: the ops above, and taking one pixel (BiT's `x[..., 0, 0]`
-    after a 1x1 conv on the pooled map is a Gather on a spatial axis)."""
+    after a 1x1 conv on the pooled map is a Gather on a spatial axis, or the Slice
+    gather-as-slice writes for it)."""
+    rank = len(node.inputs[0].shape) if node.inputs and node.inputs[0].shape is not None else 0
     if node.op_type == "Gather":
-        rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
         return rank >= 3 and node.attributes.get_int("axis", 0) % rank >= 2
+    if node.op_type == "Slice":
+        axes = const_array(node.inputs[3]) if len(node.inputs) > 3 else None
+        return rank >= 3 and axes is not None and all(a % rank >= 2 for a in axes.reshape(-1))
     return node.op_type in _PER_CLASS
 
 

@@ -4,6 +4,7 @@ forward passes that are chosen by name like them (compile runs those before auto
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
+from tinytlc.passes.forward.gather_index_as_slice import GatherIndexAsSlicePass
 
 from tinytlc.passes.training.activation_masks import ActivationMaskPass
 from tinytlc.passes.training.conv_bias_add import ConvBiasAddPass
@@ -18,7 +19,8 @@ from tinytlc.passes.training.pointwise_grad import PointwiseGradPass
 from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
 PASSES = {
-    "fold-trained-batchnorm": FoldTrainedBatchNormPass,  # a forward pass (FORWARD_PASSES)
+    "fold-trained-batchnorm": FoldTrainedBatchNormPass,  # forward passes (FORWARD_PASSES)
+    "gather-as-slice": GatherIndexAsSlicePass,
     "frozen-conv": FrozenConvBackwardPass,
     "depthwise-input-grad": DepthwiseInputGradPass,
     "dense-input-grad": DenseInputGradPass,
@@ -36,14 +38,14 @@ PASSES = {
 
 # Forward passes in PASSES: compile runs them on the forward graph, where they apply (a method
 # that trains the norms they fold), before ORT builds the backward; without them the graph is ORT's.
-FORWARD_PASSES = ("fold-trained-batchnorm",)
+FORWARD_PASSES = ("fold-trained-batchnorm", "gather-as-slice")
 
 # Passes that write ORT's NCHWc ops, whose layout depends on the CPU (compile records its block).
 NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes +pack-masks.
-DEFAULT_PASSES = ["fold-trained-batchnorm", "frozen-conv", "depthwise-input-grad", "dense-input-grad",
+DEFAULT_PASSES = ["fold-trained-batchnorm", "gather-as-slice", "frozen-conv", "depthwise-input-grad", "dense-input-grad",
                   "depthwise-weight-grad", "pointwise-grad", "gather-conv", "activation-masks", "conv-bias-add",
                   "nchwc-conv", "shapes-from-input", "dce"]
 
