@@ -1,9 +1,9 @@
 """Give every Conv and Gemm without a bias a zero bias initializer, unless a norm or a bias follows it.
 
 Why: TinyTL-B trains biases; a conv exported without one and with no norm after it would
-otherwise have nothing to train. A conv that feeds a norm (directly or through a Concat along channels) gets none, as in the paper: the norm's
-shift is trained instead and a bias before it adds next to nothing (nothing at all before a
-BatchNorm over frozen statistics). Nor one followed by an Add of a per-channel parameter
+otherwise have nothing to train. A conv that feeds a norm (directly or through a Concat along
+channels) gets none, as in the paper: the norm's shift is trained instead and a bias before it
+adds next to nothing (nothing at all before a BatchNorm over frozen statistics). Nor one followed by an Add of a per-channel parameter
 (functional PyTorch, TensorFlow's BiasAdd): that is its bias already, and a second one trained
 beside it would move with it, at twice the step. Not a pooling written as a conv, nor a lite-module conv.
 Exact: adding zero changes no output. Memory: one vector per layer; a bias gradient is a sum of dY

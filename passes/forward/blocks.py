@@ -10,9 +10,10 @@
    with a layer is a block. A region without one (a norm, SiLU or GELU written out as several ops)
    and a gate (squeeze-and-excitation: a side path pooled to 1x1 that scales the main path) belong to
    the block around them.
-4. Chains of single layers (a conv over split channels, concatenated, is one: MixNet's) are grouped: a depthwise conv takes the plain conv before it (expand, or
-   the stem) and the 1x1 conv after it (project), an inverted bottleneck; any other layer is a block
-   of its own (a VGG conv, a DenseNet transition). Segments without a layer join the block before.
+4. Chains of single layers (a conv over split channels, concatenated, is one: MixNet's) are
+   grouped: a depthwise conv takes the plain conv before it (expand, or the stem) and the 1x1 conv
+   after it (project), an inverted bottleneck; any other layer is a block of its own (a VGG conv,
+   a DenseNet transition). Segments without a layer join the block before.
 5. The stem (single layers before the first block of several layers) joins that block, so "every
    block but the first" skips the stem and the first block together, as the paper does; trailing
    1x1 layers after the last spatial op are the head (MobileNet's 1x1 conv to 1280), not a block.
