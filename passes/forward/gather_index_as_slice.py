@@ -65,7 +65,8 @@ class GatherIndexAsSlicePass(ir.passes.InPlacePass):
         sizes = add_constant(graph, f"{x.name}/split_sizes", [1] * dim)
         split = ir.Node("", "Split", [x, sizes], attributes=[ir.AttrInt64("axis", axis)], num_outputs=dim,
                         name=f"{x.name}/split")
-        graph.insert_before(users[0], [split])
+        readers = {id(u) for u in users}
+        graph.insert_before(next(n for n in graph if id(n) in readers), [split])  # before the first, in graph order
         axes = add_constant(graph, f"{x.name}/split_axes", [axis])
         for user, (_, index, squeezed) in zip(users, picks):
             part = split.outputs[index]
