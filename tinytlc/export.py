@@ -376,10 +376,7 @@ def _explicit_computed_batchnorms(model: onnx.ModelProto) -> None:
                   make("Sqrt", [f"{p}/var_eps"], [f"{p}/std"]), make("Div", [f"{p}/centred", f"{p}/std"], [f"{p}/normed"]),
                   make("Mul", [f"{p}/normed", view[scale]], [f"{p}/scaled"]),
                   make("Add", [f"{p}/scaled", view[bias]], [n.output[0]])]
-        at = list(graph.node).index(n)
-        graph.node.remove(n)
-        for k, node in enumerate(nodes):
-            graph.node.insert(at + k, node)
+        _replace_node(graph, list(graph.node).index(n), nodes)
 
 
 _VIEWS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten")
