@@ -97,6 +97,18 @@ def cbam():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), ChannelGate(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
 
+class SpaceToDepth(nn.Module):
+    """TResNet's stem (timm's): its first conv takes 3 x 2 x 2 channels, the image has 3."""
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * 4, h // 2, w // 2)
+
+def space_to_depth():
+    torch.manual_seed(0)
+    return nn.Sequential(SpaceToDepth(), nn.Conv2d(12, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
 def tensor(): return Net()
 def tuple_out(): return Net("tuple")
 def dict_out(): return Net("dict")
@@ -135,11 +147,13 @@ def _torch_step(net, x, y, pick=lambda o: o):
 @pytest.mark.parametrize("name,pick", [("tuple_out", lambda o: o[0]), ("dict_out", lambda o: o["logits"]),
                                        ("namedtuple_out", lambda o: o.logits), ("squeeze", lambda o: o),
                                        ("detach", lambda o: o), ("frozen", lambda o: o), ("gray", lambda o: o),
-                                       ("nf", lambda o: o), ("cbam", lambda o: o)])
+                                       ("nf", lambda o: o), ("cbam", lambda o: o),
+                                       ("space_to_depth", lambda o: o)])
 def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
     """The logits are found in what forward returns; `full` trains exactly the parameters PyTorch
     gives a gradient (not the buffer, not requires_grad=False, not behind a detach), with torch's
-    gradients; a 1-channel module takes 1-channel images; `squeeze()` keeps the batch axis."""
+    gradients; a 1-channel module takes 1-channel images, a SpaceToDepth stem 3-channel ones;
+    `squeeze()` keeps the batch axis."""
     path, module = nets
     net = getattr(module, name)()
     channels = 1 if name == "gray" else 3

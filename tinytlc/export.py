@@ -80,6 +80,22 @@ def input_channels(module: torch.nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
+def _first_forward(net: torch.nn.Module, label: str, resolution: int):
+    """(channels, output) of the first image channel count whose forward runs: the first Conv2d's,
+    then 3, then 1. The first conv need not read the image (TResNet's SpaceToDepth stem feeds it
+    48 = 3 x 4 x 4 channels; a module may register its head before its stem)."""
+    failure = None
+    for channels in dict.fromkeys((input_channels(net), 3, 1)):
+        x = torch.rand(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(1))
+        try:
+            return channels, net(x)
+        except Exception as e:
+            failure = failure or (channels, e)
+    channels, e = failure
+    raise TinyTLError(f"{label}: its forward fails on {channels}-channel {resolution} px images: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
 def _check_tensors(module: torch.nn.Module) -> None:
     name = type(module).__name__
     tensors = list(module.parameters()) + list(module.buffers())
@@ -158,15 +174,10 @@ def load_module(net: torch.nn.Module, label: str, resolution: int) -> tuple[onnx
     on other random images: a Python branch on tensor values is fixed by tracing."""
     net = _unwrap(net).eval()
     _check_tensors(net)
-    channels, notes = input_channels(net), []
-    x = torch.rand(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(1))
+    channels, out = _first_forward(net, label, resolution)
+    notes = [] if channels == input_channels(net) else [f"{channels}-channel images (its first conv takes {input_channels(net)})"]
     params = dict(net.named_parameters())
     trainable = [n for n, p in params.items() if p.requires_grad]
-    try:
-        out = net(x)
-    except Exception as e:
-        raise TinyTLError(f"{label}: its forward fails on {channels}-channel {resolution} px images: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     pick, note = _logits_pick(out, label)
     notes += [note] if note else []
     logits = pick(out) if pick else out
