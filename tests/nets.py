@@ -223,6 +223,45 @@ def picks_net():
     return nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), _Picks(), nn.Linear(4, 3))
 
 
+class _BeitAttention(nn.Module):
+    """BEiT's (timm's): the qkv bias is cat(q_bias, a zero k_bias buffer, v_bias), F.linear on tokens."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(dim) * 0.1)
+        self.register_buffer("k_bias", torch.zeros(dim), persistent=False)
+        self.v_bias = nn.Parameter(torch.randn(dim) * 0.1)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class _Beit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, 4)
+        self.norm = nn.LayerNorm(8)
+        self.attn = _BeitAttention()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(self.norm(t))
+        return self.head(t.mean(1))
+
+
+def beit_net():
+    torch.manual_seed(9)
+    return _Beit().eval()
+
+
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
     (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise

@@ -23,9 +23,8 @@ from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, BatchNormToAffinePass,
                                     FoldBatchNormIntoConvPass, FoldTrainedBatchNormPass, LiteOptions,
                                     LiteResidualPass, find_classifier)
-from tinytlc.passes.forward.add_zero_bias import added_bias, is_bias
+from tinytlc.passes.forward.add_zero_bias import added_bias, bias_parts, is_bias
 from tinytlc.passes.forward._values import LITE, is_constant, opset
-from tinytlc.passes.forward.blocks import param_source
 from tinytlc.passes.forward.norms import find_norms
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
@@ -102,13 +101,14 @@ def _differentiable(node: ir.Node, i: int) -> bool:
 
 
 def bias_params(graph: ir.Graph) -> list[str]:
-    """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output."""
+    """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output (or
+    the parameters either is concatenated from)."""
     names = []
     for node in graph:
         if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2:
-            names.append(param_source(node.inputs[2]))
-        names.append(added_bias(node))
-    return [v.name for v in names if v is not None and is_bias(v)]
+            names += bias_parts(node.inputs[2])
+        names += added_bias(node)
+    return [v.name for v in names if is_bias(v)]
 
 
 def trainable_params(graph: ir.Graph, method: str, norms: list[tuple[list[str], list[str]]]) -> list[str]:

@@ -29,17 +29,30 @@ def is_bias(v: ir.Value) -> bool:
     return v.shape is not None and sum(d != 1 for d in v.shape) <= 1
 
 
-def added_bias(node: ir.Node) -> ir.Value | None:
-    """The per-channel parameter an Add adds to a layer's output (Add(MatMul(x, W), b), as torch
-    exports a Linear on tokens; Add(Conv(x, W), b); views such as Slice are followed), else None."""
+def bias_parts(value: ir.Value | None) -> list[ir.Value]:
+    """The parameters a bias input is made of: itself (or what it is a view of), or the vectors a
+    Concat joins (BEiT's qkv bias, cat(q_bias, zero k_bias, v_bias)); [] for anything else."""
+    source = param_source(value)
+    if source is not None:
+        return [source]
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Concat":
+        return []
+    parts = [param_source(v) for v in node.inputs]
+    return [v for v in parts if v is not None] if all(v is None or (v.shape is not None and len(v.shape) == 1)
+                                                      for v in parts) else []
+
+
+def added_bias(node: ir.Node) -> list[ir.Value]:
+    """The per-channel parameters an Add adds to a layer's output (Add(MatMul(x, W), b), as torch
+    exports a Linear on tokens; Add(Conv(x, W), b); views such as Slice are followed), else []."""
     if node.op_type != "Add" or len(node.inputs) != 2:
-        return None
+        return []
     for i, v in enumerate(node.inputs):
-        layer, bias = node.inputs[1 - i].producer(), param_source(v)
-        if layer is not None and layer.op_type in ("MatMul", "Gemm", "Conv") \
-                and bias is not None and is_bias(bias):
-            return bias
-    return None
+        layer, parts = node.inputs[1 - i].producer(), bias_parts(v)
+        if layer is not None and layer.op_type in ("MatMul", "Gemm", "Conv") and parts and all(map(is_bias, parts)):
+            return parts
+    return []
 
 
 def _channel_axis(concat: ir.Node) -> bool:
