@@ -55,10 +55,29 @@ class SmoothedCrossEntropy(onnxblock.Block):
         return loss
 
 
+def _shared_frozen_norm_params(model: onnx.ModelProto, trainable: list[str]) -> list[str]:
+    """Frozen LayerNormalization scales and shifts of one repeated value (a fresh norm's ones and
+    zeros). ORT's ConstantSharing merges such constants into one initializer, and its LayerNorm
+    gradient names a scale and shift gradient even when they are frozen: two norms on one merged
+    scale define `norm1.weight_grad` twice and ORT refuses the graph. Given to ORT as frozen
+    parameters (graph inputs, read from the checkpoint), they are never merged."""
+    values = {t.name: t for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx"):
+            for name in node.input[1:3]:
+                if name in values and name not in trainable:
+                    a = onnx.numpy_helper.to_array(values[name])
+                    if a.size > 1 and (a == a.flat[0]).all():
+                        names.append(name)
+    return list(dict.fromkeys(names))
+
+
 def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> None:
     """Write FILES into `directory` (which must exist)."""
     if not trainable:
         raise TinyTLError("no trainable parameters: nothing to compile")
+    frozen = _shared_frozen_norm_params(model, trainable)
     logits = model.graph.output[0].name
     directory = Path(directory).resolve()  # we chdir below
     cwd = os.getcwd()
@@ -66,7 +85,7 @@ def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> N
         os.chdir(directory)  # onnxblock may write temporary files to the working directory
         with _quiet_native_stderr() as log:
             # Frozen weights are not listed: they stay initializers, i.e. constants ORT can fold.
-            artifacts.generate_artifacts(model, requires_grad=trainable, frozen_params=[],
+            artifacts.generate_artifacts(model, requires_grad=trainable, frozen_params=frozen,
                                          loss=SmoothedCrossEntropy(), optimizer=artifacts.OptimType.AdamW,
                                          artifact_directory=directory, additional_output_names=[logits])
     except Exception as e:

@@ -244,17 +244,26 @@ class _BeitAttention(nn.Module):
 
 
 class _Beit(nn.Module):
+    """timm's BEiT, small: a class token expanded with `x.shape[0]` (and no absolute position
+    embedding to tell shape inference the token count), an attention and an MLP block, the head on
+    the mean of the tokens but the class token. Its LayerNorms keep their fresh ones and zeros, which
+    ORT's ConstantSharing merges where they are frozen."""
+
     def __init__(self):
         super().__init__()
         self.patch = nn.Conv2d(3, 8, 4, 4)
-        self.norm = nn.LayerNorm(8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8) * 0.1)
+        self.norm1, self.norm2 = nn.LayerNorm(8), nn.LayerNorm(8)
         self.attn = _BeitAttention()
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
         t = self.patch(x).flatten(2).transpose(1, 2)
-        t = t + self.attn(self.norm(t))
-        return self.head(t.mean(1))
+        t = torch.cat((self.cls_token.expand(t.shape[0], -1, -1), t), dim=1)
+        t = t + self.attn(self.norm1(t))
+        t = t + self.mlp(self.norm2(t))
+        return self.head(t[:, 1:].mean(1))
 
 
 def beit_net():

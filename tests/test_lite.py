@@ -199,6 +199,19 @@ def test_a_conv_over_split_channels_is_one_layer(tmp_path):
     assert_same_step(plain, lean, 3, 1e-5, 1e-6)
 
 
+def test_class_token_models_get_modules_beside_their_blocks(tmp_path):
+    """BEiT (tests/nets.py:beit_net): the class token is expanded with `x.shape[0]`, which shape
+    inference cannot follow (static_reshapes writes it as an Expand to the image's batch), and the
+    head averages x[:, 1:], a Slice of tokens that belongs to the head, not to the last block.
+    Before, no block got a module (token count unknown), then the last one none (10 tokens in, 9 out)."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:beit_net", "lite", tmp_path / tag, resolution=R, batch_size=B, passes=passes)
+                   for tag, passes in (("plain", []), ("lean", None)))
+    assert lean.manifest["lite_blocks"] == 2 and not lean.manifest["lite_skipped"]
+    assert [(m["input"], m["output"]) for m in lean.manifest["lite_modules"]] == [([10, 8], [10, 8])]
+    assert_same_step(plain, lean, 5, 1e-5, 1e-6)
+
+
 class ChannelsLastWithLite(WithLite):
     """The lite branch beside a block on (n, h, w, c) tensors: it convolves over h and w."""
 

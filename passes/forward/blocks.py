@@ -25,7 +25,8 @@
    two of them whose paths meet in an Add of its own input (an identity shortcut), with no tensor
    read outside it, is a residual block (its ReLU included); any other fork-and-join segment there is
    looked into the same way (a fusion's output joins both streams). The stage stays a block too.
-A block ends at the last cut of its span with the rank of its input, never after a global pool.
+A block ends at the last cut of its span with the rank of its input, never after a global pool
+or a Slice of tokens.
 Blocks are listed by where their input is computed (a stage before the blocks inside it).
 Lite residual modules' side branches are looked past: the blocks are those of the network itself.
 """
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 import networkx as nx
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import LITE, is_constant
+from tinytlc.passes.forward._values import LITE, const_array, is_constant
 
 LAYERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 VIEWS = {"Transpose", "Reshape", "Slice", "Unsqueeze", "Squeeze", "Identity", "Cast", "Flatten", "Split"}
@@ -331,7 +332,8 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
         rank = _rank(x)
         y = None
         for c in cuts[s + 1: e + 1]:  # up to the head's global pool, flatten or token pick
-            if rank is None or rank < 3 or c.producer().op_type in HEAD_OPS or c.producer() is classifier:
+            if rank is None or rank < 3 or c.producer().op_type in HEAD_OPS or c.producer() is classifier \
+                    or (rank == 3 and _picks_tokens(c.producer())):
                 break
             if _rank(c) == rank:  # (a norm written out reshapes into groups in between)
                 y = c
@@ -345,6 +347,15 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
     order = {id(n): i for i, n in enumerate(graph)}
     at = lambda b: order.get(id(b.input.producer()), -1)  # noqa: E731
     return sorted(blocks + inner, key=at)  # (stable: a region's own block before those inside it)
+
+
+def _picks_tokens(node: ir.Node) -> bool:
+    """A Slice along the token axis of a token sequence (BEiT's mean over x[:, 1:], the class token
+    left out): the head's, like a Gather of the class token."""
+    if node.op_type != "Slice" or len(node.inputs) < 4:
+        return False
+    axes = const_array(node.inputs[3])
+    return axes is not None and axes.size == 1 and int(axes.reshape(-1)[0]) in (1, -2)
 
 
 def _stride(x: ir.Value, y: ir.Value) -> int:

@@ -7,7 +7,8 @@ tensor after it has unknown dimensions: blocks cannot get lite modules and the f
 cannot size its ConvTranspose. Only the batch is dynamic in a tinytlc graph, so the target is
 evaluated (numpy, below) for batch 1 and batch 2: entries that agree are constants, and the one
 entry that doubles is written as 0 (copy the input's batch) where it is the batch itself, else -1
-(Swin's windows: batch x windows, 4 at batch 1).
+(Swin's windows: batch x windows, 4 at batch 1). An Expand to [batch, ...] (a class token
+expanded with `x.shape[0]`) is written as an Expand to the image's batch, which shape inference follows.
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
 offset, checked at two points). Nodes whose target depends on anything else are left alone.
 """
@@ -147,6 +148,29 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     return target
 
 
+def _expand_to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
+    """Expand to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape inference
+    follows (onnx propagates Shape, Slice and Concat; not the Where(Equal(size, -1), 1, size) torch
+    writes for `expand(x.shape[0], -1, -1)`)."""
+    t = ir.tape.Tape(graph)
+    n = t.op("Slice", [t.op("Shape", [graph.inputs[0]]), add_constant(graph, "tinytlc.ints", [0]),
+                       add_constant(graph, "tinytlc.ints", [1])])
+    shape = t.op("Concat", [n, add_constant(graph, "tinytlc.static_shape", rest.astype(np.int64))], attributes={"axis": 0})
+    graph.insert_before(node, t.nodes)
+    node.replace_input_with(1, shape)
+
+
+def _batch_led_expand(node: ir.Node, batch) -> np.ndarray | None:
+    """The constant rest of an Expand target computed at run time as [batch, *rest] (a class token
+    expanded with `x.shape[0]`), else None."""
+    if node.op_type != "Expand" or const_array(node.inputs[1]) is not None:
+        return None
+    t1, t2 = (evaluate_shape(node.inputs[1], b, {}, batch) for b in (1, 2))
+    if t1 is None or t2 is None or t1.ndim != 1 or t1.shape != t2.shape or len(t1) < 2:
+        return None
+    return t1[1:] if t1[0] == 1 and t2[0] == 2 and (t1[1:] == t2[1:]).all() else None
+
+
 EXPORTED_BATCH = "tinytlc.exported_batch"  # model metadata: a file exported for one batch size
 
 
@@ -160,13 +184,7 @@ def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
         if node.op_type == "Expand":  # (a class token expanded to [N, 1, D]): to the image's batch
             target = const_array(node.inputs[1])
             if target is not None and target.ndim == 1 and len(target) > 1 and target[0] == exported:
-                t = ir.tape.Tape(graph)
-                n = t.op("Slice", [t.op("Shape", [graph.inputs[0]]), add_constant(graph, "tinytlc.ints", [0]),
-                                   add_constant(graph, "tinytlc.ints", [1])])
-                shape = t.op("Concat", [n, add_constant(graph, "tinytlc.static_shape", target[1:].astype(np.int64))],
-                             attributes={"axis": 0})
-                graph.insert_before(node, t.nodes)
-                node.replace_input_with(1, shape)
+                _expand_to_image_batch(graph, node, target[1:])
                 modified = True
             continue
         if node.op_type != "Reshape":
@@ -189,12 +207,19 @@ class StaticReshapesPass(ir.passes.InPlacePass):
         _reinfer(model)  # shapes as onnx infers them now, not as the exporter wrote them
         exported = model.metadata_props.get(EXPORTED_BATCH)
         changed, patient = True, True
+        led: set[int] = set()  # Expands already written to the image's batch (their target still evaluates)
         while changed or patient:  # a fixed Reshape can make the next Shape(x) static
             patient = patient and changed  # once nothing moves, settle the rest with -1
             changed = exported is not None and _unbake_batch(graph, int(exported), batch)
             modified |= changed
-            for node in graph:
+            for node in list(graph):
                 if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
+                    continue
+                rest = _batch_led_expand(node, batch) if id(node) not in led else None
+                if rest is not None:
+                    _expand_to_image_batch(graph, node, rest)
+                    led.add(id(node))
+                    changed = modified = True
                     continue
                 for index in _SHAPE_INPUTS[node.op_type]:
                     target = _static_target(node, index, batch, patient) if index < len(node.inputs) else None
