@@ -271,6 +271,31 @@ def beit_net():
     return _Beit().eval()
 
 
+class _GRNBlock(nn.Module):
+    """ConvNeXt V2's block (timm's), small: its GlobalResponseNorm writes the affine with
+    torch.addcmul, which exports a Mul by 1 between the scale and the shift."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.grn_weight = nn.Parameter(torch.randn(2 * dim) * 0.1)
+        self.grn_bias = nn.Parameter(torch.randn(2 * dim) * 0.1)
+
+    def forward(self, x):
+        y = F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1))))
+        g = y.norm(p=2, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
+        y = y + torch.addcmul(self.grn_bias.view(1, 1, 1, -1), self.grn_weight.view(1, 1, 1, -1), y * n)
+        return x + self.fc2(y).permute(0, 3, 1, 2)
+
+
+def grn_net():
+    torch.manual_seed(10)
+    return nn.Sequential(nn.Conv2d(3, 8, 4, 4), _GRNBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
     (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise

@@ -5,7 +5,8 @@
   GroupNorm and its lite modules' norms: (x - mean) / sqrt(var + eps) (x possibly reshaped into
   groups), then optionally a reshape back, * scale, + shift;
 - an affine over frozen statistics (BatchNorm after BatchNormToAffinePass): x * scale + shift with
-  per-channel scale and shift computed from parameters only.
+  per-channel scale and shift computed from parameters only (a constant factor between them, as
+  torch.addcmul writes, included: ConvNeXt V2's GRN affine).
 A norm is one layer whatever the number of ONNX nodes it takes (the paper's accounting counts it
 once, and a bias right before it is redundant with its shift).
 """
@@ -80,6 +81,11 @@ def _scale_shift(y: ir.Value, sources: dict):
         p = _params(other, sources) if other is not None else None
         if p is not None:
             scales, nodes, y = p, [mul], mul.outputs[0]
+    while (mul := _single_user(y, {"Mul"})) is not None and scales:  # addcmul's `value` (1): GRN's
+        other = next((i for i in mul.inputs if i is not y), None)
+        if other is None or _params(other, sources) != [] or other.shape is None or any(d != 1 for d in other.shape):
+            break
+        nodes, y = nodes + [mul], mul.outputs[0]
     add = _single_user(y, {"Add"})
     if add is not None:
         other = next((i for i in add.inputs if i is not y), None)
