@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from test_foreign import assert_step_matches_torch, export
 
+from tinytlc.pipeline import compile_model
+
 
 class ResizedThreshold(nn.Module):
     """Resizes its input (Resize's scales), and a per-channel threshold buffer feeds a comparison."""
@@ -73,3 +75,33 @@ def test_bias_trains_the_added_bias_only(tmp_path):
     assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("bias", "full"))
     trained = json.loads((tmp_path / "bias" / "tinytlc.json").read_text())["trainable"]
     assert sorted(trained) == ["b1", "b2", "fc.bias", "fc.weight"]
+
+
+class Blurred(nn.Module):
+    """timm's BlurPool2d (TResNet's anti-aliasing): a fixed binomial filter in a non-persistent
+    buffer, which torch writes as a Constant node beside the initializer weights."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1), nn.Linear(8, 3)
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (k[:, None] * k[None, :] / 16).repeat(8, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        h = F.conv2d(F.pad(F.relu(self.c1(x)), (1, 1, 1, 1), mode="reflect"), self.filt, stride=2, groups=8)
+        return self.fc(F.relu(self.c2(h)).mean((2, 3)))
+
+
+def test_a_fixed_filter_in_a_constant_node_is_no_parameter(tmp_path):
+    """The blur filter stays constant (`full` trains what torch trains, with its gradients) and gets
+    no zero bias (`bias`); before, it was lifted as a converter's weight and trained, and given a bias."""
+    net = Blurred()
+    model = export(net, tmp_path / "blur.onnx", 16)
+    assert any(n.op_type == "Constant" and n.output[0] in {i for c in model.graph.node if c.op_type == "Conv"
+                                                         for i in c.input} for n in model.graph.node)
+    trained = assert_step_matches_torch(tmp_path, tmp_path / "blur.onnx", net, 16, methods=("full", "bias"))
+    assert trained["full"] == sorted(n for n, _ in net.named_parameters())
+    assert trained["bias"] == ["c1.bias", "c2.bias", "fc.bias", "fc.weight"]  # (no zero bias for the blur)
+    art = compile_model(net, "bias", tmp_path / "module", resolution=16, batch_size=2)  # (the module route too)
+    assert sorted(art.manifest["trainable"]) == trained["bias"]

@@ -5,7 +5,8 @@ otherwise have nothing to train. A conv that feeds a norm (directly or through a
 channels) gets none, as in the paper: the norm's shift is trained instead and a bias before it
 adds next to nothing (nothing at all before a BatchNorm over frozen statistics). Nor one followed by an Add of a per-channel parameter
 (functional PyTorch, TensorFlow's BiasAdd): that is its bias already, and a second one trained
-beside it would move with it, at twice the step. Not a pooling written as a conv, nor a lite-module conv.
+beside it would move with it, at twice the step. Not a pooling written as a conv or a fixed filter
+(a Constant node's: TResNet's anti-aliasing blur), nor a lite-module conv.
 Exact: adding zero changes no output. Memory: one vector per layer; a bias gradient is a sum of dY
 and needs no saved activation.
 """
@@ -74,8 +75,10 @@ class AddZeroBiasPass(ir.passes.InPlacePass):
             if id(node.outputs[0]) in normed or any(added_bias(use) for use, _ in node.outputs[0].uses()):
                 continue
             w = const_array(node.inputs[1])
-            # not a pooling written as a conv, nor a lite-module conv
-            if w is None or is_constant(node.inputs[1]) or node.inputs[1].meta.get(LITE):
+            # not a pooling written as a conv (a constant or a Constant node's filter: TResNet's blur),
+            # nor a lite-module conv
+            if w is None or not node.inputs[1].is_initializer() or is_constant(node.inputs[1]) \
+                    or node.inputs[1].meta.get(LITE):
                 continue
             if node.op_type == "Conv":
                 width = w.shape[0]

@@ -5,9 +5,11 @@ finds parameters among initializers, so `full` would silently train the classifi
 network whose every weight is a Constant would have no classifier at all.
 Which: a float Constant of rank >= 1 that is a layer's weight or bias: Conv, ConvTranspose, Gemm
 inputs 1 and 2, the constant side of a MatMul, and a bias added to one of those layers' outputs,
-seen through views (Identity, Reshape, Transpose, Unsqueeze, Squeeze, Flatten). Other constants
-stay constants: the ones and zeros torch writes for InstanceNormalization inside a GroupNorm, or a
-norm without affine parameters, are not parameters in PyTorch either.
+seen through views (Identity, Reshape, Transpose, Unsqueeze, Squeeze, Flatten). Only in a graph
+whose layers hold no weight in an initializer: where the others do, a Constant weight is a fixed
+filter by design (torch writes a non-persistent buffer so: TResNet's anti-aliasing blur). Other
+constants stay constants: the ones and zeros torch writes for InstanceNormalization inside a
+GroupNorm, or a norm without affine parameters, are not parameters in PyTorch either.
 Exact: an initializer holds the same tensor under the same name.
 """
 
@@ -36,9 +38,16 @@ def _is_weight(value: ir.Value) -> bool:
     return False
 
 
+def _initializer_weights(graph: ir.Graph) -> bool:
+    return any(v.is_initializer() and v.dtype is not None and v.dtype.is_floating_point() and _is_weight(v)
+               for v in graph.initializers.values())
+
+
 class LiftWeightConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
+        if _initializer_weights(graph):
+            return ir.passes.PassResult(model, False)
         for node in list(graph):
             if node.op_type != "Constant" or node.domain != "" or set(node.attributes) != {"value"}:
                 continue
