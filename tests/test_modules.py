@@ -109,6 +109,25 @@ def space_to_depth():
     return nn.Sequential(SpaceToDepth(), nn.Conv2d(12, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
 
+def _same_pads(x, k, s):
+    """timm's get_same_padding: traced, x.size() gives tensors and the pads are computed at run time."""
+    if isinstance(x, torch.Tensor):
+        return torch.clamp(((x / s).ceil() - 1) * s + (k - 1) + 1 - x, min=0)
+    return max((-(-x // s) - 1) * s + (k - 1) + 1 - x, 0)
+
+class Conv2dSame(nn.Conv2d):
+    """timm's (tf_efficientnet_*, dm_nfnet_*): 'same' padding computed at run time."""
+    def forward(self, x):
+        ih, iw = x.size()[-2:]
+        ph, pw = _same_pads(ih, self.kernel_size[0], self.stride[0]), _same_pads(iw, self.kernel_size[1], self.stride[1])
+        x = nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0)
+
+def same_padding():  # and timm's DownsampleAvg, which needs the map size the pads leave
+    torch.manual_seed(0)
+    return nn.Sequential(Conv2dSame(3, 8, 3, 2), nn.ReLU(), nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+                         nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
 def tensor(): return Net()
 def tuple_out(): return Net("tuple")
 def dict_out(): return Net("dict")
@@ -148,12 +167,12 @@ def _torch_step(net, x, y, pick=lambda o: o):
                                        ("namedtuple_out", lambda o: o.logits), ("squeeze", lambda o: o),
                                        ("detach", lambda o: o), ("frozen", lambda o: o), ("gray", lambda o: o),
                                        ("nf", lambda o: o), ("cbam", lambda o: o),
-                                       ("space_to_depth", lambda o: o)])
+                                       ("space_to_depth", lambda o: o), ("same_padding", lambda o: o)])
 def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
     """The logits are found in what forward returns; `full` trains exactly the parameters PyTorch
     gives a gradient (not the buffer, not requires_grad=False, not behind a detach), with torch's
     gradients; a 1-channel module takes 1-channel images, a SpaceToDepth stem 3-channel ones;
-    `squeeze()` keeps the batch axis."""
+    `squeeze()` keeps the batch axis; pads computed from x.size() (timm's 'same') are evaluated."""
     path, module = nets
     net = getattr(module, name)()
     channels = 1 if name == "gray" else 3

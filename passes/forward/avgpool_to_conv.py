@@ -39,7 +39,10 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
             dilations = list(pool.attributes.get_ints("dilations", [1, 1]))
             include_pad = pool.attributes.get_int("count_include_pad", 0)
             extra = ceil_extra(pool, x, kernel, strides, dilations, pads)
-            if extra is None or (any(extra) and include_pad):
+            if extra is None:
+                raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode on a map whose size is unknown after shape "
+                                  "inference, so its windows cannot be counted")
+            if any(extra) and include_pad:
                 raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode where it adds windows, averaged over padding; "
                                   "onnxruntime-training 1.19.2 cannot train through it")
             pads = pads[:2] + [p + e for p, e in zip(pads[2:], extra)]

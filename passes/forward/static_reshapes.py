@@ -99,6 +99,9 @@ def _apply(node: ir.Node, a: list) -> np.ndarray | None:
         return np.divide(a[0], a[1])
     if op == "Mod":  # fmod=0: the sign of the divisor, as numpy's mod (Swin's window padding)
         return (np.fmod if _attr(node, "fmod", 0) else np.mod)(a[0], a[1])
+    if op == "Clip":  # (timm's 'same' padding clamps its pads at 0)
+        low, high = (a[i] if len(a) > i and a[i] is not None else None for i in (1, 2))
+        return np.clip(a[0], low, high) if low is not None or high is not None else a[0]
     if op in ("Min", "Max"):
         return (np.minimum if op == "Min" else np.maximum).reduce(np.broadcast_arrays(*a))
     if op == "Reshape":
