@@ -296,6 +296,44 @@ def grn_net():
     return nn.Sequential(nn.Conv2d(3, 8, 4, 4), _GRNBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
 
 
+def _cbr(cin, cout, k=1, stride=1, groups=1, act=True):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU() if act else nn.Identity())
+
+
+class _UIB(nn.Module):
+    """MobileNetV4's universal inverted bottleneck (timm's), without skip where the width or stride
+    changes: an optional depthwise conv before the expansion (ExtraDW), an optional one after it."""
+
+    def __init__(self, cin, cout, dw_start, dw_mid, stride, expand):
+        super().__init__()
+        mid = cin * expand
+        self.dw_start = _cbr(cin, cin, dw_start, stride if not dw_mid else 1, cin, act=False) if dw_start else nn.Identity()
+        self.pw_exp = _cbr(cin, mid)
+        self.dw_mid = _cbr(mid, mid, dw_mid, stride, mid) if dw_mid else nn.Identity()
+        self.pw_proj = _cbr(mid, cout, act=False)
+        self.skip = cin == cout and stride == 1
+
+    def forward(self, x):
+        y = self.pw_proj(self.dw_mid(self.pw_exp(self.dw_start(x))))
+        return x + y if self.skip else y
+
+
+def mnv4_net():
+    """ExtraDW blocks (dw, expand, dw, project) and a ConvNeXt-like one (dw, expand, project)."""
+    torch.manual_seed(11)
+    return randomize_bn(nn.Sequential(_cbr(3, 8, 3, 2), _UIB(8, 8, 0, 3, 1, 2), _UIB(8, 12, 3, 3, 2, 2),
+                                      _UIB(12, 16, 3, 0, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(16, 3))).eval()
+
+
+def mobilenetv1_net():
+    """MobileNetV1's separable convs (dw, then a widening 1x1), each its own block."""
+    torch.manual_seed(12)
+    return randomize_bn(nn.Sequential(_cbr(3, 8, 3, 2), _cbr(8, 8, 3, 1, 8), _cbr(8, 16), _cbr(16, 16, 3, 2, 16),
+                                      _cbr(16, 24), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 3))).eval()
+
+
 def conv_kinds_net():
     """Every case of the frozen-conv backward: dilated depthwise, grouped with a non-square kernel
     (stride 1: Conv with a flipped weight), 1x1 (Conv over the transposed weight), strided depthwise
