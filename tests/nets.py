@@ -512,22 +512,31 @@ class _TokenMLP(nn.Module):
 
 
 class _ChannelsLast(nn.Module):
-    """Swin's and ConvNeXt-style layout: residual blocks on (n, h, w, c) tensors between two permutes."""
+    """Swin's and ConvNeXt-style layout: residual blocks on (n, h, w, c) tensors between two permutes;
+    `tokens`: read as (n, h*w, c) tokens after the blocks instead (VOLO's reshape(B, -1, C))."""
 
-    def __init__(self):
+    def __init__(self, tokens=False):
         super().__init__()
+        self.tokens = tokens
         self.stem, self.norm = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.LayerNorm(8)
         self.blocks = nn.Sequential(_TokenMLP(8), _TokenMLP(8), _TokenMLP(8))
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
-        x = self.blocks(self.norm(self.stem(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        x = self.blocks(self.norm(self.stem(x).permute(0, 2, 3, 1)))
+        if self.tokens:
+            return self.head(x.reshape(x.shape[0], -1, x.shape[-1]).mean(1))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1), 1))
 
 
 def channels_last_net():
     torch.manual_seed(10)
     return _ChannelsLast()
+
+
+def channels_last_tokens_net():
+    torch.manual_seed(10)
+    return _ChannelsLast(tokens=True)
 
 
 class _Fusion(nn.Module):

@@ -239,17 +239,19 @@ class ChannelsLastWithLite(WithLite):
         return self.block(x) + self.lite(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def test_channels_last_blocks_get_modules_over_height_and_width(tmp_path):
+@pytest.mark.parametrize("net", ["channels_last_net", "channels_last_tokens_net"])
+def test_channels_last_blocks_get_modules_over_height_and_width(tmp_path, net):
     """Blocks on (n, h, w, c) tensors (Swin, ConvNeXt-style token MLPs) get their lite module
     between Transposes: the ONNX module's gradients equal a torch branch run on x.permute(0, 3, 1, 2)
-    (a module over (w, c) as if they were (h, w) would not match)."""
-    from nets import channels_last_net
-    art = compile_model(f"{NETS}:channels_last_net", "lite", tmp_path / "a", resolution=RES, batch_size=BATCH,
+    (a module over (w, c) as if they were (h, w) would not match). Also where the last block's
+    output is read as (n, h*w, c) tokens (VOLO): its module was built as if (n, c, h, w)."""
+    import nets
+    art = compile_model(f"{NETS}:{net}", "lite", tmp_path / "a", resolution=RES, batch_size=BATCH,
                         lite=LiteOptions(final_scale=0.5))
     report = art.manifest["lite_modules"]
     assert [(m["input"], m["output"]) for m in report] == [([8, 7, 7], [8, 7, 7])] * 2
     params = initializers(art)
-    model = channels_last_net()
+    model = getattr(nets, net)()
     for i, r in enumerate(report, start=1):
         model.blocks[i] = ChannelsLastWithLite(model.blocks[i], r, params, f"lite{i}", whole_kernel=False)
     rng = np.random.default_rng(4)

@@ -207,9 +207,21 @@ _NCHW = {"Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAverageP
          "InstanceNormalization"}
 
 
+def _flattened(x: ir.Value, y: ir.Value) -> bool | None:
+    """A Reshape of 4-D x into tokens: True for (N, H*W, C) (channels last, VOLO's reshape(B, -1, C)),
+    False for (N, C, H*W) (a ViT's flatten(2)), None for anything else."""
+    s, t = x.shape, y.shape
+    if s is None or t is None or len(s) != 4 or len(t) != 3 or not all(isinstance(d, int) for d in list(s)[1:] + list(t)[1:]):
+        return None
+    if list(t)[1:] == [s[1], s[2] * s[3]]:
+        return False
+    return True if list(t)[1:] == [s[1] * s[2], s[3]] else None
+
+
 def channels_last(x: ir.Value) -> bool:
     """A 4-D tensor laid out (N, H, W, C): its readers (looked through elementwise ops) reach a
-    LayerNormalization over the last axis, a MatMul or a Transpose to NCHW before any NCHW op."""
+    LayerNormalization over the last axis, a MatMul, a Transpose to NCHW or a Reshape into
+    (N, H*W, C) tokens before any NCHW op."""
     seen, todo = set(), [x]
     while todo:
         v = todo.pop()
@@ -221,6 +233,8 @@ def channels_last(x: ir.Value) -> bool:
                 return False
             if user.op_type == "Transpose":
                 return tuple(user.attributes.get_ints("perm", [])) == (0, 3, 1, 2)
+            if user.op_type == "Reshape" and i == 0 and (tokens := _flattened(v, user.outputs[0])) is not None:
+                return tokens
             if (user.op_type == "LayerNormalization" and user.attributes.get_int("axis", -1) in (-1, 3)) or \
                     (user.op_type == "MatMul" and i == 0):
                 return True
