@@ -123,6 +123,24 @@ class Conv2dSame(nn.Conv2d):
         x = nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0)
 
+class NFSame(nn.Module):
+    """dm_nfnet's pieces: ScaledStdConv2dSame ('same' pads from x.size(), so constant folding runs
+    and must not make a parameter of F.batch_norm's zero shift) and a 0-d skipinit gain."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.conv, self.fc = ScaledStdConv2d(3, 8, 2), ScaledStdConv2d(8, 8), nn.Linear(8, 3)
+        self.stem.padding = (0, 0)
+        self.skipinit_gain = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        ih, iw = x.size()[-2:]
+        ph, pw = _same_pads(ih, 3, 2), _same_pads(iw, 3, 2)
+        x = torch.relu(self.stem(nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))))
+        return self.fc((x + self.skipinit_gain * self.conv(x)).mean((2, 3)))
+
+def nf_same(): return NFSame()
+
 def same_padding():  # and timm's DownsampleAvg, which needs the map size the pads leave
     torch.manual_seed(0)
     return nn.Sequential(Conv2dSame(3, 8, 3, 2), nn.ReLU(), nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
@@ -167,12 +185,14 @@ def _torch_step(net, x, y, pick=lambda o: o):
                                        ("namedtuple_out", lambda o: o.logits), ("squeeze", lambda o: o),
                                        ("detach", lambda o: o), ("frozen", lambda o: o), ("gray", lambda o: o),
                                        ("nf", lambda o: o), ("cbam", lambda o: o),
-                                       ("space_to_depth", lambda o: o), ("same_padding", lambda o: o)])
+                                       ("space_to_depth", lambda o: o), ("same_padding", lambda o: o),
+                                       ("nf_same", lambda o: o)])
 def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
     """The logits are found in what forward returns; `full` trains exactly the parameters PyTorch
     gives a gradient (not the buffer, not requires_grad=False, not behind a detach), with torch's
     gradients; a 1-channel module takes 1-channel images, a SpaceToDepth stem 3-channel ones;
-    `squeeze()` keeps the batch axis; pads computed from x.size() (timm's 'same') are evaluated."""
+    `squeeze()` keeps the batch axis; pads computed from x.size() (timm's 'same') are evaluated;
+    a 0-d parameter trains (NFNet's skipinit gain)."""
     path, module = nets
     net = getattr(module, name)()
     channels = 1 if name == "gray" else 3

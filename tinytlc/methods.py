@@ -24,7 +24,7 @@ from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, Batc
                                     FoldBatchNormIntoConvPass, FoldTrainedBatchNormPass, LiteOptions,
                                     LiteResidualPass, find_classifier)
 from tinytlc.passes.forward.add_zero_bias import added_bias, bias_parts, is_bias
-from tinytlc.passes.forward._values import LITE, is_constant, opset
+from tinytlc.passes.forward._values import LITE, PARAMETER, is_constant, opset
 from tinytlc.passes.forward.norms import find_norms
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
@@ -74,7 +74,8 @@ def forward_passes(method: str, lite: LiteOptions | None = None, lite_modules: b
 
 
 def parameters(graph: ir.Graph) -> list[str]:
-    """Every float initializer of rank >= 1 (a scalar is a constant such as an eps) that a pass did
+    """Every float initializer of rank >= 1 (a scalar is a constant such as an eps, unless a PyTorch
+    module says it is a parameter: NFNet's skipinit_gain) that a pass did
     not write and that the outputs depend on differentiably, in graph order. Exporters write
     constants and buffers as initializers too (the dynamo exporter: Resize's scales; a threshold
     buffer compared with): those that reach only inputs ONNX marks non-differentiable (scales,
@@ -86,7 +87,8 @@ def parameters(graph: ir.Graph) -> list[str]:
         if any(id(v) in reached for v in node.outputs):
             reached |= {id(v) for i, v in enumerate(node.inputs) if v is not None and _differentiable(node, i)}
     return [name for name, v in graph.initializers.items() if id(v) in reached and not is_constant(v)
-            and v.dtype is not None and v.dtype.is_floating_point() and v.shape is not None and len(v.shape) > 0]
+            and v.dtype is not None and v.dtype.is_floating_point() and v.shape is not None
+            and (len(v.shape) > 0 or v.meta.get(PARAMETER))]
 
 
 def _differentiable(node: ir.Node, i: int) -> bool:

@@ -25,7 +25,7 @@ from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, StaticReshapesPass,
                                     find_classifier)
-from tinytlc.passes.forward._values import CONSTANT, LOWERED
+from tinytlc.passes.forward._values import CONSTANT, LOWERED, PARAMETER
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
 from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
@@ -188,7 +188,7 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     if PARAMETERS in irm.metadata_props:  # a user's module: its parameters are known, the rest is constant
         trains = set(json.loads(irm.metadata_props[PARAMETERS]))
         for name, v in irm.graph.initializers.items():
-            v.meta[CONSTANT] = name not in trains
+            v.meta[CONSTANT], v.meta[PARAMETER] = name not in trains, name in trains
     else:
         LiftWeightConstantsPass()(irm)
     IdentityEliminationPass()(irm)

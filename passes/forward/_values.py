@@ -25,6 +25,7 @@ def fresh_name(graph: ir.Graph, wanted: str) -> str:
 
 
 CONSTANT = "tinytlc.constant"  # Value.meta key: an initializer a pass made that is no parameter
+PARAMETER = "tinytlc.parameter"  # Value.meta key: a PyTorch module's parameter (a 0-d one too)
 # Value.meta key: a parameter of a lite residual module, with its role ("weight", "scale", "shift",
 # "final-shift"); Node.meta key: a node of a lite module's side branch (not the Add that joins it)
 LITE = "tinytlc.lite"

@@ -8,7 +8,8 @@ Memory: removes one stored activation (the padded copy) per padded conv.
 Both steps are onnxscript's (constant folding, the fuse_pad_into_conv rewrite rule). The folding
 leaves alone every float value computed from float initializers: those are parameters seen through
 ops (a standardised weight, a gathered table, a transposed Linear weight), and folding them would
-train a precomputed copy under a new name instead of the parameter itself.
+train a precomputed copy under a new name instead of the parameter itself. What it does fold is
+marked constant: never a parameter to train.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 from onnxscript.optimizer import fold_constants
 from onnxscript.rewriter import rewrite
 from onnxscript.rewriter.rules.common import fuse_pad_into_conv_rule
+
+from tinytlc.passes.forward._values import CONSTANT
 
 # ConstantOfShape is not folded by default; the pads of an exported ZeroPad2d go through one.
 _FOLD_ALSO = {"ConstantOfShape"}
@@ -51,7 +54,11 @@ class FusePadIntoConvPass(ir.passes.InPlacePass):
         pads_before = sum(n.op_type == "Pad" for n in model.graph)
         if not pads_before:
             return ir.passes.PassResult(model, False)
+        before = set(model.graph.initializers)
         fold_constants(model, should_fold=_should_fold(_from_parameters(model.graph)))
+        for name, v in model.graph.initializers.items():  # what folding wrote is a constant (a zero
+            if name not in before:                          # shift of F.batch_norm(bias=None)), no parameter
+                v.meta[CONSTANT] = True
         RemoveUnusedNodesPass()(model)
         ShapeInferencePass()(model)  # the rewrite rule needs the Pad input's rank
         model = rewrite(model, pattern_rewrite_rules=[fuse_pad_into_conv_rule])
