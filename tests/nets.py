@@ -320,11 +320,12 @@ class _UIB(nn.Module):
 
 
 def mnv4_net():
-    """ExtraDW blocks (dw, expand, dw, project) and a ConvNeXt-like one (dw, expand, project)."""
+    """A FusedMBConv (EdgeResidual: 3x3 expand, 1x1 project) after the stem, an inverted bottleneck
+    with skip, an ExtraDW block (dw, expand, dw, project) and a ConvNeXt-like one (dw, expand, project)."""
     torch.manual_seed(11)
-    return randomize_bn(nn.Sequential(_cbr(3, 8, 3, 2), _UIB(8, 8, 0, 3, 1, 2), _UIB(8, 12, 3, 3, 2, 2),
-                                      _UIB(12, 16, 3, 0, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                      nn.Linear(16, 3))).eval()
+    return randomize_bn(nn.Sequential(_cbr(3, 8, 3, 2), nn.Sequential(_cbr(8, 32, 3, 2), _cbr(32, 8, act=False)),
+                                      _UIB(8, 8, 0, 3, 1, 2), _UIB(8, 12, 3, 3, 2, 2), _UIB(12, 16, 3, 0, 2, 2),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))).eval()
 
 
 def mobilenetv1_net():

@@ -213,9 +213,11 @@ def test_class_token_models_get_modules_beside_their_blocks(tmp_path):
 
 
 def test_extra_depthwise_blocks_are_one_block(tmp_path):
-    """MobileNetV4's ExtraDW block (dw, expand, dw, project) and ConvNeXt-like one (dw, expand,
-    project) are one block each; before, each was cut after its expansion, and the module beside
-    the second half read the 2x widened map. MobileNetV1's separable convs stay one block each."""
+    """MobileNetV4's ExtraDW block (dw, expand, dw, project), ConvNeXt-like one (dw, expand,
+    project) and FusedMBConv (3x3 expand, 1x1 project) are one block each; before, each was cut
+    after its expansion (the module beside the second half read the 2x widened map), and a
+    depthwise conv took the projection before it for its expand conv. MobileNetV1's separable
+    convs stay one block each."""
     from tinytlc.passes.forward import find_blocks
     from tinytlc.pipeline import forward_graph
 
@@ -223,12 +225,13 @@ def test_extra_depthwise_blocks_are_one_block(tmp_path):
         graph = forward_graph(f"{NETS}:{net}", "last", 3, 32)[0].graph
         return [(list(b.input.shape)[1:], list(b.output.shape)[1:], b.stride) for b in find_blocks(graph)]
 
-    assert blocks("mnv4_net") == [([3, 32, 32], [8, 16, 16], 2), ([8, 16, 16], [12, 8, 8], 2), ([12, 8, 8], [16, 4, 4], 2)]
+    assert blocks("mnv4_net") == [([3, 32, 32], [8, 8, 8], 4), ([8, 8, 8], [8, 8, 8], 1), ([8, 8, 8], [12, 4, 4], 2),
+                                  ([12, 4, 4], [16, 2, 2], 2)]
     assert blocks("mobilenetv1_net") == [([3, 32, 32], [16, 16, 16], 2), ([16, 16, 16], [24, 8, 8], 2)]
     from test_gradients import BATCH as B, RES as R, assert_same_step
     plain, lean = (compile_model(f"{NETS}:mnv4_net", "lite+bias", tmp_path / tag, resolution=R, batch_size=B, passes=passes)
                    for tag, passes in (("plain", []), ("lean", None)))
-    assert [m["input"][0] for m in lean.manifest["lite_modules"]] == [8, 12]
+    assert [m["input"][0] for m in lean.manifest["lite_modules"]] == [8, 8, 12]
     assert_same_step(plain, lean, 6, 1e-5, 1e-6)
 
 

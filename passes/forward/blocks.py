@@ -11,10 +11,12 @@
    and a gate (squeeze-and-excitation: a side path pooled to 1x1 that scales the main path) belong to
    the block around them.
 4. Chains of single layers (a conv over split channels, concatenated, is one: MixNet's) are
-   grouped: a depthwise conv takes the plain conv before it (expand, or the stem) and the 1x1 conv
-   after it (project), an inverted bottleneck; a group that ends widening (a depthwise conv, then
-   an expanding 1x1: MobileNetV4's ExtraDW) runs on to the next narrowing 1x1; any other layer is a
-   block of its own (a VGG conv, a DenseNet transition). Segments without a layer join the block before.
+   grouped: a depthwise conv takes the plain conv before it (expand, or the stem; not a narrowing
+   1x1, which projects the block before) and the 1x1 conv after it (project), an inverted
+   bottleneck; a group that ends widening (a depthwise conv then an expanding 1x1, MobileNetV4's
+   ExtraDW; a widening dense conv, a FusedMBConv) runs on to the next narrowing 1x1; any other
+   layer is a block of its own (a VGG conv, a DenseNet transition). Segments without a layer join
+   the block before.
 5. The stem (single layers before the first block of several layers) joins that block, so "every
    block but the first" skips the stem and the first block together, as the paper does; trailing
    1x1 layers after the last spatial op are the head (MobileNet's 1x1 conv to 1280), not a block.
@@ -109,11 +111,14 @@ def _is_pointwise(node: ir.Node) -> bool:
                                                   and node.attributes.get_int("group", 1) == 1)
 
 
-def _widths(seg: "_Segment", sign: int) -> bool:
-    """Whether the segment is a 1x1 conv that widens (sign 1) or narrows (-1) the channels."""
-    if seg.kind != "layer" or seg.layers[0].op_type != "Conv" or not _is_pointwise(seg.layers[0]):
+def _widths(seg: "_Segment", sign: int, pointwise: bool = True) -> bool:
+    """Whether the segment is an ungrouped conv (1x1 unless not `pointwise`) that widens (sign 1) or
+    narrows (-1) the channels."""
+    node = seg.layers[0] if seg.kind == "layer" else None
+    if node is None or node.op_type != "Conv" or node.attributes.get_int("group", 1) != 1 or \
+            (pointwise and not _is_pointwise(node)):
         return False
-    w = seg.layers[0].inputs[1].shape
+    w = node.inputs[1].shape
     return w is not None and len(w) == 4 and isinstance(w[0], int) and isinstance(w[1], int) and \
         (w[0] - w[1]) * sign > 0
 
@@ -273,8 +278,9 @@ def _group(segments: list[_Segment]) -> list[list[_Segment]]:
             group = [s]
             prev = groups[-1] if groups else None
             if prev is not None and len(prev) == 1 and prev[0].kind == "layer" and \
-                    prev[0].layers[0].op_type == "Conv" and not is_depthwise(prev[0].layers[0]):
-                group = groups.pop() + group  # expand conv (or the stem)
+                    prev[0].layers[0].op_type == "Conv" and not is_depthwise(prev[0].layers[0]) and \
+                    not _widths(prev[0], -1):
+                group = groups.pop() + group  # expand conv (or the stem), not a projection before it
             nxt = items[i + 1] if i + 1 < len(items) else None
             if nxt is not None and nxt.kind == "layer" and nxt.layers[0].op_type == "Conv" and \
                     _is_pointwise(nxt.layers[0]):
@@ -284,14 +290,16 @@ def _group(segments: list[_Segment]) -> list[list[_Segment]]:
         else:
             groups.append([s])
         i += 1
-    # an expansion left open (a depthwise conv, then a widening 1x1) is closed by the next group's
-    # narrowing 1x1: MobileNetV4's ExtraDW (dw, expand, dw, project) and ConvNeXt-like (dw, expand,
-    # project) blocks are one block each; MobileNetV1's separable convs, which never narrow, stay apart
+    # an expansion left open (a depthwise conv then a widening 1x1, or a widening dense conv) is
+    # closed by the next group's narrowing 1x1: MobileNetV4's ExtraDW (dw, expand, dw, project) and
+    # ConvNeXt-like (dw, expand, project) blocks and a FusedMBConv (k x k expand, project) are one
+    # block each; MobileNetV1's separable convs, which never narrow, stay apart
     k = 0
     while k + 1 < len(groups):
         g, nxt = groups[k], groups[k + 1]
-        if any(seg.kind == "layer" and is_depthwise(seg.layers[0]) for seg in g) and _widths(g[-1], 1) and \
-                all(seg.kind == "layer" for seg in nxt) and _widths(nxt[-1], -1):
+        opens = (any(seg.kind == "layer" and is_depthwise(seg.layers[0]) for seg in g) and _widths(g[-1], 1)) or \
+            (len(g) == 1 and _widths(g[0], 1, pointwise=False))
+        if opens and all(seg.kind == "layer" for seg in nxt) and _widths(nxt[-1], -1):
             groups[k: k + 2] = [g + nxt]
         k += 1
     # a lone pointwise layer right before a fork-and-join block is that block's (SqueezeNet's squeeze)
