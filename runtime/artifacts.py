@@ -73,10 +73,26 @@ def _shared_frozen_norm_params(model: onnx.ModelProto, trainable: list[str]) -> 
     return list(dict.fromkeys(names))
 
 
+def _check_frozen_recurrent(model: onnx.ModelProto, trainable: list[str]) -> None:
+    """ORT 1.19.2's LSTM/GRU/RNN gradient kills the process (SIGSEGV) when it must pass a gradient
+    to the op's input while its weights are frozen: refuse that by name instead."""
+    graph = model.graph
+    reached = set(trainable)  # values computed from a trained parameter: their gradient is needed
+    for node in graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN") and node.domain in ("", "ai.onnx") and node.input[0] in reached \
+                and any(w and w not in reached for w in node.input[1:3]):  # (W, R: as torch writes them, views)
+            raise TinyTLError(f"op {node.op_type} (node {node.name or node.output[0]}) has frozen weights and a "
+                              "trained layer before it: onnxruntime-training 1.19.2 crashes passing a gradient through "
+                              "it; use --method full (it trains the weights too) or last")
+        if any(i in reached for i in node.input):
+            reached.update(node.output)
+
+
 def generate(model: onnx.ModelProto, trainable: list[str], directory: Path) -> None:
     """Write FILES into `directory` (which must exist)."""
     if not trainable:
         raise TinyTLError("no trainable parameters: nothing to compile")
+    _check_frozen_recurrent(model, trainable)
     frozen = _shared_frozen_norm_params(model, trainable)
     logits = model.graph.output[0].name
     directory = Path(directory).resolve()  # we chdir below

@@ -392,6 +392,22 @@ def prod_reduce_net():
     return nn.Sequential(nn.Conv2d(3, 4, 3), _ProdPool(), nn.Linear(4, 2)).eval()
 
 
+class _Recurrent(nn.Module):
+    """Patches read as a sequence by an LSTM (Sequencer2D's idea, one direction)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.lstm, self.head = nn.Conv2d(3, 4, 4, 4), nn.LSTM(4, 4, batch_first=True), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.lstm(self.embed(x).flatten(2).transpose(1, 2))[0].mean(1))
+
+
+def lstm_net():
+    torch.manual_seed(13)
+    return _Recurrent().eval()
+
+
 def global_max_net():
     """AdaptiveMaxPool2d(1) exports as GlobalMaxPool (no gradient in ORT 1.19.2; tinytlc writes a MaxPool)."""
     torch.manual_seed(9)

@@ -66,6 +66,17 @@ def test_op_without_gradient(tmp_path, cli):
     assert not (tmp_path / "o").exists()
 
 
+def test_frozen_lstm_with_a_gradient_through_it(tmp_path, cli):
+    """ORT's LSTM gradient crashed compile (SIGSEGV, no message) when the LSTM's weights are frozen
+    and a layer before it trains (bias); full and last compile."""
+    one_line_error(cli("compile", f"{NETS}:lstm_net", "--method", "bias", "--resolution", 16, "--out", tmp_path / "o"),
+                   "op LSTM (node ", "frozen weights and a trained layer before it", "--method full")
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".*"))
+    for method in ("full", "last"):
+        code, _, err = cli("compile", f"{NETS}:lstm_net", "--method", method, "--resolution", 16, "--out", tmp_path / method)
+        assert code == 0, err
+
+
 def test_onnx_resolution_mismatch(tmp_path, cli):
     path = tmp_path / "fixed.onnx"
     model = export_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 2)), 32)
