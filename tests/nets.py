@@ -408,6 +408,23 @@ def lstm_net():
     return _Recurrent().eval()
 
 
+class _AuxHead(nn.Module):
+    """VOLO's eval output (timm, use_aux_head=True): head(class token) + 0.5 * aux_head(tokens).max(1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head, self.aux_head = nn.Conv2d(3, 4, 4, 4), nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(t[:, 0]) + 0.5 * self.aux_head(t[:, 1:]).max(1)[0]
+
+
+def aux_head_net():
+    torch.manual_seed(14)
+    return _AuxHead().eval()
+
+
 def global_max_net():
     """AdaptiveMaxPool2d(1) exports as GlobalMaxPool (no gradient in ORT 1.19.2; tinytlc writes a MaxPool)."""
     torch.manual_seed(9)

@@ -77,6 +77,12 @@ def test_frozen_lstm_with_a_gradient_through_it(tmp_path, cli):
         assert code == 0, err
 
 
+def test_two_heads_summed(tmp_path, cli):
+    """VOLO's logits add an auxiliary head's: no single classifier, and the message says why."""
+    one_line_error(cli("compile", f"{NETS}:aux_head_net", "--method", "last", "--resolution", 16, "--out", tmp_path / "o"),
+                   "no classifier found: the logits combine 2 heads (", "use_aux_head=False")
+
+
 def test_onnx_resolution_mismatch(tmp_path, cli):
     path = tmp_path / "fixed.onnx"
     model = export_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 2)), 32)

@@ -79,9 +79,28 @@ def find_classifier(graph: ir.Graph) -> tuple[ir.Node, ir.Value, ir.Value | None
             list(node.inputs[1].shape or [])[2:] == [1, 1] and node.attributes.get_int("group", 1) == 1:
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return node, node.inputs[1], bias, True
+    heads = _heads_summed(out)
+    if len(heads) > 1:
+        raise TinyTLError(f"no classifier found: the logits combine {len(heads)} heads ({', '.join(heads)}), as "
+                          "VOLO's auxiliary head; export the model with one head (timm: use_aux_head=False)")
     raise TinyTLError("no classifier found: the logits must come from a Gemm, a MatMul(+Add) or a 1x1 Conv "
                       "(then global pooling) with constant weights"
                       + (f"; it comes from {node.op_type} {node.name}" if node is not None else ""))
+
+
+def _heads_summed(v: ir.Value) -> list[str]:
+    """Names of the linear layers whose outputs the logits add (through scalings, reductions over
+    tokens and views): two or more are heads combined (VOLO's head(cls) + 0.5 * aux(tokens).max(1))."""
+    node = v.producer()
+    if node is None:
+        return []
+    if (found := linear_layer(v)) is not None:
+        return [found[0].name or found[1].name]
+    if node.op_type in ("Add", "Sum", "Mul", "Div") or node.op_type in _PER_CLASS or \
+            node.op_type in ("ReduceMax", "ReduceMean", "Squeeze", "Reshape", "Gather"):
+        inputs = node.inputs if node.op_type in ("Add", "Sum", "Mul", "Div") else node.inputs[:1]
+        return [h for i in inputs if i is not None and not i.is_initializer() for h in _heads_summed(i)]
+    return []
 
 
 class ReplaceClassifierPass(ir.passes.InPlacePass):
