@@ -39,8 +39,7 @@ def _is_weight(value: ir.Value) -> bool:
 
 
 def _initializer_weights(graph: ir.Graph) -> bool:
-    return any(v.is_initializer() and v.dtype is not None and v.dtype.is_floating_point() and _is_weight(v)
-               for v in graph.initializers.values())
+    return any(v.dtype is not None and v.dtype.is_floating_point() and _is_weight(v) for v in graph.initializers.values())
 
 
 class LiftWeightConstantsPass(ir.passes.InPlacePass):

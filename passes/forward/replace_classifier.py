@@ -96,11 +96,9 @@ def _heads_summed(v: ir.Value) -> list[str]:
         return []
     if (found := linear_layer(v)) is not None:
         return [found[0].name or found[1].name]
-    if node.op_type in ("Add", "Sum", "Mul", "Div") or node.op_type in _PER_CLASS or \
-            node.op_type in ("ReduceMax", "ReduceMean", "Squeeze", "Reshape", "Gather"):
-        inputs = node.inputs if node.op_type in ("Add", "Sum", "Mul", "Div") else node.inputs[:1]
-        return [h for i in inputs if i is not None and not i.is_initializer() for h in _heads_summed(i)]
-    return []
+    if node.op_type in ("Add", "Sum", "Mul", "Div"):
+        return [h for i in node.inputs if i is not None and not i.is_initializer() for h in _heads_summed(i)]
+    return _heads_summed(node.inputs[0]) if node.op_type in _PER_CLASS | {"ReduceMax", "Gather"} else []
 
 
 class ReplaceClassifierPass(ir.passes.InPlacePass):
