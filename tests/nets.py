@@ -328,6 +328,22 @@ def mnv4_net():
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))).eval()
 
 
+class _DwResidual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(_cbr(c, c, 3, 1, c), _cbr(c, c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def replk_stem_net():
+    """RepLKNet's stem (3x3 s2, depthwise 3x3, 1x1, depthwise 3x3 s2): one block with what follows it."""
+    torch.manual_seed(15)
+    return randomize_bn(nn.Sequential(_cbr(3, 8, 3, 2), _cbr(8, 8, 3, 1, 8), _cbr(8, 8), _cbr(8, 8, 3, 2, 8),
+                                      _DwResidual(8), _DwResidual(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))).eval()
+
+
 def mobilenetv1_net():
     """MobileNetV1's separable convs (dw, then a widening 1x1), each its own block."""
     torch.manual_seed(12)

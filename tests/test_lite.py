@@ -217,7 +217,7 @@ def test_extra_depthwise_blocks_are_one_block(tmp_path):
     project) and FusedMBConv (3x3 expand, 1x1 project) are one block each; before, each was cut
     after its expansion (the module beside the second half read the 2x widened map), and a
     depthwise conv took the projection before it for its expand conv. MobileNetV1's separable
-    convs stay one block each."""
+    convs stay one block each; RepLKNet's stem, ending in a lone depthwise conv, is one block."""
     from tinytlc.passes.forward import find_blocks
     from tinytlc.pipeline import forward_graph
 
@@ -228,6 +228,7 @@ def test_extra_depthwise_blocks_are_one_block(tmp_path):
     assert blocks("mnv4_net") == [([3, 32, 32], [8, 8, 8], 4), ([8, 8, 8], [8, 8, 8], 1), ([8, 8, 8], [12, 4, 4], 2),
                                   ([12, 4, 4], [16, 2, 2], 2)]
     assert blocks("mobilenetv1_net") == [([3, 32, 32], [16, 16, 16], 2), ([16, 16, 16], [24, 8, 8], 2)]
+    assert blocks("replk_stem_net") == [([3, 32, 32], [8, 8, 8], 4), ([8, 8, 8], [8, 8, 8], 1), ([8, 8, 8], [8, 8, 8], 1)]
     from test_gradients import BATCH as B, RES as R, assert_same_step
     plain, lean = (compile_model(f"{NETS}:mnv4_net", "lite+bias", tmp_path / tag, resolution=R, batch_size=B, passes=passes)
                    for tag, passes in (("plain", []), ("lean", None)))

@@ -14,9 +14,10 @@
    grouped: a depthwise conv takes the plain conv before it (expand, or the stem; not a narrowing
    1x1, which projects the block before) and the 1x1 conv after it (project), an inverted
    bottleneck; a group that ends widening (a depthwise conv then an expanding 1x1, MobileNetV4's
-   ExtraDW; a widening dense conv, a FusedMBConv) runs on to the next narrowing 1x1; any other
-   layer is a block of its own (a VGG conv, a DenseNet transition). Segments without a layer join
-   the block before.
+   ExtraDW; a widening dense conv, a FusedMBConv) runs on to the next narrowing 1x1; a depthwise
+   conv left alone joins a chain before it that ends in a 1x1 (RepLKNet's stem); any other layer
+   is a block of its own (a VGG conv, a DenseNet transition). Segments without a layer join the
+   block before.
 5. The stem (single layers before the first block of several layers) joins that block, so "every
    block but the first" skips the stem and the first block together, as the paper does; trailing
    1x1 layers after the last spatial op are the head (MobileNet's 1x1 conv to 1280), not a block.
@@ -286,7 +287,11 @@ def _group(segments: list[_Segment]) -> list[list[_Segment]]:
                     _is_pointwise(nxt.layers[0]):
                 group.append(nxt)  # project conv
                 i += 1
-            groups.append(group)
+            if group == [s] and prev is not None and all(seg.kind == "layer" for seg in prev) and \
+                    _is_pointwise(prev[-1].layers[0]) and not _widths(prev[-1], -1):
+                prev.append(s)  # a lone depthwise conv after a chain ending in a 1x1 (RepLKNet's stem)
+            else:
+                groups.append(group)
         else:
             groups.append([s])
         i += 1
