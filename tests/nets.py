@@ -424,6 +424,29 @@ def lstm_net():
     return _Recurrent().eval()
 
 
+class _BiRecurrent(nn.Module):
+    """Sequencer2D's: bidirectional recurrences along the rows (an LSTM) and along the columns (a GRU
+    here), batch_first, summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Conv2d(3, 4, 4, 4), nn.Linear(6, 3)
+        self.rows = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+        self.cols = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        f = self.embed(x).permute(0, 2, 3, 1)  # (n, h, w, c)
+        n, h, w, c = f.shape
+        rows = self.rows(f.reshape(n * h, w, c))[0].reshape(n, h, w, -1)
+        cols = self.cols(f.transpose(1, 2).reshape(n * w, h, c))[0].reshape(n, w, h, -1).transpose(1, 2)
+        return self.head((rows + cols).mean((1, 2)))
+
+
+def bilstm_net():
+    torch.manual_seed(16)
+    return _BiRecurrent().eval()
+
+
 class _AuxHead(nn.Module):
     """VOLO's eval output (timm, use_aux_head=True): head(class token) + 0.5 * aux_head(tokens).max(1)."""
 

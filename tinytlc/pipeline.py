@@ -23,7 +23,7 @@ from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, MODULE_PARAMETERS, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
-                                    ReplaceClassifierPass, StaticReshapesPass,
+                                    ReplaceClassifierPass, SplitBidirectionalRnnPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward._values import CONSTANT, LOWERED, PARAMETER
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
@@ -204,7 +204,7 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
     ShapeInferencePass()(irm)
-    if LowerForAutodiffPass()(irm).modified:
+    if SplitBidirectionalRnnPass()(irm).modified | LowerForAutodiffPass()(irm).modified:
         ShapeInferencePass()(irm)
     norms = methods.norm_params(irm.graph)
     if report is not None:

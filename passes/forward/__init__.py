@@ -17,7 +17,8 @@ from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
 from tinytlc.passes.forward.static_reshapes import StaticReshapesPass
 from tinytlc.passes.forward.replace_classifier import ReplaceClassifierPass, find_classifier
 from tinytlc.passes.forward.resize_as_matmul import ResizeAsMatMulPass
+from tinytlc.passes.forward.split_bidirectional_rnn import SplitBidirectionalRnnPass
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "SplitBidirectionalRnnPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]
