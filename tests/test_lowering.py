@@ -173,3 +173,31 @@ def test_lowered_pad_and_reduce_max_equal_the_ops(opset):
         lowered = ir.serde.serialize_model(irm)
         assert nodes[0].op_type not in {n.op_type for n in lowered.graph.node}
         np.testing.assert_array_equal(_run(lowered, {"x": x})[0], _run(model, {"x": x})[0], err_msg=str(nodes[0]))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_bidirectional_rnn_as_two_forward_ones_is_exact(op):
+    """split_bidirectional_rnn.py: every output (Y, Y_h and Y_c) of a bidirectional op with initial
+    states equals ORT's own bidirectional op, bit for bit (gradients: test_gradients' bilstm_net)."""
+    import onnx_ir as ir
+    from onnx import helper, numpy_helper
+    from tinytlc.passes.forward import SplitBidirectionalRnnPass
+    rng = np.random.default_rng(0)
+    hidden, batch, steps, width, gates = 3, 2, 4, 5, 4 if op == "LSTM" else 3
+    weights = {"W": (2, gates * hidden, width), "R": (2, gates * hidden, hidden), "B": (2, 2 * gates * hidden),
+               "h0": (2, batch, hidden), **({"c0": (2, batch, hidden)} if op == "LSTM" else {})}
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in weights.items()]
+    outputs = ["y", "yh"] + (["yc"] if op == "LSTM" else [])
+    node = helper.make_node(op, ["x", "W", "R", "B", "", "h0"] + (["c0"] if op == "LSTM" else []), outputs,
+                            hidden_size=hidden, direction="bidirectional")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [steps, batch, width])],
+                              [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": rng.standard_normal((steps, batch, width)).astype(np.float32)}
+    irm = ir.serde.deserialize_model(model)
+    assert SplitBidirectionalRnnPass()(irm).modified
+    split = ir.serde.serialize_model(irm)
+    assert [n.op_type for n in split.graph.node].count(op) == 2
+    assert all(a.s != b"bidirectional" for n in split.graph.node for a in n.attribute if a.name == "direction")
+    for got, expected in zip(_run(split, x), _run(model, x)):
+        np.testing.assert_array_equal(got, expected)
