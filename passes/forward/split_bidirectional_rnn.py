@@ -26,13 +26,13 @@ from tinytlc.passes.forward._values import add_constant
 _STACKED = {"LSTM": (1, 2, 3, 5, 6, 7), "GRU": (1, 2, 3, 5)}  # W, R, B, initial_h[, initial_c, P]
 
 
-def _split(node: ir.Node) -> list[ir.Node] | None:
+def _split(node: ir.Node) -> bool:
     graph, a = node.graph, node.attributes
     x = node.inputs[0]
     seq_lens = node.inputs[4] if len(node.inputs) > 4 else None
     steps = x.shape[0] if x.shape is not None else None
     if a.get_int("layout", 0) or seq_lens is not None or not isinstance(steps, int):
-        return None
+        return False
     t = ir.tape.Tape(graph)
     ints = lambda v: add_constant(graph, "tinytlc.rnn", np.asarray(v, np.int64))  # noqa: E731
     reverse = lambda v: t.op("Gather", [v, ints(np.arange(steps - 1, -1, -1))], attributes={"axis": 0})  # noqa: E731
@@ -60,7 +60,7 @@ def _split(node: ir.Node) -> list[ir.Node] | None:
         value.shape, value.type = old.shape, old.type
         ir.convenience.replace_all_uses_with(old, value, replace_graph_outputs=True)
     graph.remove(node, safe=True)
-    return t.nodes
+    return True
 
 
 class SplitBidirectionalRnnPass(ir.passes.InPlacePass):
@@ -69,5 +69,5 @@ class SplitBidirectionalRnnPass(ir.passes.InPlacePass):
         for node in list(model.graph):
             if node.op_type in _STACKED and node.domain in ("", "ai.onnx") and \
                     node.attributes.get_string("direction", "forward") == "bidirectional":
-                modified |= _split(node) is not None
+                modified |= _split(node)
         return ir.passes.PassResult(model, modified)
