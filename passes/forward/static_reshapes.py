@@ -151,6 +151,9 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     return target
 
 
+_LED = "tinytlc.expands_to_image_batch"  # Node.meta key: an Expand written by _expand_to_image_batch
+
+
 def _expand_to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
     """Expand to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape inference
     follows (onnx propagates Shape, Slice and Concat; not the Where(Equal(size, -1), 1, size) torch
@@ -161,12 +164,14 @@ def _expand_to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> 
     shape = t.op("Concat", [n, add_constant(graph, "tinytlc.static_shape", rest.astype(np.int64))], attributes={"axis": 0})
     graph.insert_before(node, t.nodes)
     node.replace_input_with(1, shape)
+    node.meta[_LED] = True  # (its target still evaluates to [batch, *rest]: not to be written again)
+
 
 
 def _batch_led_expand(node: ir.Node, batch) -> np.ndarray | None:
     """The constant rest of an Expand target computed at run time as [batch, *rest] (a class token
     expanded with `x.shape[0]`), else None."""
-    if node.op_type != "Expand" or const_array(node.inputs[1]) is not None:
+    if node.op_type != "Expand" or node.meta.get(_LED) or const_array(node.inputs[1]) is not None:
         return None
     t1, t2 = (evaluate_shape(node.inputs[1], b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.ndim != 1 or t1.shape != t2.shape or len(t1) < 2:
@@ -210,7 +215,6 @@ class StaticReshapesPass(ir.passes.InPlacePass):
         _reinfer(model)  # shapes as onnx infers them now, not as the exporter wrote them
         exported = model.metadata_props.get(EXPORTED_BATCH)
         changed, patient = True, True
-        led: set[int] = set()  # Expands already written to the image's batch (their target still evaluates)
         while changed or patient:  # a fixed Reshape can make the next Shape(x) static
             patient = patient and changed  # once nothing moves, settle the rest with -1
             changed = exported is not None and _unbake_batch(graph, int(exported), batch)
@@ -218,10 +222,9 @@ class StaticReshapesPass(ir.passes.InPlacePass):
             for node in list(graph):
                 if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
                     continue
-                rest = _batch_led_expand(node, batch) if id(node) not in led else None
+                rest = _batch_led_expand(node, batch)
                 if rest is not None:
                     _expand_to_image_batch(graph, node, rest)
-                    led.add(id(node))
                     changed = modified = True
                     continue
                 for index in _SHAPE_INPUTS[node.op_type]:
