@@ -80,12 +80,12 @@ def input_channels(module: torch.nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
-def _first_forward(net: torch.nn.Module, label: str, resolution: int):
+def _first_forward(net: torch.nn.Module, label: str, resolution: int, first_conv: int):
     """(channels, output) of the first image channel count whose forward runs: the first Conv2d's,
     then 3, then 1. The first conv need not read the image (TResNet's SpaceToDepth stem feeds it
     48 = 3 x 4 x 4 channels; a module may register its head before its stem)."""
     failure = None
-    for channels in dict.fromkeys((input_channels(net), 3, 1)):
+    for channels in dict.fromkeys((first_conv, 3, 1)):
         x = torch.rand(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(1))
         try:
             return channels, net(x)
@@ -174,8 +174,9 @@ def load_module(net: torch.nn.Module, label: str, resolution: int) -> tuple[onnx
     on other random images: a Python branch on tensor values is fixed by tracing."""
     net = _unwrap(net).eval()
     _check_tensors(net)
-    channels, out = _first_forward(net, label, resolution)
-    notes = [] if channels == input_channels(net) else [f"{channels}-channel images (its first conv takes {input_channels(net)})"]
+    first_conv = input_channels(net)
+    channels, out = _first_forward(net, label, resolution, first_conv)
+    notes = [] if channels == first_conv else [f"{channels}-channel images (its first conv takes {first_conv})"]
     params = dict(net.named_parameters())
     trainable = [n for n, p in params.items() if p.requires_grad]
     pick, note = _logits_pick(out, label)

@@ -167,7 +167,6 @@ def _expand_to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> 
     node.meta[_LED] = True  # (its target still evaluates to [batch, *rest]: not to be written again)
 
 
-
 def _batch_led_expand(node: ir.Node, batch) -> np.ndarray | None:
     """The constant rest of an Expand target computed at run time as [batch, *rest] (a class token
     expanded with `x.shape[0]`), else None."""
