@@ -106,10 +106,11 @@ def peak_during(step, steps: int) -> dict:
             "hwm_rise_bytes": _proc_status("VmHWM") - rss_before if hwm_ok else None}
 
 
-def child(directory, steps, warmup, batch_size, what: str, timeout: float = 1800) -> dict:
-    """`what` of one artifact, measured in a fresh process: "memory", "time" (a training step) or
-    "forward" (an inference forward of the same batch)."""
-    cmd = [sys.executable, "-m", "tinytlc.runtime.memory", str(directory), "--steps", str(steps),
+def child(directory, steps, warmup, batch_size, what: str, timeout: float = 1800) -> dict | list[dict]:
+    """`what` of one artifact (or a list: one result each), measured in a fresh process: "memory",
+    "time" (a training step) or "forward" (an inference forward of the same batch)."""
+    dirs = directory if isinstance(directory, list) else [directory]
+    cmd = [sys.executable, "-m", "tinytlc.runtime.memory", *map(str, dirs), "--steps", str(steps),
            "--warmup", str(warmup), "--what", what] + (["--batch-size", str(batch_size)] if batch_size else [])
     return run_child(cmd, what == "memory", timeout)
 
@@ -132,16 +133,32 @@ def run_child(cmd: list[str], track_memory: bool, timeout: float = 1800) -> dict
 def measure(directory: str | Path, steps: int = 3, warmup: int = 2, batch_size: int | None = None,
             timeout: float = 1800) -> dict:
     """Measured figures of one training step of the artifact in `directory`."""
+    return measure_all([directory], steps, warmup, batch_size, timeout)[0]
+
+
+def measure_all(directories: list[str | Path], steps: int = 3, warmup: int = 2, batch_size: int | None = None,
+                timeout: float = 1800) -> list[dict]:
+    """measure() of each artifact, in two fresh processes for all of them (one tracks memory, one
+    times steps) rather than two each: a process start imports torch and ORT (about 2 s), which
+    dominates on small artifacts. Each artifact's session is closed before the next one opens."""
     from tinytlc.pipeline import load_artifact
-    mf = load_artifact(directory).manifest  # fail here, with a clear message, rather than in a child
+    # fail here, with a clear message, rather than in a child
+    manifests = [load_artifact(d).manifest for d in directories]
     if steps < 1 or warmup < 0:
         raise TinyTLError("--steps must be >= 1 and --warmup >= 0")
-    mem = child(directory, steps, warmup, batch_size, "memory", timeout)
-    timing = child(directory, max(steps, TIMED_STEPS), warmup, batch_size, "time", timeout)
-    param_bytes = FLOAT * (mf["total_elements"] + 3 * mf["trainable_elements"])
-    return {"model": mf["model"], "method": mf["method"], "passes": mf.get("passes", []), **mem,
-            "param_bytes": param_bytes, "total_bytes": param_bytes + mem["step_peak_bytes"], **timing,
-            "steps": steps, "warmup": warmup}
+    mems = _listed(child(directories, steps, warmup, batch_size, "memory", timeout))
+    timings = _listed(child(directories, max(steps, TIMED_STEPS), warmup, batch_size, "time", timeout))
+    out = []
+    for mf, mem, timing in zip(manifests, mems, timings):
+        param_bytes = FLOAT * (mf["total_elements"] + 3 * mf["trainable_elements"])
+        out.append({"model": mf["model"], "method": mf["method"], "passes": mf.get("passes", []), **mem,
+                    "param_bytes": param_bytes, "total_bytes": param_bytes + mem["step_peak_bytes"], **timing,
+                    "steps": steps, "warmup": warmup})
+    return out
+
+
+def _listed(results: dict | list[dict]) -> list[dict]:
+    return results if isinstance(results, list) else [results]
 
 
 def step_peaks(directories: list[str | Path], steps: int = 2, warmup: int = 1, timeout: float = 1800) -> list[int]:
@@ -149,9 +166,7 @@ def step_peaks(directories: list[str | Path], steps: int = 2, warmup: int = 1, t
     process each when many small artifacts are compared; each is tracked on its own)."""
     cmd = [sys.executable, "-m", "tinytlc.runtime.memory", *map(str, directories), "--steps", str(steps),
            "--warmup", str(warmup), "--what", "memory"]
-    results = run_child(cmd, True, timeout)
-    results = results if isinstance(results, list) else [results]
-    return [r["step_peak_bytes"] for r in results]
+    return [r["step_peak_bytes"] for r in _listed(run_child(cmd, True, timeout))]
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
-"""`tinytlc memory` (runtime/memory.py): a measurement that fails in its child process."""
+"""`tinytlc memory` (runtime/memory.py): a measurement that fails in its child process; several
+artifacts measured in one process each get the figures a process of their own gives."""
 
-from conftest import TESTS
+from conftest import NETS, TESTS
+
+from tinytlc.pipeline import compile_model
+from tinytlc.runtime.memory import measure, measure_all, step_peaks
 
 
 def test_child_error_is_one_clean_line(tmp_path, cli):
@@ -15,3 +19,16 @@ def test_child_error_is_one_clean_line(tmp_path, cli):
     code, _, err = cli("memory", art)
     assert code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("tinytlc: error: memory measurement failed: ") and "corrupt" in err, err
+
+
+def test_one_process_for_many_artifacts_measures_each_alone(tmp_path):
+    """`tinytlc diff` measures all its rows in one process: an artifact measured after another must
+    get the bytes it gets alone, in either order (a session left open, or counted, would show)."""
+    plain = compile_model(f"{NETS}:small_net", "bias", tmp_path / "plain", resolution=32, batch_size=4, passes=[])
+    lean = compile_model(f"{NETS}:small_net", "bias", tmp_path / "lean", resolution=32, batch_size=4)
+    together = measure_all([plain.path, lean.path], steps=1)
+    assert [r["method"] for r in together] == ["bias", "bias"] and all(r["step_seconds"] > 0 for r in together)
+    peaks = [r["step_peak_bytes"] for r in together]
+    assert peaks[1] < peaks[0]  # the two are told apart
+    assert step_peaks([lean.path, plain.path], steps=1) == peaks[::-1]
+    assert measure(lean.path, steps=1)["step_peak_bytes"] == peaks[1]

@@ -3,8 +3,8 @@
 One row per step, cumulative: ORT's own training graph, then each training-graph pass in turn,
 then the session settings compile chooses for the rewritten graph. Every row is compiled,
 planned (runtime/plan.py: ORT's execution order and tensor sizes from a profiled step, lifetimes
-to each tensor's last reader) and measured (runtime/memory.py: memray peak of a training step in a
-fresh process).
+to each tensor's last reader) and measured (runtime/memory.py: memray peak of a training step, each
+row's session on its own in one fresh process; step time in another).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from tinytlc.passes.training import DEFAULT_PASSES, PASSES
 from tinytlc.pipeline import LEAN_SESSION, compile_model
 from tinytlc.report import mib, table
-from tinytlc.runtime.memory import measure
+from tinytlc.runtime.memory import measure_all
 from tinytlc.runtime.plan import plan
 
 
@@ -33,18 +33,20 @@ def steps() -> list[tuple[str, list[str], dict]]:
 
 def diff(model: str, method: str, *, num_classes: int | None = None, batch_size: int = 8, resolution: int = 224,
          measure_steps: int = 3, log=lambda s: None) -> list[dict]:
-    rows = []
+    rows, arts = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, passes, session) in enumerate(steps()):
             art = compile_model(model, method, Path(tmp) / str(i), num_classes=num_classes, batch_size=batch_size,
                                 resolution=resolution, passes=passes, session=session)
             planned = plan(art.path, art.manifest)
-            measured = measure(art.path, steps=measure_steps)
+            arts.append(art.path)
             rows.append({"step": label, "passes": passes, "session": session,
-                         "planned_peak_bytes": planned.peak_bytes, "planned_peak_at": planned.peak_node,
-                         "step_peak_bytes": measured["step_peak_bytes"], "total_bytes": measured["total_bytes"],
-                         "step_seconds": measured["step_seconds"]})
-            log(f"{label}: planned {mib(planned.peak_bytes)} MiB, measured {mib(measured['step_peak_bytes'])} MiB")
+                         "planned_peak_bytes": planned.peak_bytes, "planned_peak_at": planned.peak_node})
+            log(f"{label}: planned {mib(planned.peak_bytes)} MiB")
+        log("measuring every row (one process tracks memory, another times steps)")
+        for row, measured in zip(rows, measure_all(arts, steps=measure_steps)):
+            row.update(step_peak_bytes=measured["step_peak_bytes"], total_bytes=measured["total_bytes"],
+                       step_seconds=measured["step_seconds"])
     return rows
 
 
