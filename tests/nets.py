@@ -659,3 +659,56 @@ class _Distilled(nn.Module):
 def distilled_net():
     torch.manual_seed(12)
     return _Distilled()
+
+
+class _Affine(nn.Module):
+    """ResMLP's norm (timm's Affine): a per-channel scale and shift, no statistics."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.rand(1, 1, dim) + 0.5)
+        self.beta = nn.Parameter(torch.randn(1, 1, dim) * 0.2)
+
+    def forward(self, x):
+        return torch.addcmul(self.beta, self.alpha, x)
+
+
+class _ResMLPBlock(nn.Module):
+    def __init__(self, dim, tokens):
+        super().__init__()
+        self.norm1, self.norm2 = _Affine(dim), _Affine(dim)
+        self.linear_tokens = nn.Linear(tokens, tokens)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.ls1, self.ls2 = nn.Parameter(torch.rand(dim) * 0.5), nn.Parameter(torch.rand(dim) * 0.5)
+
+    def forward(self, x):
+        x = x + self.ls1 * self.linear_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.ls2 * self.mlp(self.norm2(x))
+
+
+class _ResMLP(nn.Module):
+    def __init__(self, dim=8, tokens=9):  # 3 x 3 patches of a 15 px image (test_gradients' RES)
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, 4)
+        self.blocks = nn.Sequential(*[_ResMLPBlock(dim, tokens) for _ in range(2)])
+        self.norm = _Affine(dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x).flatten(2).transpose(1, 2))
+        return self.head(self.norm(x).mean(1))
+
+
+def resmlp_net():
+    """ResMLP: its Affine norms read the residual stream the block adds back to."""
+    torch.manual_seed(11)
+    return _ResMLP().eval()
+
+
+def pixel_shuffle_net():
+    """Trained convs on both sides of a pixel shuffle and unshuffle (DepthToSpace and SpaceToDepth in
+    ONNX, which ORT cannot differentiate)."""
+    torch.manual_seed(12)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.PixelShuffle(2), nn.Conv2d(4, 8, 3, 1, 1),
+                         nn.PixelUnshuffle(2), nn.Conv2d(32, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3)).eval()

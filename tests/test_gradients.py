@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import beit_net, bilstm_net, conv_kinds_net, grn_net, dense_net, gather_net, mixed_conv_net, odd_net, picks_net, fusion_net, small_net, wide_lite_net, windows_net
+from nets import beit_net, bilstm_net, conv_kinds_net, grn_net, dense_net, resmlp_net, gather_net, mixed_conv_net, odd_net, picks_net, fusion_net, small_net, wide_lite_net, windows_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -85,7 +85,8 @@ def plain_without_lean(tmp_path, net: str, method: str, left_out: tuple[str, ...
     ("gather_net", "full", 0.0), ("conv_kinds_net", "full", 0.0), ("windows_net", "full", 0.0),
     ("fusion_net", "full", 0.0), ("fusion_net", "bias", 0.0), ("mixed_conv_net", "bias", 0.0),
     ("picks_net", "full", 0.0), ("picks_net", "bias", 0.0), ("beit_net", "bias", 0.0),
-    ("grn_net", "bias", 0.0), ("bilstm_net", "full", 0.0), ("bilstm_net", "last", 0.0)])
+    ("grn_net", "bias", 0.0), ("bilstm_net", "full", 0.0), ("bilstm_net", "last", 0.0),
+    ("resmlp_net", "norm+last", 0.0), ("resmlp_net", "bias", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smoothing):
     if net == "gather_net":  # at RES px every gathered copy outgrows the image: lift that rule here
         monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
@@ -101,13 +102,19 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
                                       "dense_net": dense_net, "gather_net": gather_net,
                                       "conv_kinds_net": conv_kinds_net, "windows_net": windows_net, "fusion_net": fusion_net,
                                       "mixed_conv_net": mixed_conv_net, "picks_net": picks_net,
-                                      "beit_net": beit_net, "grn_net": grn_net, "bilstm_net": bilstm_net}[net])
+                                      "beit_net": beit_net, "grn_net": grn_net, "bilstm_net": bilstm_net,
+                                      "resmlp_net": resmlp_net}[net])
     if net == "mixed_conv_net":  # the conv concatenated along the height feeds no norm: add-zero-bias gives it one
         model[0].c.bias = nn.Parameter(torch.zeros(2))
         train = train | {"0.c.bias"}
     if net == "grn_net":  # GRN's shift is a norm's shift
         model[1].grn_bias.requires_grad_(True)
         train = train | {"1.grn_bias"}
+    if net == "resmlp_net":  # every Affine is a norm, the blocks' too (their input is also the residual's)
+        affines = [n for n, m in model.named_modules() if type(m).__name__ == "_Affine"]
+        train = train | {f"{a}.{p}" for a in affines for p in ("alpha", "beta") if method == "norm+last" or p == "beta"}
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in train)
     if net == "beit_net":  # the qkv bias is concatenated from two parameters and a zero buffer
         model.attn.q_bias.requires_grad_(True), model.attn.v_bias.requires_grad_(True)
         train = train | {"attn.q_bias", "attn.v_bias"}

@@ -14,7 +14,8 @@ import nets
 from tinytlc.pipeline import compile_model
 
 
-@pytest.mark.parametrize("net,op", [("group_norm_net", "InstanceNormalization"), ("global_max_net", "GlobalMaxPool")])
+@pytest.mark.parametrize("net,op", [("group_norm_net", "InstanceNormalization"), ("global_max_net", "GlobalMaxPool"),
+                                    ("pixel_shuffle_net", "DepthToSpace")])
 def test_lowered_op_trains_exactly(tmp_path, net, op):
     art = compile_model(f"{NETS}:{net}", "full", tmp_path / "a", resolution=12, batch_size=3)
     ops = {n.op_type for n in onnx.load(art.path / "forward_model.onnx").graph.node}
@@ -173,6 +174,27 @@ def test_lowered_pad_and_reduce_max_equal_the_ops(opset):
         lowered = ir.serde.serialize_model(irm)
         assert nodes[0].op_type not in {n.op_type for n in lowered.graph.node}
         np.testing.assert_array_equal(_run(lowered, {"x": x})[0], _run(model, {"x": x})[0], err_msg=str(nodes[0]))
+
+
+def test_lowered_depth_to_space_and_space_to_depth_equal_the_ops():
+    """DepthToSpace in both modes (DCR: TensorFlow's, the default; CRD: torch's pixel_shuffle) and
+    SpaceToDepth, written as Reshape-Transpose-Reshape, move every element where ORT's op does."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from tinytlc.passes.forward import LowerForAutodiffPass
+    x = np.random.default_rng(7).standard_normal((2, 8, 4, 6), dtype=np.float32)
+    for node in (helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2),
+                 helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"),
+                 helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2)):
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 4, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        irm = ir.serde.deserialize_model(model)
+        assert LowerForAutodiffPass()(irm).modified
+        lowered = ir.serde.serialize_model(irm)
+        assert node.op_type not in {n.op_type for n in lowered.graph.node}
+        np.testing.assert_array_equal(_run(lowered, {"x": x})[0], _run(model, {"x": x})[0], err_msg=str(node))
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])

@@ -15,6 +15,7 @@
 | Softplus, Mish        | no gradient builder (torch's Mish exports through Softplus) | Relu(x) + log(1 + exp(-abs x)) [x tanh of it] |
 | Pad, reflect / edge / wrap | the builder takes constant mode only | per padded axis, Concat of Slices of x (Gathers where reflected) |
 | ReduceMax, ReduceMin  | no gradient builder                     | MaxPool with a window of the reduced axes (of -x for Min) |
+| DepthToSpace, SpaceToDepth | no gradient builder (torch's pixel_shuffle; MobileViT-v2 exportable) | Reshape to 6-D, Transpose, Reshape: the ONNX definition (DCR or CRD) |
 
 Exact: each is the op's definition, written with the same float operations the reference uses
 where it matters (HardSwish as torch computes it; the exponential units' exp(x) - 1 where torch
@@ -137,6 +138,8 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
             y = _reduce_max(graph, t, t.op("Neg", [x]), x.shape, [int(i) for i in axes], a.get_int("keepdims", 1))
             return None if y is None else t.op("Neg", [y])
         return _reduce_max(graph, t, x, x.shape, [int(i) for i in axes], a.get_int("keepdims", 1))
+    if node.op_type in ("DepthToSpace", "SpaceToDepth") and all(isinstance(d, int) for d in x.shape[1:]) and rank == 4:
+        return _depth_space(graph, t, node, x.shape)
     if node.op_type == "InstanceNormalization":
         y = normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
         return _affine(graph, t, y, node.inputs[1], node.inputs[2], rank)
@@ -238,6 +241,20 @@ def _reduce_max(graph, t, x: ir.Value, shape, axes: list[int], keepdims: int) ->
     v = t.op("Reshape", [v, _ints(graph, [0, int(np.prod([shape[i] for i in kept])), reduced])])
     y = t.op("MaxPool", [v], attributes={"kernel_shape": [reduced]})
     return t.op("Reshape", [y, _ints(graph, out_shape)])
+
+
+def _depth_space(graph, t, node: ir.Node, shape) -> ir.Value:
+    """DepthToSpace / SpaceToDepth as the ONNX spec defines them: a 6-D Reshape, a Transpose, a
+    Reshape (0 keeps the batch). Copies only, so exact; their gradients are a Transpose and Reshapes."""
+    (_, c, h, w), b = shape, node.attributes.get_int("blocksize")
+    if node.op_type == "SpaceToDepth":
+        six, perm, out = [0, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4], [0, c * b * b, h // b, w // b]
+    elif node.attributes.get_string("mode", "DCR") == "CRD":
+        six, perm, out = [0, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3], [0, c // (b * b), h * b, w * b]
+    else:
+        six, perm, out = [0, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2], [0, c // (b * b), h * b, w * b]
+    v = t.op("Transpose", [t.op("Reshape", [node.inputs[0], _ints(graph, six)])], attributes={"perm": perm})
+    return t.op("Reshape", [v, _ints(graph, out)])
 
 
 def _affine(graph, t, y: ir.Value, scale: ir.Value, bias: ir.Value, rank: int) -> ir.Value:

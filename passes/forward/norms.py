@@ -6,7 +6,8 @@
   groups), then optionally a reshape back, * scale, + shift;
 - an affine over frozen statistics (BatchNorm after BatchNormToAffinePass): x * scale + shift with
   per-channel scale and shift computed from parameters only (a constant factor between them, as
-  torch.addcmul writes, included: ConvNeXt V2's GRN affine).
+  torch.addcmul writes, included: ConvNeXt V2's GRN affine), or a learned affine with no statistics
+  (ResMLP's Affine, whose input is also the residual stream).
 A norm is one layer whatever the number of ONNX nodes it takes (the paper's accounting counts it
 once, and a bias right before it is redundant with its shift).
 """
@@ -72,10 +73,11 @@ def _single_user(v: ir.Value, op_types: set[str]) -> ir.Node | None:
     return None
 
 
-def _scale_shift(y: ir.Value, sources: dict):
-    """After y: Mul(y, scale) then Add(., shift) with parameter-made scale and shift, if present."""
+def _scale_shift(y: ir.Value, sources: dict, mul: ir.Node | None = None):
+    """After y: Mul(y, scale) then Add(., shift) with parameter-made scale and shift, if present.
+    `mul`: the scaling Mul, given where y has other readers (an affine norm on a residual stream)."""
     scales, shifts, nodes = [], [], []
-    mul = _single_user(y, {"Mul"})
+    mul = mul or _single_user(y, {"Mul"})
     if mul is not None:
         other = next((i for i in mul.inputs if i is not y), None)
         p = _params(other, sources) if other is not None else None
@@ -155,7 +157,8 @@ def find_norms(graph: ir.Graph) -> list[Norm]:
                     continue
                 if not _per_channel(other, sources):
                     continue
-                scales, shifts, nodes, out = _scale_shift(x, sources)
+                # x may have other readers: ResMLP's Affine reads the residual stream the block adds to
+                scales, shifts, nodes, out = _scale_shift(x, sources, node)
                 if scales and shifts:
                     norm = Norm(x, out, scales, shifts, _between(x, out))
                 break
