@@ -266,3 +266,17 @@ def test_file_exported_for_batch_one(tmp_path, cli, capsys, dynamo):
     assert code == 0, err
     code, _, err = cli("train", out, "--data", "synthetic:8", "--epochs", 1)
     assert code == 0, err
+
+
+def test_swin_windows_keep_static_shapes(tmp_path):
+    """Swin merges its windows back into images with the image's B (a Reshape from batch x windows):
+    written with -1, every later tensor lost the batch's symbol, so later blocks' qkv reshapes
+    (x.size(0), which is batch x windows) could not be evaluated and q, k, v were three Slices of an
+    axis of unknown length rather than one Split (static_reshapes.py)."""
+    import onnx
+    art = compile_model(f"{SOURCE}:swin", "bias", tmp_path / "a", resolution=RES, batch_size=BATCH)
+    graph = onnx.load(art.path / "forward_model.onnx").graph
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in graph.value_info}
+    picks = [n.op_type for n in graph.node if n.op_type in ("Split", "Slice", "Gather") and rank.get(n.input[0]) == 5]
+    blocks = sum(isinstance(m, families.ShiftedWindowAttention) for m in families.swin().modules())
+    assert blocks == 3 and picks == ["Split"] * blocks, picks

@@ -5,8 +5,8 @@ one Split.
 Why: ORT 1.19.2's GatherGrad scatters the gradient into zeros element by element: torchvision
 Swin-T's q, k, v picks took 1287 ms of a 2008 ms `bias` step in ORT's own graph (224 px, batch 4;
 705 ms with this pass, profiled). SliceGrad pads dY with zeros; SplitGrad concatenates the parts'
-gradients (one full-size tensor where three GatherGrads and their Sum made four). Swin's qkv
-axis has no static length after its dynamic reshapes: Slices there. Data only: a Gather from a
+gradients (one full-size tensor where three GatherGrads and their Sum made four). An axis of
+unknown length gets Slices (static_reshapes gives Swin's qkv axis its length). Data only: a Gather from a
 parameter (an embedding, a position bias table) or from shape arithmetic stays.
 Exact: the same elements are copied, forward and backward.
 """

@@ -8,7 +8,10 @@ cannot size its ConvTranspose. Only the batch is dynamic in a tinytlc graph, so 
 evaluated (numpy, below) for batch 1 and batch 2: entries that agree are constants, and the one
 entry that doubles is written as 0 (copy the input's batch) where it is the batch itself, else -1
 (Swin's windows: batch x windows, 4 at batch 1). An Expand to [batch, ...] (a class token
-expanded with `x.shape[0]`) is written as an Expand to the image's batch, which shape inference follows.
+expanded with `x.shape[0]`), or a Reshape to it from a tensor that does not start with the batch
+(Swin's windows merged back into images), takes the image's batch, which shape inference follows.
+A Shape read of batch x windows is evaluated back through the Reshape that made it (Swin's
+qkv.reshape(x.size(0), ...)), so q, k, v are picked from an axis of known length (one Split).
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
 offset, checked at two points). Nodes whose target depends on anything else are left alone.
 """
@@ -53,9 +56,10 @@ def evaluate_shape(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> n
         shape = node.inputs[0].shape
         if shape is None or len(shape) == 0 or not all(isinstance(d, int) for d in list(shape)[1:]):
             return None
-        if not isinstance(shape[0], int) and not _is_batch(shape[0], batch_dim):
-            return None  # e.g. batch x heads: not this pass's to evaluate
-        dims = np.array([batch if not isinstance(shape[0], int) else shape[0]] + list(shape)[1:], np.int64)
+        lead = _leading(node.inputs[0], batch, batch_dim)
+        if lead is None:
+            return None  # e.g. batch x heads from data: not this pass's to evaluate
+        dims = np.array([lead] + list(shape)[1:], np.int64)
         result = dims[_attr(node, "start", 0): _attr(node, "end", None)]
     else:
         args = [None if v is None else evaluate_shape(v, batch, memo, batch_dim) for v in node.inputs]
@@ -65,6 +69,39 @@ def evaluate_shape(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> n
     if result is not None and len(node.outputs) == 1:
         memo[id(value)] = result
     return result
+
+
+def _leading(value: ir.Value, batch: int, batch_dim, depth: int = 0) -> int | None:
+    """The first dimension of `value` for `batch`: the batch, a constant, or (Swin's windows, batch x
+    4 after a Reshape to -1, which shape inference names anew) followed back through the ops that
+    keep it (an input with the same symbol) to a Reshape whose constant target gives it."""
+    shape = value.shape
+    if shape is None or len(shape) == 0 or depth > 100:
+        return None
+    if isinstance(shape[0], int):
+        return shape[0]
+    if _is_batch(shape[0], batch_dim):
+        return batch
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type == "Reshape":
+        x, target = node.inputs[0], const_array(node.inputs[1])
+        if target is None or x.shape is None or _attr(node, "allowzero", 0) or \
+                not all(isinstance(d, int) for d in list(x.shape)[1:]):
+            return None
+        lead = _leading(x, batch, batch_dim, depth + 1)
+        if lead is None:
+            return None
+        dims = [lead] + list(x.shape)[1:]
+        target = [dims[i] if d == 0 else int(d) for i, d in enumerate(target.reshape(-1))]
+        if target[0] != -1:
+            return target[0]
+        rest = int(np.prod(target[1:]))
+        return int(np.prod(dims)) // rest if rest > 0 and int(np.prod(dims)) % rest == 0 else None
+    same = [i for i in node.inputs if i is not None and i.shape is not None and len(i.shape) > 0
+            and str(i.shape[0]) == str(shape[0])]
+    return _leading(same[0], batch, batch_dim, depth + 1) if same else None
 
 
 def _apply(node: ir.Node, a: list) -> np.ndarray | None:
@@ -127,7 +164,7 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     `patient`: leave a Reshape whose input's first dimension is not known to be the batch for a
     later round (shape inference may name it then); else write the batch entry as -1."""
     shape_value = node.inputs[index]
-    if shape_value is None or const_array(shape_value) is not None:
+    if shape_value is None or const_array(shape_value) is not None or node.meta.get(_LED):
         return None
     t1, t2 = (evaluate_shape(shape_value, b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim > 1:  # (Range takes scalars)
@@ -151,13 +188,13 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     return target
 
 
-_LED = "tinytlc.expands_to_image_batch"  # Node.meta key: an Expand written by _expand_to_image_batch
+_LED = "tinytlc.led_by_image_batch"  # Node.meta key: a target written by _to_image_batch
 
 
-def _expand_to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
-    """Expand to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape inference
-    follows (onnx propagates Shape, Slice and Concat; not the Where(Equal(size, -1), 1, size) torch
-    writes for `expand(x.shape[0], -1, -1)`)."""
+def _to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
+    """Expand or Reshape to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape
+    inference follows (onnx propagates Shape, Slice and Concat; not the Where(Equal(size, -1), 1,
+    size) torch writes for `expand(x.shape[0], -1, -1)`), so the result's batch is the image's."""
     t = ir.tape.Tape(graph)
     n = t.op("Slice", [t.op("Shape", [graph.inputs[0]]), add_constant(graph, "tinytlc.ints", [0]),
                        add_constant(graph, "tinytlc.ints", [1])])
@@ -167,11 +204,18 @@ def _expand_to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> 
     node.meta[_LED] = True  # (its target still evaluates to [batch, *rest]: not to be written again)
 
 
-def _batch_led_expand(node: ir.Node, batch) -> np.ndarray | None:
-    """The constant rest of an Expand target computed at run time as [batch, *rest] (a class token
-    expanded with `x.shape[0]`), else None."""
-    if node.op_type != "Expand" or node.meta.get(_LED) or const_array(node.inputs[1]) is not None:
+def _batch_led(node: ir.Node, batch, patient: bool) -> np.ndarray | None:
+    """The constant rest of an Expand or Reshape target computed at run time as [batch, *rest] (a
+    class token expanded with `x.shape[0]`; Swin's windows reshaped back with the image's B), else
+    None. A Reshape only once nothing else moves, and only where its input does not start with the
+    batch (there _static_target copies it with 0): written with -1, the batch's symbol was lost for
+    every tensor after it, and with it the static shapes of every later block."""
+    if node.op_type not in ("Expand", "Reshape") or node.meta.get(_LED) or const_array(node.inputs[1]) is not None:
         return None
+    if node.op_type == "Reshape":
+        x = node.inputs[0].shape
+        if patient or _attr(node, "allowzero", 0) or x is None or len(x) == 0 or _is_batch(x[0], batch):
+            return None
     t1, t2 = (evaluate_shape(node.inputs[1], b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.ndim != 1 or t1.shape != t2.shape or len(t1) < 2:
         return None
@@ -191,7 +235,7 @@ def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
         if node.op_type == "Expand":  # (a class token expanded to [N, 1, D]): to the image's batch
             target = const_array(node.inputs[1])
             if target is not None and target.ndim == 1 and len(target) > 1 and target[0] == exported:
-                _expand_to_image_batch(graph, node, target[1:])
+                _to_image_batch(graph, node, target[1:])
                 modified = True
             continue
         if node.op_type != "Reshape":
@@ -221,9 +265,9 @@ class StaticReshapesPass(ir.passes.InPlacePass):
             for node in list(graph):
                 if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
                     continue
-                rest = _batch_led_expand(node, batch)
+                rest = _batch_led(node, batch, patient)
                 if rest is not None:
-                    _expand_to_image_batch(graph, node, rest)
+                    _to_image_batch(graph, node, rest)
                     changed = modified = True
                     continue
                 for index in _SHAPE_INPUTS[node.op_type]:
