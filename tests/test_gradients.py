@@ -196,11 +196,14 @@ def test_packed_masks_keep_training_exact(tmp_path, net):
     nodes = list(onnx.load(packed.path / "training_model.onnx").graph.node)
     assert "MatMulInteger" in [n.op_type for n in nodes]
     # A ReLU6 mask is made from X and packed before the Clip runs, so the unpacked mask never lives
-    # beside both float maps: only the forward's wait (Y + 0 * m[0]) reads a Clip's output.
+    # beside both float maps: only the forward's wait (Y + 0 * m[0], or a Conv whose bias waits,
+    # B + 0 * m[0]) reads a Clip's output.
     clips = {n.output[0]: i for i, n in enumerate(nodes) if n.op_type == "Clip"}
     assert clips
+    made_by = {o: n for n in nodes for o in n.output}
     readers = [n for n in nodes if any(x in clips for x in n.input)]
-    assert readers and all(n.op_type == "Add" for n in readers)
+    assert readers and all(n.op_type == "Add" or (n.op_type == "Conv" and made_by[n.input[2]].op_type == "Add")
+                           for n in readers)
     for i, n in enumerate(nodes):
         if n.op_type == "MatMulInteger" and any(nodes[j].op_type == "Clip" for j in range(i + 1, len(nodes))):
             break

@@ -14,7 +14,9 @@ temporary as large as dY; ORT's CPU Where allocates one too). Its ratio is 2**-2
 Why the float tensor really dies: ORT orders nodes itself and would run a mask node whenever it
 likes, possibly just before backward. So the readers of Y read Y + 0 * float(m[0, ..., 0]): the
 same values, but the forward cannot go on before m exists, so X's last reader runs in the forward.
-The Add works in place; Where would be simpler but ORT's CPU Where allocates a full-size temporary.
+(Where would be simpler but ORT's CPU Where allocates a full-size temporary.) Where every reader
+of Y is a Conv whose trained bias stays in it (MobileNetV2's projections in `bias`), the wait is
+on the bias instead, B + 0 * float(m[0, ..., 0]): C additions rather than a pass over Y.
 Skipped where it would save nothing: when the float the gradient reads (Y, or X for Clip and a
 Relu before a MaxPool) has another reader after the loss (the X of a conv whose weight trains:
 ResNet's ReLUs in `full`, the lite modules' ReLUs), it stays for backward anyway and a mask beside
@@ -54,6 +56,16 @@ _NOT_KEEPING = {"ReluGrad", "LeakyReluGrad", "GreaterOrEqual", "LessOrEqual", "S
 def kept_anyway(read: ir.Value, forward: set[ir.Node]) -> bool:
     """`read` has a reader after the loss that needs its values (a conv's weight gradient)."""
     return any(user not in forward and user.op_type not in _NOT_KEEPING for user, _ in read.uses())
+
+
+def _waits_on_bias(user: ir.Node, index: int) -> bool:
+    """`user` is a Conv reading Y as its input with a bias that is computed (trained), which stays in
+    the Conv (conv-bias-add splits the bias off grouped and k x k convs, and a split-off bias would
+    let the Conv run before the mask)."""
+    from tinytlc.passes.training.conv_bias_add import _splits
+    return (user.op_type == "Conv" and user.domain == "" and index == 0 and len(user.inputs) > 2
+            and user.inputs[2] is not None and ir.convenience.get_const_tensor(user.inputs[2]) is None
+            and not _splits(user))
 
 
 class ActivationMaskPass(ir.passes.InPlacePass):
@@ -115,11 +127,15 @@ class ActivationMaskPass(ir.passes.InPlacePass):
         graph.insert_after(act, tape.nodes)
         readers = [(user, i) for user, i in y.uses() if user not in tape.nodes]
         rebuilt = ir.tape.Tape(graph)
-        y2 = rebuilt.op("Add", [y, dep])
+        if all(_waits_on_bias(user, i) for user, i in readers):  # B + 0 * m[0]: C adds, not a pass over Y
+            for user, _ in readers:
+                user.replace_input_with(2, rebuilt.op("Add", [user.inputs[2], dep]))
+        else:
+            y2 = rebuilt.op("Add", [y, dep])
+            for user, index in readers:
+                user.replace_input_with(index, y2)
+            y2.shape, y2.type = y.shape, y.type
         graph.insert_after(tape.nodes[-1], rebuilt.nodes)
-        for user, index in readers:
-            user.replace_input_with(index, y2)
-        y2.shape, y2.type = y.shape, y.type
         forward.update([*tape.nodes, *rebuilt.nodes])
         return mask
 
