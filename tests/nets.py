@@ -712,3 +712,37 @@ def pixel_shuffle_net():
     return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.PixelShuffle(2), nn.Conv2d(4, 8, 3, 1, 1),
                          nn.PixelUnshuffle(2), nn.Conv2d(32, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(8, 3)).eval()
+
+
+class _PEG(nn.Module):
+    """Twins' position encoding generator: tokens read as an image, a depthwise conv added back."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x, h, w):
+        feat = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+        return (self.proj(feat) + feat).flatten(2).transpose(1, 2)
+
+
+class _Twins(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, 4)
+        self.blocks = nn.ModuleList([_TokenMLP(dim) for _ in range(3)])
+        self.peg = _PEG(dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h, w = x.shape[2:]
+        x = self.blocks[1](self.blocks[0](x.flatten(2).transpose(1, 2)))
+        x = self.blocks[2](self.peg(x, h, w))
+        return self.head(x.mean(1))
+
+
+def peg_net():
+    """Twins-SVT: after a block its tokens are read as [B, C, N] (a Transpose) by the position conv."""
+    torch.manual_seed(13)
+    return _Twins().eval()

@@ -212,6 +212,19 @@ def test_class_token_models_get_modules_beside_their_blocks(tmp_path):
     assert_same_step(plain, lean, 5, 1e-5, 1e-6)
 
 
+def test_a_block_read_transposed_ends_before_the_transpose(tmp_path):
+    """Twins-SVT (tests/nets.py:peg_net): the position conv after a stage's first block reads its
+    tokens as [B, C, N]. The block ended at that Transpose, so it got no module (9 tokens in, 8 out)."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:peg_net", "lite", tmp_path / tag, resolution=R, batch_size=B, passes=passes)
+                   for tag, passes in (("plain", []), ("lean", None)))
+    assert not lean.manifest["lite_skipped"], lean.manifest["lite_skipped"]
+    # the stem with the first block (no module), a block, the position conv, a block
+    assert [(m["input"], m["output"]) for m in lean.manifest["lite_modules"]] == \
+        [([9, 8], [9, 8]), ([8, 3, 3], [8, 3, 3]), ([9, 8], [9, 8])]
+    assert_same_step(plain, lean, 7, 1e-5, 1e-6)
+
+
 def test_extra_depthwise_blocks_are_one_block(tmp_path):
     """MobileNetV4's ExtraDW block (dw, expand, dw, project), ConvNeXt-like one (dw, expand,
     project) and FusedMBConv (3x3 expand, 1x1 project) are one block each; before, each was cut

@@ -30,7 +30,7 @@
    read outside it, is a residual block (its ReLU included); any other fork-and-join segment there is
    looked into the same way (a fusion's output joins both streams). The stage stays a block too.
 A block ends at the last cut of its span with the rank of its input, never after a global pool
-or a Slice of tokens.
+or a Slice of tokens, nor at a Transpose of its output.
 Blocks are listed by where their input is computed (a stage before the blocks inside it).
 Lite residual modules' side branches are looked past: the blocks are those of the network itself.
 """
@@ -368,7 +368,9 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
             if rank is None or rank < 3 or c.producer().op_type in HEAD_OPS or c.producer() is classifier \
                     or (rank == 3 and _picks_tokens(c.producer())):
                 break
-            if _rank(c) == rank:  # (a norm written out reshapes into groups in between)
+            # (a norm written out reshapes into groups in between; a Transpose after the block is
+            # the next one's view of it: Twins' position conv reads the tokens as [B, C, N])
+            if _rank(c) == rank and c.producer().op_type != "Transpose":
                 y = c
         if y is None:
             continue
