@@ -1,5 +1,7 @@
 """Small nets for tests, importable as `tests/nets.py:function` model sources."""
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -746,3 +748,44 @@ def peg_net():
     """Twins-SVT: after a block its tokens are read as [B, C, N] (a Transpose) by the position conv."""
     torch.manual_seed(13)
     return _Twins().eval()
+
+
+class _ConvResidual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + F.relu(self.bn(self.conv(x)))
+
+
+class _PatchBlock(nn.Module):
+    """timm's MobileVitV2Block, small: the map resized to a multiple of the 2x2 patch with a size read
+    from its shape, unfolded with x.reshape(B, C, -1, patches), mixed, folded back."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv_1x1 = nn.Conv2d(c, c, 1, bias=False)
+        self.norm1, self.norm2 = nn.GroupNorm(1, c), nn.GroupNorm(1, c)
+        self.attn = nn.Conv2d(c, c, 1)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1))
+        self.proj = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        nh, nw = math.ceil(h / 2), math.ceil(w / 2)
+        x = self.conv_1x1(F.interpolate(x, size=(2 * nh, 2 * nw), mode="bilinear", align_corners=True))
+        c = x.shape[1]
+        x = x.reshape(b, c, nh, 2, nw, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c, -1, nh * nw)
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        b, c = x.shape[:2]
+        x = x.reshape(b, c, 2, 2, nh, nw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, 2 * nh, 2 * nw)
+        return self.proj(x)
+
+
+def resized_patches_net():
+    """MobileViT-v2 on a map of odd size (5 x 5 from RES 15): interpolated to 6 x 6, then patches."""
+    torch.manual_seed(14)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 3, 1), _ConvResidual(8), _PatchBlock(8), _ConvResidual(8), _ConvResidual(8),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()

@@ -225,6 +225,18 @@ def test_a_block_read_transposed_ends_before_the_transpose(tmp_path):
     assert_same_step(plain, lean, 7, 1e-5, 1e-6)
 
 
+def test_blocks_after_a_resize_to_a_size_read_from_the_map_get_modules(tmp_path):
+    """MobileViT-v2 on a map of odd size: F.interpolate(size=...) from the map's shape, then
+    x.reshape(B, C, -1, patches). Shapes after the Resize were unknown (its sizes computed from the
+    batch, then a -1 beside the batch), so no block after it got a module."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:resized_patches_net", "lite+bias", tmp_path / tag, resolution=R, batch_size=B,
+                                 passes=passes) for tag, passes in (("plain", []), ("lean", None)))
+    assert not lean.manifest["lite_skipped"], lean.manifest["lite_skipped"]
+    assert len(lean.manifest["lite_modules"]) == lean.manifest["lite_blocks"] - 1 == 4
+    assert_same_step(plain, lean, 8, 1e-5, 1e-6)
+
+
 def test_extra_depthwise_blocks_are_one_block(tmp_path):
     """MobileNetV4's ExtraDW block (dw, expand, dw, project), ConvNeXt-like one (dw, expand,
     project) and FusedMBConv (3x3 expand, 1x1 project) are one block each; before, each was cut

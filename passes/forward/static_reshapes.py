@@ -12,6 +12,9 @@ expanded with `x.shape[0]`), or a Reshape to it from a tensor that does not star
 (Swin's windows merged back into images), takes the image's batch, which shape inference follows.
 A Shape read of batch x windows is evaluated back through the Reshape that made it (Swin's
 qkv.reshape(x.size(0), ...)), so q, k, v are picked from an axis of known length (one Split).
+F.interpolate(size=...) sizes computed from the batch take the image's batch too, and a -1 beside a
+copied batch is worked out where the other dimensions are known (MobileViT-v2's
+x.reshape(B, C, -1, patches) after resizing an odd map): onnx's inference leaves both unknown.
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
 offset, checked at two points). Nodes whose target depends on anything else are left alone.
 """
@@ -73,8 +76,9 @@ def evaluate_shape(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> n
 
 def _leading(value: ir.Value, batch: int, batch_dim, depth: int = 0) -> int | None:
     """The first dimension of `value` for `batch`: the batch, a constant, or (Swin's windows, batch x
-    4 after a Reshape to -1, which shape inference names anew) followed back through the ops that
-    keep it (an input with the same symbol) to a Reshape whose constant target gives it."""
+    4 after a Reshape to -1, which shape inference names anew; a Resize to sizes computed from the
+    batch) followed back through the ops that keep it (an input with the same symbol) to a Reshape
+    whose constant target, or a Resize whose sizes, give it."""
     shape = value.shape
     if shape is None or len(shape) == 0 or depth > 100:
         return None
@@ -99,6 +103,9 @@ def _leading(value: ir.Value, batch: int, batch_dim, depth: int = 0) -> int | No
             return target[0]
         rest = int(np.prod(target[1:]))
         return int(np.prod(dims)) // rest if rest > 0 and int(np.prod(dims)) % rest == 0 else None
+    if node.op_type == "Resize" and len(node.inputs) > 3 and node.inputs[3] is not None:  # sizes, as torch writes
+        sizes = evaluate_shape(node.inputs[3], batch, {}, batch_dim)
+        return int(sizes[0]) if sizes is not None and sizes.ndim == 1 and len(sizes) == len(shape) else None
     same = [i for i in node.inputs if i is not None and i.shape is not None and len(i.shape) > 0
             and str(i.shape[0]) == str(shape[0])]
     return _leading(same[0], batch, batch_dim, depth + 1) if same else None
@@ -179,6 +186,7 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     if differ[0] == 0 and t1[0] == 1 and x is not None and len(x) > 0 and _is_batch(x[0], batch) and \
             not _attr(node, "allowzero", 0):
         target[0] = 0  # copy the input's batch (another entry may already be -1); shapes follow it
+        return _without_minus_one(target, x)
     elif patient:
         return None
     elif (t1 == -1).any():  # (a first dimension of batch x heads is unfolded: only -1 will do)
@@ -188,11 +196,35 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     return target
 
 
+def _without_minus_one(target: np.ndarray, x) -> np.ndarray:
+    """A Reshape target [0, ..., -1, ...] (the batch copied) with the -1 worked out where x's other
+    dimensions are known: onnx's inference leaves it unknown beside a symbolic batch (MobileViT's
+    x.reshape(B, C, -1, patches)), and every later shape with it."""
+    rest = [int(x[i]) if d == 0 else int(d) for i, d in enumerate(target) if i > 0]
+    if target[0] != 0 or rest.count(-1) != 1 or not all(isinstance(d, int) for d in list(x)[1:]) or \
+            len(target) > len(x) and 0 in target[len(x):]:
+        return target
+    known, size = int(np.prod([d for d in rest if d != -1])), int(np.prod(list(x)[1:]))
+    if known <= 0 or size % known:
+        return target
+    return np.array([0] + [size // known if d == -1 else d for d in rest], np.int64)
+
+
+def _resolved_reshape(node: ir.Node, batch) -> np.ndarray | None:
+    """A constant Reshape target [0, ..., -1, ...] whose -1 can be worked out, else None."""
+    target, x = const_array(node.inputs[1]) if len(node.inputs) > 1 else None, node.inputs[0].shape
+    if node.op_type != "Reshape" or target is None or target.ndim != 1 or x is None or len(x) == 0 \
+            or _attr(node, "allowzero", 0) or not _is_batch(x[0], batch) or -1 not in target:
+        return None
+    new = _without_minus_one(target.astype(np.int64), x)
+    return None if -1 in new else new
+
+
 _LED = "tinytlc.led_by_image_batch"  # Node.meta key: a target written by _to_image_batch
 
 
 def _to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
-    """Expand or Reshape to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape
+    """Expand, Reshape or Resize to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape
     inference follows (onnx propagates Shape, Slice and Concat; not the Where(Equal(size, -1), 1,
     size) torch writes for `expand(x.shape[0], -1, -1)`), so the result's batch is the image's."""
     t = ir.tape.Tape(graph)
@@ -200,23 +232,29 @@ def _to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
                        add_constant(graph, "tinytlc.ints", [1])])
     shape = t.op("Concat", [n, add_constant(graph, "tinytlc.static_shape", rest.astype(np.int64))], attributes={"axis": 0})
     graph.insert_before(node, t.nodes)
-    node.replace_input_with(1, shape)
+    node.replace_input_with(_LED_INPUT[node.op_type], shape)
     node.meta[_LED] = True  # (its target still evaluates to [batch, *rest]: not to be written again)
 
 
+_LED_INPUT = {"Expand": 1, "Reshape": 1, "Resize": 3}  # the target an op takes as [batch, *rest]
+
+
 def _batch_led(node: ir.Node, batch, patient: bool) -> np.ndarray | None:
-    """The constant rest of an Expand or Reshape target computed at run time as [batch, *rest] (a
-    class token expanded with `x.shape[0]`; Swin's windows reshaped back with the image's B), else
-    None. A Reshape only once nothing else moves, and only where its input does not start with the
-    batch (there _static_target copies it with 0): written with -1, the batch's symbol was lost for
-    every tensor after it, and with it the static shapes of every later block."""
-    if node.op_type not in ("Expand", "Reshape") or node.meta.get(_LED) or const_array(node.inputs[1]) is not None:
+    """The constant rest of an Expand, Reshape or Resize target computed at run time as [batch,
+    *rest] (a class token expanded with `x.shape[0]`; Swin's windows reshaped back with the image's
+    B; F.interpolate(size=...), which torch writes as Concat(Shape(x)[:2], size)), else None. A
+    Reshape only once nothing else moves, and only where its input does not start with the batch
+    (there _static_target copies it with 0): written with -1, the batch's symbol was lost for every
+    tensor after it, and with it the static shapes of every later block."""
+    index = _LED_INPUT.get(node.op_type)
+    if index is None or len(node.inputs) <= index or node.inputs[index] is None or node.meta.get(_LED) \
+            or const_array(node.inputs[index]) is not None:
         return None
     if node.op_type == "Reshape":
         x = node.inputs[0].shape
         if patient or _attr(node, "allowzero", 0) or x is None or len(x) == 0 or _is_batch(x[0], batch):
             return None
-    t1, t2 = (evaluate_shape(node.inputs[1], b, {}, batch) for b in (1, 2))
+    t1, t2 = (evaluate_shape(node.inputs[index], b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.ndim != 1 or t1.shape != t2.shape or len(t1) < 2:
         return None
     return t1[1:] if t1[0] == 1 and t2[0] == 2 and (t1[1:] == t2[1:]).all() else None
@@ -268,6 +306,11 @@ class StaticReshapesPass(ir.passes.InPlacePass):
                 rest = _batch_led(node, batch, patient)
                 if rest is not None:
                     _to_image_batch(graph, node, rest)
+                    changed = modified = True
+                    continue
+                resolved = _resolved_reshape(node, batch)
+                if resolved is not None:
+                    node.replace_input_with(1, add_constant(graph, "tinytlc.static_shape", resolved))
                     changed = modified = True
                     continue
                 for index in _SHAPE_INPUTS[node.op_type]:
