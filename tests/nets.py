@@ -789,3 +789,21 @@ def resized_patches_net():
     torch.manual_seed(14)
     return nn.Sequential(nn.Conv2d(3, 8, 3, 3, 1), _ConvResidual(8), _PatchBlock(8), _ConvResidual(8), _ConvResidual(8),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+class _StarReLU(nn.Module):
+    """timm's MetaFormer activation: s * relu(x)^2 + b, a scalar scale and bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.tensor([0.8])), nn.Parameter(torch.tensor([-0.3]))
+
+    def forward(self, x):
+        return self.scale * F.relu(x) ** 2 + self.bias
+
+
+def starrelu_net():
+    """ConvFormer's MLP: its activation has a bias of its own."""
+    torch.manual_seed(15)
+    return nn.Sequential(nn.Conv2d(3, 8, 4, 4), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 1), _StarReLU(), nn.Conv2d(16, 8, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()

@@ -25,7 +25,8 @@ from tinytlc.passes.forward import (AddZeroBiasPass, AveragePoolToConvPass, Batc
                                     LiteResidualPass, find_classifier)
 from tinytlc.passes.forward.add_zero_bias import added_bias, bias_parts, is_bias
 from tinytlc.passes.forward._values import LITE, PARAMETER, is_constant, opset
-from tinytlc.passes.forward.norms import find_norms
+from tinytlc.passes.forward.blocks import param_source
+from tinytlc.passes.forward.norms import find_norms, param_sources
 
 METHODS = ("full", "last", "norm+last", "bias", "lite", "lite+bias")
 TRAINS_NORMS = {"full", "norm+last"}
@@ -104,12 +105,18 @@ def _differentiable(node: ir.Node, i: int) -> bool:
 
 def bias_params(graph: ir.Graph) -> list[str]:
     """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output (or
-    the parameters either is concatenated from)."""
-    names = []
+    the parameters either is concatenated from); also a scalar or per-channel parameter added to
+    any data (StarReLU's s * relu(x)^2 + b in timm's MetaFormers), but not a lite module's own."""
+    names, sources = [], param_sources(graph)
     for node in graph:
         if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2:
             names += bias_parts(node.inputs[2])
         names += added_bias(node)
+        if node.op_type == "Add" and len(node.inputs) == 2 and None not in node.inputs:
+            for v, other in (node.inputs, node.inputs[::-1]):
+                p = param_source(v)
+                if p is not None and not p.meta.get(LITE) and sources.get(id(other), set()) is None:
+                    names.append(p)
     return [v.name for v in names if is_bias(v)]
 
 
