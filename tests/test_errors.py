@@ -232,7 +232,12 @@ def test_model_function_that_raises(tmp_path, cli):
     src = tmp_path / "m.py"
     src.write_text("def build():\n    raise ValueError('no weights here')\n")
     one_line_error(cli("compile", f"{src}:build", "--method", "bias", "--out", tmp_path / "o"),
-                   "raised ValueError: no weights here")
+                   "raised ValueError: no weights here, at m.py:2")
+    # a helper module the model file imports fails: the line says where, not just the model file
+    (tmp_path / "helper.py").write_text("WIDTH = 8\nDEPTH = UNDEFINED_NAME\n")
+    (tmp_path / "net.py").write_text("import helper\ndef build():\n    return None\n")
+    one_line_error(cli("compile", f"{tmp_path / 'net.py'}:build", "--method", "bias", "--out", tmp_path / "o"),
+                   "net.py: failed to import (NameError: name 'UNDEFINED_NAME' is not defined, at helper.py:2)")
 
 
 def test_out_is_working_directory(tmp_path, cli, monkeypatch):

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -911,6 +912,14 @@ def _preprocess(model: onnx.ModelProto, notes: list[str]) -> dict:
     return {**raw_pixels(pixels), **extra}
 
 
+def _raised_at(e: BaseException) -> str:
+    """', at file.py:LINE': the innermost frame of the user's own code (a helper module the model
+    file imports, say), not of torch, importlib or tinytlc; '' when there is none."""
+    skip = (str(Path(__file__).parent), str(Path(torch.__file__).parent.parent), "<frozen")
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
+    return f", at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+
+
 def load_function(spec: str) -> torch.nn.Module:
     """`path/to/file.py:function` -> the nn.Module the function returns. The file runs as `python
     file.py` would run it (its folder importable, sys.argv just the file), and what it prints goes
@@ -931,7 +940,7 @@ def load_function(spec: str) -> torch.nn.Module:
                 mod_spec.loader.exec_module(module)
             except (Exception, SystemExit) as e:
                 what = f"exited ({e.code}) while being imported: does it parse command-line arguments at import?" \
-                    if isinstance(e, SystemExit) else f"failed to import ({type(e).__name__}: {e})"
+                    if isinstance(e, SystemExit) else f"failed to import ({type(e).__name__}: {e}{_raised_at(e)})"
                 raise TinyTLError(f"{file}: {what}") from e
             fn = getattr(module, func, None)
             if not callable(fn):
@@ -940,7 +949,7 @@ def load_function(spec: str) -> torch.nn.Module:
                 net = fn()
             except (Exception, SystemExit) as e:  # the user's code: say where, in one line
                 raise TinyTLError(f"{spec}: the function raised {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}") from e
+                                  f"{str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}") from e
     finally:
         sys.argv = argv  # (the folder stays importable, as under `python file.py`: a forward may import late)
     if not isinstance(net, torch.nn.Module):
