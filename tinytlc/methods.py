@@ -106,8 +106,9 @@ def _differentiable(node: ir.Node, i: int) -> bool:
 def bias_params(graph: ir.Graph) -> list[str]:
     """Biases: a Conv/Gemm bias input, and a per-channel parameter added to a layer's output (or
     the parameters either is concatenated from); also a scalar or per-channel parameter added to
-    any data (StarReLU's s * relu(x)^2 + b in timm's MetaFormers), but not a lite module's own."""
-    names, sources = [], param_sources(graph)
+    any data (StarReLU's s * relu(x)^2 + b in timm's MetaFormers), but not a lite module's own nor
+    a constant (an .onnx file's 0-d initializers are constants: parameters() says which are not)."""
+    names, sources, params = [], param_sources(graph), set(parameters(graph))
     for node in graph:
         if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2:
             names += bias_parts(node.inputs[2])
@@ -115,7 +116,7 @@ def bias_params(graph: ir.Graph) -> list[str]:
         if node.op_type == "Add" and len(node.inputs) == 2 and None not in node.inputs:
             for v, other in (node.inputs, node.inputs[::-1]):
                 p = param_source(v)
-                if p is not None and not p.meta.get(LITE) and sources.get(id(other), set()) is None:
+                if p is not None and p.name in params and not p.meta.get(LITE) and sources.get(id(other), set()) is None:
                     names.append(p)
     return [v.name for v in names if is_bias(v)]
 

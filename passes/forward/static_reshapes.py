@@ -98,6 +98,8 @@ def _leading(value: ir.Value, batch: int, batch_dim, depth: int = 0) -> int | No
         if lead is None:
             return None
         dims = [lead] + list(x.shape)[1:]
+        if any(d == 0 and i >= len(dims) for i, d in enumerate(target.reshape(-1))):
+            return None
         target = [dims[i] if d == 0 else int(d) for i, d in enumerate(target.reshape(-1))]
         if target[0] != -1:
             return target[0]
@@ -200,10 +202,10 @@ def _without_minus_one(target: np.ndarray, x) -> np.ndarray:
     """A Reshape target [0, ..., -1, ...] (the batch copied) with the -1 worked out where x's other
     dimensions are known: onnx's inference leaves it unknown beside a symbolic batch (MobileViT's
     x.reshape(B, C, -1, patches)), and every later shape with it."""
-    rest = [int(x[i]) if d == 0 else int(d) for i, d in enumerate(target) if i > 0]
-    if target[0] != 0 or rest.count(-1) != 1 or not all(isinstance(d, int) for d in list(x)[1:]) or \
-            len(target) > len(x) and 0 in target[len(x):]:
+    if target[0] != 0 or list(target).count(-1) != 1 or not all(isinstance(d, int) for d in list(x)[1:]) or \
+            any(d == 0 and i >= len(x) for i, d in enumerate(target)):
         return target
+    rest = [int(x[i]) if d == 0 else int(d) for i, d in enumerate(target) if i > 0]
     known, size = int(np.prod([d for d in rest if d != -1])), int(np.prod(list(x)[1:]))
     if known <= 0 or size % known:
         return target
@@ -212,9 +214,11 @@ def _without_minus_one(target: np.ndarray, x) -> np.ndarray:
 
 def _resolved_reshape(node: ir.Node, batch) -> np.ndarray | None:
     """A constant Reshape target [0, ..., -1, ...] whose -1 can be worked out, else None."""
-    target, x = const_array(node.inputs[1]) if len(node.inputs) > 1 else None, node.inputs[0].shape
-    if node.op_type != "Reshape" or target is None or target.ndim != 1 or x is None or len(x) == 0 \
-            or _attr(node, "allowzero", 0) or not _is_batch(x[0], batch) or -1 not in target:
+    if node.op_type != "Reshape" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return None
+    target, x = const_array(node.inputs[1]), node.inputs[0].shape
+    if target is None or target.ndim != 1 or x is None or len(x) == 0 or _attr(node, "allowzero", 0) \
+            or not _is_batch(x[0], batch) or -1 not in target:
         return None
     new = _without_minus_one(target.astype(np.int64), x)
     return None if -1 in new else new

@@ -32,6 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.training._graph import Constants, forward_nodes, replace_node_outputs
+from tinytlc.passes.training.conv_bias_add import splits_bias
 
 
 MASK = "tinytlc.mask"  # Value.meta: a bool activation mask stored for backward
@@ -62,10 +63,9 @@ def _waits_on_bias(user: ir.Node, index: int) -> bool:
     """`user` is a Conv reading Y as its input with a bias that is computed (trained), which stays in
     the Conv (conv-bias-add splits the bias off grouped and k x k convs, and a split-off bias would
     let the Conv run before the mask)."""
-    from tinytlc.passes.training.conv_bias_add import _splits
     return (user.op_type == "Conv" and user.domain == "" and index == 0 and len(user.inputs) > 2
             and user.inputs[2] is not None and ir.convenience.get_const_tensor(user.inputs[2]) is None
-            and not _splits(user))
+            and not splits_bias(user))
 
 
 class ActivationMaskPass(ir.passes.InPlacePass):

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from tinytlc.passes.training._graph import Constants, replace_node_outputs
 
 
-def _splits(node: ir.Node) -> bool:
+def splits_bias(node: ir.Node) -> bool:
     """A forward Conv with a constant weight and a bias that is not constant: grouped, or k x k over
     at least 16 input channels."""
     if node.op_type != "Conv" or node.domain != "" or len(node.inputs) < 3 or node.inputs[2] is None:
@@ -43,7 +43,7 @@ class ConvBiasAddPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         const = Constants(graph, "tinytlc.bias_shape")
-        for conv in [n for n in graph if _splits(n)]:
+        for conv in [n for n in graph if splits_bias(n)]:
             x, w, b = conv.inputs[:3]
             tape = ir.tape.Tape(graph)
             shape = const([1, -1] + [1] * (len(w.shape) - 2))  # [1, C, 1, 1]
