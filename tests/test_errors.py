@@ -238,6 +238,13 @@ def test_model_function_that_raises(tmp_path, cli):
     (tmp_path / "net.py").write_text("import helper\ndef build():\n    return None\n")
     one_line_error(cli("compile", f"{tmp_path / 'net.py'}:build", "--method", "bias", "--out", tmp_path / "o"),
                    "net.py: failed to import (NameError: name 'UNDEFINED_NAME' is not defined, at helper.py:2)")
+    # its forward fails: where, in the model file
+    (tmp_path / "fw.py").write_text("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
+                                    "        return x @ torch.ones(5, 5)\ndef build():\n    return Net()\n")
+    one_line_error(cli("compile", f"{tmp_path / 'fw.py'}:build", "--method", "bias", "--resolution", 16,
+                       "--out", tmp_path / "o"), "its forward fails on 3-channel 16 px images: RuntimeError")
+    assert cli("compile", f"{tmp_path / 'fw.py'}:build", "--method", "bias", "--resolution", 16,
+               "--out", tmp_path / "o")[2].strip().endswith(", at fw.py:4")
 
 
 def test_out_is_working_directory(tmp_path, cli, monkeypatch):

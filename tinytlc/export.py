@@ -94,7 +94,7 @@ def _first_forward(net: torch.nn.Module, label: str, resolution: int, first_conv
             failure = failure or (channels, e)
     channels, e = failure
     raise TinyTLError(f"{label}: its forward fails on {channels}-channel {resolution} px images: "
-                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}") from e
 
 
 def _check_tensors(module: torch.nn.Module) -> None:
