@@ -1,6 +1,7 @@
 """`tinytlc memory` (runtime/memory.py): a measurement that fails in its child process; several
 artifacts measured in one process each get the figures a process of their own gives."""
 
+import numpy as np
 from conftest import NETS, TESTS
 
 from tinytlc.pipeline import compile_model
@@ -29,6 +30,8 @@ def test_one_process_for_many_artifacts_measures_each_alone(tmp_path):
     together = measure_all([plain.path, lean.path], steps=1)
     assert [r["method"] for r in together] == ["bias", "bias"] and all(r["step_seconds"] > 0 for r in together)
     peaks = [r["step_peak_bytes"] for r in together]
-    assert peaks[1] < peaks[0]  # the two are told apart
-    assert step_peaks([lean.path, plain.path], steps=1) == peaks[::-1]
-    assert measure(lean.path, steps=1)["step_peak_bytes"] == peaks[1]
+    assert peaks[1] < 0.8 * peaks[0]  # the two are told apart
+    # within 1 KiB (CI saw 64 B apart: small allocations of the session); a session left open or
+    # counted would add a whole step's hundreds of KiB
+    np.testing.assert_allclose(step_peaks([lean.path, plain.path], steps=1), peaks[::-1], atol=1024, rtol=0)
+    np.testing.assert_allclose(measure(lean.path, steps=1)["step_peak_bytes"], peaks[1], atol=1024, rtol=0)
