@@ -164,9 +164,7 @@ def _listed(results: dict | list[dict]) -> list[dict]:
 def step_peaks(directories: list[str | Path], steps: int = 2, warmup: int = 1, timeout: float = 1800) -> list[int]:
     """Measured step peak of each artifact, one after another in one fresh process (cheaper than a
     process each when many small artifacts are compared; each is tracked on its own)."""
-    cmd = [sys.executable, "-m", "tinytlc.runtime.memory", *map(str, directories), "--steps", str(steps),
-           "--warmup", str(warmup), "--what", "memory"]
-    return [r["step_peak_bytes"] for r in _listed(run_child(cmd, True, timeout))]
+    return [r["step_peak_bytes"] for r in _listed(child(list(directories), steps, warmup, None, "memory", timeout))]
 
 
 def main() -> None:

@@ -97,20 +97,29 @@ def _leading(value: ir.Value, batch: int, batch_dim, depth: int = 0) -> int | No
         lead = _leading(x, batch, batch_dim, depth + 1)
         if lead is None:
             return None
-        dims = [lead] + list(x.shape)[1:]
-        if any(d == 0 and i >= len(dims) for i, d in enumerate(target.reshape(-1))):
-            return None
-        target = [dims[i] if d == 0 else int(d) for i, d in enumerate(target.reshape(-1))]
-        if target[0] != -1:
-            return target[0]
-        rest = int(np.prod(target[1:]))
-        return int(np.prod(dims)) // rest if rest > 0 and int(np.prod(dims)) % rest == 0 else None
+        out = _reshaped(target, [lead] + list(x.shape)[1:])
+        return out[0] if out else None
     if node.op_type == "Resize" and len(node.inputs) > 3 and node.inputs[3] is not None:  # sizes, as torch writes
         sizes = evaluate_shape(node.inputs[3], batch, {}, batch_dim)
         return int(sizes[0]) if sizes is not None and sizes.ndim == 1 and len(sizes) == len(shape) else None
     same = [i for i in node.inputs if i is not None and i.shape is not None and len(i.shape) > 0
             and str(i.shape[0]) == str(shape[0])]
     return _leading(same[0], batch, batch_dim, depth + 1) if same else None
+
+
+def _reshaped(target, dims: list[int]) -> list[int] | None:
+    """The dimensions Reshape(x, target) gives for x of `dims` (ints; allowzero 0): 0 copies x's
+    dimension, one -1 takes what is left; None where the target does not fit."""
+    target = [int(d) for d in np.asarray(target).reshape(-1)]
+    if target.count(-1) > 1 or any(d == 0 and i >= len(dims) for i, d in enumerate(target)):
+        return None
+    out = [int(dims[i]) if d == 0 else d for i, d in enumerate(target)]
+    if -1 in out:
+        known, size = int(np.prod([d for d in out if d != -1])), int(np.prod(dims))
+        if known <= 0 or size % known:
+            return None
+        out[out.index(-1)] = size // known
+    return out
 
 
 def _apply(node: ir.Node, a: list) -> np.ndarray | None:
@@ -187,8 +196,7 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     x = node.inputs[0].shape
     if differ[0] == 0 and t1[0] == 1 and x is not None and len(x) > 0 and _is_batch(x[0], batch) and \
             not _attr(node, "allowzero", 0):
-        target[0] = 0  # copy the input's batch (another entry may already be -1); shapes follow it
-        return _without_minus_one(target, x)
+        target[0] = 0  # copy the input's batch (another entry may already be -1: _resolved_reshape's, next round)
     elif patient:
         return None
     elif (t1 == -1).any():  # (a first dimension of batch x heads is unfolded: only -1 will do)
@@ -202,14 +210,10 @@ def _without_minus_one(target: np.ndarray, x) -> np.ndarray:
     """A Reshape target [0, ..., -1, ...] (the batch copied) with the -1 worked out where x's other
     dimensions are known: onnx's inference leaves it unknown beside a symbolic batch (MobileViT's
     x.reshape(B, C, -1, patches)), and every later shape with it."""
-    if target[0] != 0 or list(target).count(-1) != 1 or not all(isinstance(d, int) for d in list(x)[1:]) or \
-            any(d == 0 and i >= len(x) for i, d in enumerate(target)):
+    if target[0] != 0 or -1 not in target or not all(isinstance(d, int) for d in list(x)[1:]):
         return target
-    rest = [int(x[i]) if d == 0 else int(d) for i, d in enumerate(target) if i > 0]
-    known, size = int(np.prod([d for d in rest if d != -1])), int(np.prod(list(x)[1:]))
-    if known <= 0 or size % known:
-        return target
-    return np.array([0] + [size // known if d == -1 else d for d in rest], np.int64)
+    out = _reshaped(target, [1] + list(x)[1:])  # (the batch copied: any value will do)
+    return target if out is None else np.array([0] + out[1:], np.int64)
 
 
 def _resolved_reshape(node: ir.Node, batch) -> np.ndarray | None:
