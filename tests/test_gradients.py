@@ -510,3 +510,19 @@ def test_gather_conv_on_small_maps(tmp_path, monkeypatch):
     assert_same_step(without, lean, seed=12, logits_rtol=1e-5, grad_atol=1e-5)
     assert len(ref) == 2 * 6 - 1 + 2  # six convs (one without bias) and the classifier
     assert_same_step(plain, lean, seed=13, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)
+
+
+@pytest.mark.parametrize("method", ["bias", "norm+last"])
+def test_layer_norm_grad_from_ops(tmp_path, method):
+    """layer-norm-grad: no LayerNormalizationGrad is left (the stem's norm and three token MLPs' on
+    channels-last maps); dX, the shift's gradient and (norm+last) the scale's equal ORT's own graph
+    and the graph without the pass (PyTorch autograd: test_families, ConvNeXt, ViT and Swin)."""
+    import onnx
+
+    plain, without, lean = plain_without_lean(tmp_path, "channels_last_net", method, ("layer-norm-grad",))
+    ops = lambda art: [n.op_type for n in onnx.load(art.path / "training_model.onnx").graph.node]  # noqa: E731
+    assert ops(without).count("LayerNormalizationGrad") == 4 and "LayerNormalizationGrad" not in ops(lean)
+    ref = assert_same_step(plain, lean, seed=5, logits_rtol=1e-6, grad_atol=1e-6)
+    assert_same_step(without, lean, seed=5, logits_rtol=1e-6, grad_atol=1e-6)
+    assert sum(name.endswith("norm.weight") for name in ref) == (4 if method == "norm+last" else 0)
+    assert sum(name.endswith("norm.bias") for name in ref) == 4

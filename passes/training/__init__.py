@@ -13,6 +13,7 @@ from tinytlc.passes.training.depthwise_input_grad import DepthwiseInputGradPass
 from tinytlc.passes.training.depthwise_weight_grad import DepthwiseWeightGradPass
 from tinytlc.passes.training.frozen_conv_backward import FrozenConvBackwardPass
 from tinytlc.passes.training.gather_conv import GatherConvPass
+from tinytlc.passes.training.layer_norm_grad import LayerNormGradPass
 from tinytlc.passes.training.nchwc_conv import NchwcConvPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
 from tinytlc.passes.training.pointwise_grad import PointwiseGradPass
@@ -26,6 +27,7 @@ PASSES = {
     "dense-input-grad": DenseInputGradPass,
     "depthwise-weight-grad": DepthwiseWeightGradPass,
     "pointwise-grad": PointwiseGradPass,
+    "layer-norm-grad": LayerNormGradPass,
     "gather-conv": GatherConvPass,
     "activation-masks": ActivationMaskPass,
     "conv-bias-add": ConvBiasAddPass,
@@ -46,9 +48,9 @@ NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 # What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
 # slower per step on MobileNetV2 (README), so it is opt-in: --passes +pack-masks.
 DEFAULT_PASSES = ["fold-trained-batchnorm", "gather-as-slice", "frozen-conv", "depthwise-input-grad", "dense-input-grad",
-                  "depthwise-weight-grad", "pointwise-grad", "gather-conv", "activation-masks", "conv-bias-add",
-                  "nchwc-conv", "shapes-from-input", "dce"]
+                  "depthwise-weight-grad", "pointwise-grad", "layer-norm-grad", "gather-conv", "activation-masks",
+                  "conv-bias-add", "nchwc-conv", "shapes-from-input", "dce"]
 
 __all__ = ["DEFAULT_PASSES", "FORWARD_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DenseInputGradPass",
-           "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "GatherConvPass", "NchwcConvPass",
+           "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "GatherConvPass", "LayerNormGradPass", "NchwcConvPass",
            "PackMasksPass", "PointwiseGradPass", "ShapesFromInputPass"]
