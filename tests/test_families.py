@@ -280,3 +280,17 @@ def test_swin_windows_keep_static_shapes(tmp_path):
     picks = [n.op_type for n in graph.node if n.op_type in ("Split", "Slice", "Gather") and rank.get(n.input[0]) == 5]
     blocks = sum(isinstance(m, families.ShiftedWindowAttention) for m in families.swin().modules())
     assert blocks == 3 and picks == ["Split"] * blocks, picks
+
+
+def test_vit_attention_picks_qkv_with_one_split(tmp_path):
+    """nn.MultiheadAttention works on [tokens, batch, dim] and unflattens its packed projection with
+    a Reshape whose target is read off that shape (batch second): evaluated only for a leading
+    batch, q, k, v were three Slices of an axis of unknown length, each with a SliceGrad padding its
+    gradient to the whole projection, rather than one Split (static_reshapes.py)."""
+    import onnx
+    art = compile_model(f"{SOURCE}:vit", "bias", tmp_path / "a", resolution=RES, batch_size=BATCH)
+    ops = [n.op_type for n in onnx.load(art.path / "training_model.onnx").graph.node]
+    blocks = sum(isinstance(m, torch.nn.MultiheadAttention) for m in families.vit().modules())
+    # one SliceGrad is left: the class token's x[:, 0], before the head
+    assert blocks == 2 and ops.count("Split") == blocks and ops.count("SliceGrad") == 1, \
+        (ops.count("Split"), ops.count("SliceGrad"))

@@ -15,6 +15,8 @@ qkv.reshape(x.size(0), ...)), so q, k, v are picked from an axis of known length
 F.interpolate(size=...) sizes computed from the batch take the image's batch too, and a -1 beside a
 copied batch is worked out where the other dimensions are known (MobileViT-v2's
 x.reshape(B, C, -1, patches) after resizing an odd map): onnx's inference leaves both unknown.
+The batch need not lead: nn.MultiheadAttention unflattens its packed projection on [tokens, batch,
+dim] to Concat(Shape(x)[:-1], [3, dim]), written [tokens, 0, 3, dim], so q, k, v come from a Split.
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
 offset, checked at two points). Nodes whose target depends on anything else are left alone.
 """
@@ -57,13 +59,17 @@ def evaluate_shape(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> n
         return None
     if node.op_type == "Shape":
         shape = node.inputs[0].shape
-        if shape is None or len(shape) == 0 or not all(isinstance(d, int) for d in list(shape)[1:]):
+        if shape is None or len(shape) == 0:
             return None
         lead = _leading(node.inputs[0], batch, batch_dim)
         if lead is None:
             return None  # e.g. batch x heads from data: not this pass's to evaluate
-        dims = np.array([lead] + list(shape)[1:], np.int64)
-        result = dims[_attr(node, "start", 0): _attr(node, "end", None)]
+        # the batch may also stand further in (nn.MultiheadAttention's [tokens, batch, dim])
+        dims = [lead] + [d if isinstance(d, int) else batch if _is_batch(d, batch_dim) else None
+                         for d in list(shape)[1:]]
+        if None in dims:
+            return None
+        result = np.array(dims, np.int64)[_attr(node, "start", 0): _attr(node, "end", None)]
     else:
         args = [None if v is None else evaluate_shape(v, batch, memo, batch_dim) for v in node.inputs]
         if any(a is None for a, v in zip(args, node.inputs) if v is not None):
@@ -194,9 +200,9 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
         return None
     target = t1.astype(np.int64)
     x = node.inputs[0].shape
-    if differ[0] == 0 and t1[0] == 1 and x is not None and len(x) > 0 and _is_batch(x[0], batch) and \
-            not _attr(node, "allowzero", 0):
-        target[0] = 0  # copy the input's batch (another entry may already be -1: _resolved_reshape's, next round)
+    d = differ[0]
+    if t1[d] == 1 and x is not None and len(x) > d and _is_batch(x[d], batch) and not _attr(node, "allowzero", 0):
+        target[d] = 0  # copy the input's batch (another entry may already be -1: _resolved_reshape's, next round)
     elif patient:
         return None
     elif (t1 == -1).any():  # (a first dimension of batch x heads is unfolded: only -1 will do)
