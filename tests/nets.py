@@ -511,6 +511,15 @@ def depthwise_kinds_net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
 
 
+def wide_kernel_net():
+    """ConvNeXt's 7x7 depthwise conv and a 3x3 one, 16 channels, on the whole input map."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 7, padding=3, groups=16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+
+
 class DenseNet(nn.Module):
     """ResNet's stem and plain 3x3 convs, small: conv, ReLU, then a 3x3 stride-2 MaxPool (ORT's
     ReluGrad reads that ReLU's input, not its output), 3x3 convs of 16 input channels."""

@@ -52,11 +52,11 @@ def ort_step(art, x, y, smoothing):
     return loss, logits, {n: sess.state.parameters[n].grad.copy() for n in art.manifest["trainable"]}
 
 
-def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH) -> dict:
+def assert_same_step(plain, other, seed, logits_rtol, grad_atol, batch=BATCH, res=RES) -> dict:
     """One training step of `other` on a random batch equals ORT's own graph `plain` (logits and
     every gradient); returns the reference gradients."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, 3, RES, RES), dtype=np.float32)
+    x = rng.standard_normal((batch, 3, res, res), dtype=np.float32)
     y = rng.integers(0, 3, batch)
     _, ref_logits, ref = ort_step(plain, x, y, 0.0)
     _, logits, got = ort_step(other, x, y, 0.0)
@@ -460,6 +460,28 @@ def test_depthwise_weight_grad_stacks_the_batch(tmp_path):
     assert len(ref) == 2 * 5 + 2
     # a batch other than the compiled one: the stacking follows it
     assert_same_step(plain, lean, seed=10, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)
+
+
+def test_depthwise_weight_grad_wide_kernels_on_any_map(tmp_path):
+    """full, 20 x 20 maps (over the 16 x 16 a 3x3 kernel is taken on): the 7x7 depthwise conv's
+    weight gradient is the stacked NCHWc conv, the 3x3's stays ConvGrad's; the step equals ORT's
+    own graph and the graph without the pass."""
+    import onnx
+
+    from tinytlc.passes.training import DEFAULT_PASSES
+    build = dict(resolution=20, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:wide_kernel_net", "full", tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:wide_kernel_net", "full", tmp_path / "without",
+                            passes=[p for p in DEFAULT_PASSES if p != "depthwise-weight-grad"], **build)
+    lean = compile_model(f"{NETS}:wide_kernel_net", "full", tmp_path / "lean", **build)
+    nodes = onnx.load(lean.path / "training_model.onnx").graph.node
+    stacked = [n for n in nodes if n.output[0].endswith(".stacked.0")]
+    kept = [next(a.ints for a in n.attribute if a.name == "kernel_shape") for n in nodes if n.op_type == "ConvGrad"
+            and next((a.i for a in n.attribute if a.name == "group"), 1) == 16]
+    assert len(stacked) == 1 and kept == [[3, 3]], (len(stacked), kept)
+    ref = assert_same_step(plain, lean, seed=4, logits_rtol=1e-5, grad_atol=1e-5, res=20)
+    assert_same_step(without, lean, seed=4, logits_rtol=1e-5, grad_atol=1e-5, res=20)
+    assert len(ref) == 2 * 3 + 2
 
 
 def test_pointwise_grad_on_large_maps(tmp_path):
