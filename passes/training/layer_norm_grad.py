@@ -33,7 +33,15 @@ def _takes(grad: ir.Node) -> bool:
     if grad.op_type != "LayerNormalizationGrad" or grad.domain != "com.microsoft" or len(grad.inputs) != 5:
         return False
     x = grad.inputs[1]  # (axis 0 would leave no rows to sum dgamma and dbeta over)
-    return x.shape is not None and grad.attributes.get_int("axis", -1) % len(x.shape) > 0 and x.dtype == ir.DataType.FLOAT and any(wanted(v) for v in grad.outputs)
+    return (x.shape is not None and x.dtype == ir.DataType.FLOAT
+            and grad.attributes.get_int("axis", -1) % len(x.shape) > 0 and any(wanted(v) for v in grad.outputs))
+
+
+def _row_mean(graph: ir.Graph, tape: ir.tape.Tape, const: Constants, v: ir.Value, axes: list[int]) -> ir.Value:
+    """ReduceMean over `axes`, kept (axes are an input from opset 18 on)."""
+    if opset(graph) >= 18:
+        return tape.op("ReduceMean", [v, const(axes)], attributes={"keepdims": 1})
+    return tape.op("ReduceMean", [v], attributes={"axes": axes, "keepdims": 1})
 
 
 class LayerNormGradPass(ir.passes.InPlacePass):
@@ -48,18 +56,14 @@ class LayerNormGradPass(ir.passes.InPlacePass):
             axis = grad.attributes.get_int("axis", -1) % rank
             normalized, rows = list(range(axis, rank)), const(list(range(axis)))
             tape, new = ir.tape.Tape(graph), []
-
-            def row_mean(v: ir.Value) -> ir.Value:  # axes are an input from opset 18 on
-                if opset(graph) >= 18:
-                    return tape.op("ReduceMean", [v, const(normalized)], attributes={"keepdims": 1})
-                return tape.op("ReduceMean", [v], attributes={"axes": normalized, "keepdims": 1})
             if wanted(dx) or wanted(dgamma):
                 corner = tape.op("Slice", [dy, const([0] * rank), const([1] * rank)])
                 after_dy = tape.op("Add", [mean, tape.op("Mul", [corner, const(np.float32(0))])])
                 xh = tape.op("Mul", [tape.op("Sub", [x, after_dy]), r])
             if wanted(dx):
                 g = tape.op("Mul", [dy, gamma])
-                mean_g, mean_gxh = row_mean(g), row_mean(tape.op("Mul", [g, xh]))
+                mean_g = _row_mean(graph, tape, const, g, normalized)
+                mean_gxh = _row_mean(graph, tape, const, tape.op("Mul", [g, xh]), normalized)
                 centred = tape.op("Sub", [tape.op("Sub", [g, mean_g]), tape.op("Mul", [xh, mean_gxh])])
                 new.append((dx, tape.op("Mul", [centred, r])))
             if wanted(dgamma):
