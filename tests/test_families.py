@@ -172,17 +172,17 @@ def test_foreign_onnx_file_trains(tmp_path, cli, capsys, route):
         assert code == 0, err
 
 
-def test_passes_never_raise_the_step_peak(tmp_path):
-    """bias and lite+bias on every family: the measured step peak with tinytlc's passes (and the
+@pytest.mark.parametrize("method", ["bias", "lite+bias"])  # (two tests: the slowest, split across workers)
+def test_passes_never_raise_the_step_peak(tmp_path, method):
+    """bias, and lite+bias, on every family: the measured step peak with tinytlc's passes (and the
     session settings compile picks for them) is never above ORT's own graph's."""
     from tinytlc.runtime.memory import step_peaks
     pairs = []
     for name in FAMILIES:
-        for method in ("bias", "lite+bias"):
-            dirs = [compile_model(f"{SOURCE}:{name}", method, tmp_path / f"{name}-{method}-{label}", num_classes=CLASSES,
-                                  resolution=RES, batch_size=4, passes=passes).path
-                    for label, passes in (("plain", []), ("lean", None))]
-            pairs.append((f"{name} {method}", dirs))
+        dirs = [compile_model(f"{SOURCE}:{name}", method, tmp_path / f"{name}-{label}", num_classes=CLASSES,
+                              resolution=RES, batch_size=4, passes=passes).path
+                for label, passes in (("plain", []), ("lean", None))]
+        pairs.append((f"{name} {method}", dirs))
     peaks = step_peaks([d for _, dirs in pairs for d in dirs])
     rises = [(label, peaks[2 * i], peaks[2 * i + 1]) for i, (label, _) in enumerate(pairs)
              if peaks[2 * i + 1] > peaks[2 * i]]
