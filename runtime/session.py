@@ -29,13 +29,17 @@ ORDERS = {"default": ort.ExecutionOrder.DEFAULT, "priority": ort.ExecutionOrder.
 
 def session_options(settings: dict | None = None, measure: bool = False) -> ort.SessionOptions:
     """ORT options for a training session; `settings` is the manifest's "session" entry
-    (mem_pattern, mem_reuse, execution_order), chosen at compile time."""
+    (mem_pattern, mem_reuse, execution_order, denormal_as_zero), chosen at compile time.
+    denormal_as_zero: ORT sets it on the session's thread pool, and on the calling thread only from
+    the first session a process opens (its rule), which `tinytlc train` and the measuring children do."""
     settings = settings or {}
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # not even ERROR: ORT logs a failing op on stderr, tinytlc says it in one line
     opts.enable_mem_pattern = settings.get("mem_pattern", True)
     opts.enable_mem_reuse = settings.get("mem_reuse", True)
     opts.execution_order = ORDERS[settings.get("execution_order", "default")]
+    if settings.get("denormal_as_zero"):
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if measure:
         # The arena keeps freed blocks: with it on, the process footprint hides what a step needs.
         opts.enable_cpu_mem_arena = False

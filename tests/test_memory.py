@@ -35,3 +35,22 @@ def test_one_process_for_many_artifacts_measures_each_alone(tmp_path):
     # counted would add a whole step's hundreds of KiB
     np.testing.assert_allclose(step_peaks([lean.path, plain.path], steps=1), peaks[::-1], atol=1024, rtol=0)
     np.testing.assert_allclose(measure(lean.path, steps=1)["step_peak_bytes"], peaks[1], atol=1024, rtol=0)
+
+
+def test_compiled_sessions_flush_denormals(tmp_path):
+    """An artifact compiled with passes trains with denormals as zero (Swin's masked softmax makes
+    1e-44s, on which the float units crawl); ORT's own graph keeps ORT's default. Checked where it
+    counts, on the thread that runs the kernels: after opening the session, in a fresh process,
+    that thread's numpy multiplies a denormal to zero or not."""
+    import subprocess
+    import sys
+    probe = ("import sys, numpy as np; from tinytlc.pipeline import load_artifact; "
+             "from tinytlc.runtime.session import open_session; a = load_artifact(sys.argv[1]); "
+             "open_session(a.path, a.manifest, with_eval=False, with_optimizer=False); "
+             "print(float(np.float32(1e-39) * np.float32(1)))")
+    flushed = {}
+    for label, passes in (("plain", []), ("lean", None)):
+        art = compile_model(f"{NETS}:tiny_net", "bias", tmp_path / label, resolution=16, batch_size=2, passes=passes)
+        out = subprocess.run([sys.executable, "-c", probe, str(art.path)], capture_output=True, text=True, check=True)
+        flushed[label] = float(out.stdout.split()[-1]) == 0.0
+    assert flushed == {"plain": False, "lean": True}

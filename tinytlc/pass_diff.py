@@ -24,7 +24,7 @@ def steps() -> list[tuple[str, list[str], dict]]:
     compile picks (= what `tinytlc compile` builds), then each optional pass on top."""
     rows = [("ORT training graph (no passes)", [], {})]
     rows += [(f"+ {name}", DEFAULT_PASSES[: i + 1], {}) for i, name in enumerate(DEFAULT_PASSES)]
-    rows.append(("+ session: no memory pattern, no buffer reuse (compile's default)", DEFAULT_PASSES,
+    rows.append(("+ session: no memory pattern, no buffer reuse, denormals as zero (compile's default)", DEFAULT_PASSES,
                  dict(LEAN_SESSION)))
     for name in (p for p in PASSES if p not in DEFAULT_PASSES):
         rows.append((f"+ {name} (optional)", DEFAULT_PASSES + [name], dict(LEAN_SESSION)))

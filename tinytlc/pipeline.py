@@ -313,7 +313,9 @@ def run_training_passes(path: Path, names: list[str]) -> list[str]:
 # ORT session settings for graphs the passes rewrote. Measured (README, `tinytlc diff`): ORT's
 # memory pattern and buffer reuse hold buffers past the last use the plan gives them; with both
 # off every tensor is freed at its last reader and the measured peak equals the planned one.
-LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "default"}
+# Denormals (below 1.2e-38) as zero: Swin's attention masks (-100) give softmax outputs of about
+# 1e-44, on which the CPU's float units take a slow path (Swin-T `bias` step 0.8x with it, README).
+LEAN_SESSION = {"mem_pattern": False, "mem_reuse": False, "execution_order": "default", "denormal_as_zero": True}
 
 
 PIXELS = {"imagenet": IMAGENET, "0-1": raw_pixels(1), "0-255": raw_pixels(255)}  # what --pixels feeds
