@@ -126,7 +126,6 @@ class TrainingSession:
 def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None, *, with_eval: bool = True,
                  with_optimizer: bool = True, measure: bool = False) -> TrainingSession:
     """Load `checkpoint` (default: the trained one if any, else the compiled one)."""
-    check_cpu(directory, manifest)
     verify_files(directory, manifest)
     checkpoint = checkpoint or trained_checkpoint(directory) or directory / "checkpoint"
     verify_checkpoint(directory, manifest, checkpoint)
@@ -137,7 +136,11 @@ def open_session(directory: Path, manifest: dict, checkpoint: Path | None = None
                         session_options=session_options(manifest.get("session"), measure))
         optimizer = Optimizer(str(directory / "optimizer_model.onnx"), module) if with_optimizer else None
     except Exception as e:
+        check_cpu(directory, manifest)  # another CPU's NCHWc layout explains a failure best
         raise TinyTLError(f"{directory}: ONNX Runtime cannot load the artifacts ({ort_cause(str(e))[:200]})") from e
+    # After the session, not before: ORT sets the calling thread's denormals from the first session
+    # a process opens, which should be the artifact's, not check_cpu's block probe.
+    check_cpu(directory, manifest)
     return TrainingSession(state, module, optimizer, manifest)
 
 

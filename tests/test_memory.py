@@ -49,8 +49,10 @@ def test_compiled_sessions_flush_denormals(tmp_path):
              "open_session(a.path, a.manifest, with_eval=False, with_optimizer=False); "
              "print(float(np.float32(1e-39) * np.float32(1)))")
     flushed = {}
-    for label, passes in (("plain", []), ("lean", None)):
-        art = compile_model(f"{NETS}:tiny_net", "bias", tmp_path / label, resolution=16, batch_size=2, passes=passes)
+    # (depthwise_kinds_net full carries NCHWc ops: its CPU check opens a probe session, after the artifact's)
+    for label, net, method, passes in (("plain", "tiny_net", "bias", []), ("lean", "tiny_net", "bias", None),
+                                       ("nchwc", "depthwise_kinds_net", "full", None)):
+        art = compile_model(f"{NETS}:{net}", method, tmp_path / label, resolution=16, batch_size=2, passes=passes)
         out = subprocess.run([sys.executable, "-c", probe, str(art.path)], capture_output=True, text=True, check=True)
         flushed[label] = float(out.stdout.split()[-1]) == 0.0
-    assert flushed == {"plain": False, "lean": True}
+    assert flushed == {"plain": False, "lean": True, "nchwc": True}

@@ -53,9 +53,6 @@ def block_size() -> int:
     model.ir_version = 8
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    # Denormals as zero, as the sessions of compiled artifacts ask: ORT sets the calling thread from
-    # the first session a process opens, and `tinytlc train` probes before it opens the artifact.
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return int(sess.run(None, {"x": np.zeros((1, 4, 1, 1), np.float32)})[0].shape[1])
 
