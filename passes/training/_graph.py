@@ -34,6 +34,13 @@ class Constants:
         return self.made[key]
 
 
+def after(const: Constants, tape: ir.tape.Tape, x: ir.Value, dy: ir.Value, rank: int = 4) -> ir.Value:
+    """x + 0 * dY[0, .., 0]: x's values, made only once dY (a rank-`rank` gradient) exists. From
+    weights or forward values alone ORT may compute x at the start of the step and hold it."""
+    corner = tape.op("Slice", [dy, const([0] * rank), const([1] * rank)])
+    return tape.op("Add", [x, tape.op("Mul", [corner, const(np.float32(0))])])
+
+
 def forward_nodes(graph: ir.Graph) -> set[ir.Node]:
     """The nodes the loss (ORT's first training output) depends on; every other node runs after it."""
     seen, todo = set(), [graph.outputs[0].producer()]

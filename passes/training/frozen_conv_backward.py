@@ -51,7 +51,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import add_constant, const_array
-from tinytlc.passes.training._graph import Constants, replace_node_outputs, wanted as _wanted
+from tinytlc.passes.training._graph import Constants, after, replace_node_outputs, wanted as _wanted
 
 
 class FrozenConvBackwardPass(ir.passes.InPlacePass):
@@ -158,11 +158,10 @@ def transposed_weight(const: Constants, tape: ir.tape.Tape, w: ir.Value, dy: ir.
     """W^T (in and out channels swapped), flipped in space if `flip`, plus 0 * dY[0, 0, 0, 0]: made
     when the Conv that reads it runs, not whenever ORT likes (from the weight alone ORT made them all
     at the start of the step and held them)."""
-    corner = tape.op("Slice", [dy, const([0, 0, 0, 0]), const([1, 1, 1, 1])])
     wt = tape.op("Transpose", [w], attributes={"perm": [1, 0, 2, 3]})
     if flip:  # both spatial axes reversed: starts, ends, axes, steps
         wt = tape.op("Slice", [wt, const([-1, -1]), const([-2 ** 62, -2 ** 62]), const([2, 3]), const([-1, -1])])
-    wt = tape.op("Add", [wt, tape.op("Mul", [corner, const(np.float32(0))])])
+    wt = after(const, tape, wt, dy)
     for i, node in enumerate(tape.nodes[-(5 if flip else 4):]):  # backward values, named after dX
         node.outputs[0].name = f"{name}.{i}"
     return wt

@@ -22,11 +22,10 @@ the same expression with r taken out.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.forward._values import opset
-from tinytlc.passes.training._graph import Constants, replace_node_outputs, wanted
+from tinytlc.passes.training._graph import Constants, after, replace_node_outputs, wanted
 
 
 def _takes(grad: ir.Node) -> bool:
@@ -57,9 +56,7 @@ class LayerNormGradPass(ir.passes.InPlacePass):
             normalized, rows = list(range(axis, rank)), const(list(range(axis)))
             tape, new = ir.tape.Tape(graph), []
             if wanted(dx) or wanted(dgamma):
-                corner = tape.op("Slice", [dy, const([0] * rank), const([1] * rank)])
-                after_dy = tape.op("Add", [mean, tape.op("Mul", [corner, const(np.float32(0))])])
-                xh = tape.op("Mul", [tape.op("Sub", [x, after_dy]), r])
+                xh = tape.op("Mul", [tape.op("Sub", [x, after(const, tape, mean, dy, rank)]), r])
             if wanted(dx):
                 g = tape.op("Mul", [dy, gamma])
                 mean_g = _row_mean(graph, tape, const, g, normalized)

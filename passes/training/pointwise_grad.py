@@ -21,10 +21,9 @@ summation order.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.training._graph import Constants, replace_node_outputs, wanted
+from tinytlc.passes.training._graph import Constants, after, replace_node_outputs, wanted
 
 
 def _takes(grad: ir.Node) -> bool:
@@ -53,9 +52,7 @@ class PointwiseGradPass(ir.passes.InPlacePass):
             pixels = x.shape[2] * x.shape[3]
             tape, new = ir.tape.Tape(graph), []
             if wanted(dx):
-                corner = tape.op("Slice", [dy, const([0, 0, 0, 0]), const([1, 1, 1, 1])])
-                ordered = tape.op("Add", [w, tape.op("Mul", [corner, const(np.float32(0))])])
-                wt = tape.op("Transpose", [ordered], attributes={"perm": [1, 0, 2, 3]})
+                wt = tape.op("Transpose", [after(const, tape, w, dy)], attributes={"perm": [1, 0, 2, 3]})
                 new.append((dx, tape.op("Conv", [dy, wt], attributes={"kernel_shape": [1, 1]})))
             rows = tape.op("Reshape", [dy, const([0, co, pixels])])
             cols = tape.op("Reshape", [x, const([0, ci, pixels])])
