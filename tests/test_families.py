@@ -294,3 +294,48 @@ def test_vit_attention_picks_qkv_with_one_split(tmp_path):
     # one SliceGrad is left: the class token's x[:, 0], before the head
     assert blocks == 2 and ops.count("Split") == blocks and ops.count("SliceGrad") == 1, \
         (ops.count("Split"), ops.count("SliceGrad"))
+
+
+def test_infer_shapes_is_onnx_irs_inference():
+    """InferShapesPass merges onnx's inference back from the value infos alone: on Swin's shape
+    arithmetic it finds the same shape and type for every value as onnx_ir's ShapeInferencePass; a
+    graph with a subgraph gets the same too; where inference fails, the model is left as it was."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+    from onnx_ir.passes.common import ShapeInferencePass
+    from tinytlc.export import export_module
+    from tinytlc.passes.forward import InferShapesPass
+
+    def shapes(model):
+        return {v.name: (None if v.shape is None else str(v.shape), v.dtype) for node in model.graph for v in node.outputs}
+
+    def both(proto):
+        results = []
+        for infer in (ShapeInferencePass, InferShapesPass):
+            model = ir.serde.deserialize_model(proto)
+            for node in model.graph:
+                for v in node.outputs:
+                    v.shape = None
+            results.append((infer()(model).modified, shapes(model)))
+        return results
+
+    (mod_a, a), (mod_b, b) = both(export_module(families.swin(), RES))
+    assert mod_a and mod_b and a == b and sum(s is not None for s, _ in b.values()) > 100
+
+    then = helper.make_graph([helper.make_node("Relu", ["c"], ["r"])], "then", [],
+                             [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    branch = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["c"]),
+         helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=then)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    (_, a), (_, b) = both(helper.make_model(branch))
+    assert a == b and b["c"] == ("[2,3]", ir.DataType.FLOAT)
+
+    clash = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "z"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    (mod_a, a), (mod_b, b) = both(helper.make_model(clash))
+    assert not mod_a and not mod_b and a == b and b["r"] == (None, None)

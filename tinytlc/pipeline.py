@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, MODULE_PARAMETERS, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
-from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
+from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, InferShapesPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, SplitBidirectionalRnnPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward._values import CONSTANT, LOWERED, PARAMETER
@@ -192,7 +192,7 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     else:
         LiftWeightConstantsPass()(irm)
     IdentityEliminationPass()(irm)
-    ShapeInferencePass()(irm)
+    InferShapesPass()(irm)
     ExplicitPadsPass(strict=False)(irm)  # before Pads are fused into convs
     irm = FusePadIntoConvPass()(irm).model
     StaticReshapesPass()(irm)  # (infers every shape first)
@@ -203,9 +203,9 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     head_classes = weight.shape[0] if out_by_in else weight.shape[1]
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
-    ShapeInferencePass()(irm)
+    InferShapesPass()(irm)
     if SplitBidirectionalRnnPass()(irm).modified | LowerForAutodiffPass()(irm).modified:
-        ShapeInferencePass()(irm)
+        InferShapesPass()(irm)
     norms = methods.norm_params(irm.graph)
     if report is not None:
         report["found"] = describe(irm.graph)
@@ -217,11 +217,11 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     if gather_as_slice:  # (after the blocks and the head are found: they read Gathers)
         GatherIndexAsSlicePass()(irm)
     RemoveUnusedNodesPass()(irm)
-    ShapeInferencePass()(irm)
+    InferShapesPass()(irm)
     trainable = methods.trainable_params(irm.graph, method, norms)
     if ResizeAsMatMulPass(trainable)(irm).modified:  # (its sizes' shape arithmetic is left unused)
         RemoveUnusedNodesPass()(irm)
-        ShapeInferencePass()(irm)
+        InferShapesPass()(irm)
     return irm, trainable, source, (num_classes or head_classes)
 
 

@@ -7,6 +7,7 @@ from tinytlc.passes.forward.explicit_pads import ExplicitPadsPass
 from tinytlc.passes.forward.fold_batchnorm import FoldBatchNormIntoConvPass
 from tinytlc.passes.forward.fold_trained_batchnorm import FoldTrainedBatchNormPass
 from tinytlc.passes.forward.fuse_pad_into_conv import FusePadIntoConvPass
+from tinytlc.passes.forward.infer_shapes import InferShapesPass
 from tinytlc.passes.forward.gather_index_as_slice import GatherIndexAsSlicePass
 from tinytlc.passes.forward.keep_pad_before_maxpool import KeepPadBeforeMaxPoolPass
 from tinytlc.passes.forward.blocks import Block, find_blocks
@@ -20,5 +21,5 @@ from tinytlc.passes.forward.resize_as_matmul import ResizeAsMatMulPass
 from tinytlc.passes.forward.split_bidirectional_rnn import SplitBidirectionalRnnPass
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "SplitBidirectionalRnnPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "InferShapesPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "SplitBidirectionalRnnPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]

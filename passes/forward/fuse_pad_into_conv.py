@@ -15,12 +15,13 @@ marked constant: never a parameter to train.
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.optimizer import fold_constants
 from onnxscript.rewriter import rewrite
 from onnxscript.rewriter.rules.common import fuse_pad_into_conv_rule
 
 from tinytlc.passes.forward._values import CONSTANT
+from tinytlc.passes.forward.infer_shapes import InferShapesPass
 
 # ConstantOfShape is not folded by default; the pads of an exported ZeroPad2d go through one.
 _FOLD_ALSO = {"ConstantOfShape"}
@@ -60,7 +61,7 @@ class FusePadIntoConvPass(ir.passes.InPlacePass):
             if name not in before:                          # shift of F.batch_norm(bias=None)), no parameter
                 v.meta[CONSTANT] = True
         RemoveUnusedNodesPass()(model)
-        ShapeInferencePass()(model)  # the rewrite rule needs the Pad input's rank
+        InferShapesPass()(model)  # the rewrite rule needs the Pad input's rank
         model = rewrite(model, pattern_rewrite_rules=[fuse_pad_into_conv_rule])
         RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, sum(n.op_type == "Pad" for n in model.graph) < pads_before)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+from tinytlc.passes.forward.infer_shapes import InferShapesPass
 
 from tinytlc.passes.forward._values import add_constant, const_array
 
@@ -344,7 +344,7 @@ def _reinfer(model: ir.Model) -> None:
     saved = [v.shape for v in values]
     for v in values:
         v.shape = None
-    ShapeInferencePass()(model)
+    InferShapesPass()(model)
     if all(v.shape is None for v in values):
         for v, shape in zip(values, saved):
             v.shape = shape

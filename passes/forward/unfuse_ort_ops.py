@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import CommonSubexpressionEliminationPass, ShapeInferencePass
+from onnx_ir.passes.common import CommonSubexpressionEliminationPass
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import add_constant, replace_node
+from tinytlc.passes.forward.infer_shapes import InferShapesPass
 from tinytlc.passes.forward.lower_for_autodiff import gelu
 
 MS = "com.microsoft"
@@ -119,7 +120,7 @@ class UnfuseOrtOpsPass(ir.passes.InPlacePass):
                 if modified:  # (a transposed FusedMatMul input is often transposed already for another reader)
                     CommonSubexpressionEliminationPass()(model)
                 return ir.passes.PassResult(model, modified)
-            ShapeInferencePass()(model)  # (the lowered ops have shapes now: ranks reach FusedMatMul's inputs)
+            InferShapesPass()(model)  # (the lowered ops have shapes now: ranks reach FusedMatMul's inputs)
             matmuls = [n for n in model.graph if n.domain == MS and n.op_type == "FusedMatMul"]
             if not any(_ranks_known(n) for n in matmuls):
                 raise TinyTLError(f"FusedMatMul {matmuls[0].name}: the rank of an input it transposes is unknown")
