@@ -2,8 +2,8 @@
 back by name from the inferred value infos alone.
 
 Why not onnx_ir's pass as it is: it deserializes the whole inferred model (every node, attribute
-and small tensor) to read its shapes back; on Swin-T that is 60 % of an inference, and
-static-reshapes infers 22 times there (compile: 41 s, of which 20 s re-inferring; 18 s with this).
+and small tensor) to read its shapes back: most of an inference's time on Swin-T, where
+static-reshapes infers 22 times (Swin-T at 224 px compiles in 16 s with this, 22 s without).
 Contract: the same shapes and element types as ShapeInferencePass (both set a value's shape or
 type only where inference found one, and leave the model unchanged when inference fails); a graph
 with subgraphs (If, Loop, Scan bodies) goes to ShapeInferencePass, whose merge walks them.

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from tinytlc.passes.forward.infer_shapes import InferShapesPass
 
 from tinytlc.passes.forward._values import add_constant, const_array
+from tinytlc.passes.forward.infer_shapes import InferShapesPass
 
 # inputs that hold shapes, indices or sizes, by op
 _SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Tile": (1,), "Pad": (1,),
