@@ -54,6 +54,22 @@ def add_constant(graph: ir.Graph, name: str, array) -> ir.Value:
     return add_initializer(graph, name, array, constant=True)
 
 
+class Constants:
+    """Small constants (shapes, axes, slice bounds, zeros) for one pass over one graph: one
+    initializer per distinct value, however many nodes read it."""
+
+    def __init__(self, graph: ir.Graph, name: str = "tinytlc.const"):
+        self.graph, self.name, self.made = graph, name, {}
+
+    def __call__(self, value, name: str | None = None) -> ir.Value:
+        """`value` as an initializer; `name` names it where it is made first."""
+        array = np.asarray(value, np.int64) if isinstance(value, list) else np.asarray(value)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.made:
+            self.made[key] = add_constant(self.graph, name or self.name, array)
+        return self.made[key]
+
+
 def is_constant(value: ir.Value) -> bool:
     return bool(value.meta.get(CONSTANT, False))
 

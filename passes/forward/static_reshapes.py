@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant, const_array
+from tinytlc.passes.forward._values import Constants, const_array
 from tinytlc.passes.forward.infer_shapes import InferShapesPass
 
 # inputs that hold shapes, indices or sizes, by op
@@ -237,14 +237,13 @@ def _resolved_reshape(node: ir.Node, batch) -> np.ndarray | None:
 _LED = "tinytlc.led_by_image_batch"  # Node.meta key: a target written by _to_image_batch
 
 
-def _to_image_batch(graph: ir.Graph, node: ir.Node, rest: np.ndarray) -> None:
+def _to_image_batch(graph: ir.Graph, const: Constants, node: ir.Node, rest: np.ndarray) -> None:
     """Expand, Reshape or Resize to [the image's batch, *rest]: Concat(Shape(image)[0:1], rest), which shape
     inference follows (onnx propagates Shape, Slice and Concat; not the Where(Equal(size, -1), 1,
     size) torch writes for `expand(x.shape[0], -1, -1)`), so the result's batch is the image's."""
     t = ir.tape.Tape(graph)
-    n = t.op("Slice", [t.op("Shape", [graph.inputs[0]]), add_constant(graph, "tinytlc.ints", [0]),
-                       add_constant(graph, "tinytlc.ints", [1])])
-    shape = t.op("Concat", [n, add_constant(graph, "tinytlc.static_shape", rest.astype(np.int64))], attributes={"axis": 0})
+    n = t.op("Slice", [t.op("Shape", [graph.inputs[0]]), const([0], "tinytlc.ints"), const([1], "tinytlc.ints")])
+    shape = t.op("Concat", [n, const(rest.astype(np.int64))], attributes={"axis": 0})
     graph.insert_before(node, t.nodes)
     node.replace_input_with(_LED_INPUT[node.op_type], shape)
     node.meta[_LED] = True  # (its target still evaluates to [batch, *rest]: not to be written again)
@@ -277,7 +276,7 @@ def _batch_led(node: ir.Node, batch, patient: bool) -> np.ndarray | None:
 EXPORTED_BATCH = "tinytlc.exported_batch"  # model metadata: a file exported for one batch size
 
 
-def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
+def _unbake_batch(graph: ir.Graph, const: Constants, exported: int, batch) -> bool:
     """A file exported for batch N has N written into its Reshape targets ([N, C*H*W] to flatten).
     Where a Reshape's input starts with the batch and its constant target with N, copy the batch
     (0) instead: identical at batch N, right at any other. An Expand to [N, ...] expands to the
@@ -287,7 +286,7 @@ def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
         if node.op_type == "Expand":  # (a class token expanded to [N, 1, D]): to the image's batch
             target = const_array(node.inputs[1])
             if target is not None and target.ndim == 1 and len(target) > 1 and target[0] == exported:
-                _to_image_batch(graph, node, target[1:])
+                _to_image_batch(graph, const, node, target[1:])
                 modified = True
             continue
         if node.op_type != "Reshape":
@@ -296,8 +295,7 @@ def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
         if target is not None and target.ndim == 1 and len(target) and target[0] == exported and \
                 x is not None and len(x) and _is_batch(x[0], batch) and not (target == 0).any():
             node.attributes.pop("allowzero", None)  # (with no zero in the target it changed nothing)
-            node.replace_input_with(1, add_constant(graph, "tinytlc.static_shape",
-                                                    np.concatenate([[0], target[1:]]).astype(np.int64)))
+            node.replace_input_with(1, const(np.concatenate([[0], target[1:]]).astype(np.int64)))
             modified = True
     return modified
 
@@ -305,6 +303,7 @@ def _unbake_batch(graph: ir.Graph, exported: int, batch) -> bool:
 class StaticReshapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
+        const = Constants(graph, "tinytlc.static_shape")  # (one initializer per distinct target)
         image = graph.inputs[0].shape
         batch = image[0] if image is not None and len(image) > 0 else None
         _reinfer(model)  # shapes as onnx infers them now, not as the exporter wrote them
@@ -312,25 +311,25 @@ class StaticReshapesPass(ir.passes.InPlacePass):
         changed, patient = True, True
         while changed or patient:  # a fixed Reshape can make the next Shape(x) static
             patient = patient and changed  # once nothing moves, settle the rest with -1
-            changed = exported is not None and _unbake_batch(graph, int(exported), batch)
+            changed = exported is not None and _unbake_batch(graph, const, int(exported), batch)
             modified |= changed
             for node in list(graph):
                 if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
                     continue
                 rest = _batch_led(node, batch, patient)
                 if rest is not None:
-                    _to_image_batch(graph, node, rest)
+                    _to_image_batch(graph, const, node, rest)
                     changed = modified = True
                     continue
                 resolved = _resolved_reshape(node, batch)
                 if resolved is not None:
-                    node.replace_input_with(1, add_constant(graph, "tinytlc.static_shape", resolved))
+                    node.replace_input_with(1, const(resolved))
                     changed = modified = True
                     continue
                 for index in _SHAPE_INPUTS[node.op_type]:
                     target = _static_target(node, index, batch, patient) if index < len(node.inputs) else None
                     if target is not None:
-                        node.replace_input_with(index, add_constant(graph, "tinytlc.static_shape", target))
+                        node.replace_input_with(index, const(target))
                         changed = modified = True
             if changed:
                 _reinfer(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import add_constant
+from tinytlc.passes.forward._values import Constants  # noqa: F401 (the training passes import it from here)
 
 
 def wanted(v: ir.Value | None) -> bool:
@@ -16,22 +16,6 @@ def wanted(v: ir.Value | None) -> bool:
 def is_depthwise(w: ir.Value, group: int) -> bool:
     """A conv weight [C, 1, kh, kw] with one group per channel."""
     return w.shape is not None and len(w.shape) == 4 and w.shape[0] == group and w.shape[1] == 1
-
-
-class Constants:
-    """Small constants (shapes, axes, slice bounds, zeros) for one pass over one graph: one
-    initializer per distinct value, however many nodes read it."""
-
-    def __init__(self, graph: ir.Graph, name: str = "tinytlc.const"):
-        self.graph, self.name, self.made = graph, name, {}
-
-    def __call__(self, value, name: str | None = None) -> ir.Value:
-        """`value` as an initializer; `name` names it where it is made first."""
-        array = np.asarray(value, np.int64) if isinstance(value, list) else np.asarray(value)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self.made:
-            self.made[key] = add_constant(self.graph, name or self.name, array)
-        return self.made[key]
 
 
 def after(const: Constants, tape: ir.tape.Tape, x: ir.Value, dy: ir.Value, rank: int = 4) -> ir.Value:
