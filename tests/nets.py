@@ -716,6 +716,52 @@ def resmlp_net():
     return _ResMLP().eval()
 
 
+class _CosineAttention(nn.Module):
+    """Swin V2's attention (timm): cosine similarity * exp(clamped per-head logit scale) + 16 *
+    sigmoid(continuous position bias MLP over fixed coordinates): a scale and a shift made from
+    parameters, around no norm."""
+
+    def __init__(self, dim=8, heads=2, tokens=9):  # 3 x 3 patches of a 15 px image (test_gradients' RES)
+        super().__init__()
+        self.heads, self.tokens = heads, tokens
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(heads, 1, 1)) + 0.1 * torch.randn(heads, 1, 1))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, heads, bias=False))
+        self.register_buffer("coords", torch.randn(tokens * tokens, 2))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        bias = self.cpb_mlp(self.coords).view(N, N, self.heads).permute(2, 0, 1)
+        attn = attn + 16 * torch.sigmoid(bias).unsqueeze(0)
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class _CosineAttentionNet(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, 4)
+        self.attn, self.norm = _CosineAttention(dim), nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        x = x + self.norm(self.attn(x))  # (res-post-norm, as Swin V2)
+        return self.head(x.mean(1))
+
+
+def cosine_attention_net():
+    """Swin V2's cosine attention: its scale and position bias are no norm's affine."""
+    torch.manual_seed(13)
+    model = _CosineAttentionNet()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5), model.norm.bias.normal_(0, 0.2)
+    return model.eval()
+
+
 def pixel_shuffle_net():
     """Trained convs on both sides of a pixel shuffle and unshuffle (DepthToSpace and SpaceToDepth in
     ONNX, which ORT cannot differentiate)."""

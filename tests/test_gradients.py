@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import beit_net, bilstm_net, conv_kinds_net, grn_net, dense_net, resmlp_net, starrelu_net, gather_net, mixed_conv_net, odd_net, picks_net, fusion_net, small_net, wide_lite_net, windows_net
+from nets import beit_net, bilstm_net, conv_kinds_net, cosine_attention_net, grn_net, dense_net, resmlp_net, starrelu_net, gather_net, mixed_conv_net, odd_net, picks_net, fusion_net, small_net, wide_lite_net, windows_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -86,7 +86,8 @@ def plain_without_lean(tmp_path, net: str, method: str, left_out: tuple[str, ...
     ("fusion_net", "full", 0.0), ("fusion_net", "bias", 0.0), ("mixed_conv_net", "bias", 0.0),
     ("picks_net", "full", 0.0), ("picks_net", "bias", 0.0), ("beit_net", "bias", 0.0),
     ("grn_net", "bias", 0.0), ("bilstm_net", "full", 0.0), ("bilstm_net", "last", 0.0),
-    ("resmlp_net", "norm+last", 0.0), ("resmlp_net", "bias", 0.0), ("starrelu_net", "bias", 0.0)])
+    ("resmlp_net", "norm+last", 0.0), ("resmlp_net", "bias", 0.0), ("starrelu_net", "bias", 0.0),
+    ("cosine_attention_net", "norm+last", 0.0), ("cosine_attention_net", "bias", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smoothing):
     if net == "gather_net":  # at RES px every gathered copy outgrows the image: lift that rule here
         monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
@@ -103,7 +104,8 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
                                       "conv_kinds_net": conv_kinds_net, "windows_net": windows_net, "fusion_net": fusion_net,
                                       "mixed_conv_net": mixed_conv_net, "picks_net": picks_net,
                                       "beit_net": beit_net, "grn_net": grn_net, "bilstm_net": bilstm_net,
-                                      "resmlp_net": resmlp_net, "starrelu_net": starrelu_net}[net])
+                                      "resmlp_net": resmlp_net, "starrelu_net": starrelu_net,
+                                      "cosine_attention_net": cosine_attention_net}[net])
     if net == "mixed_conv_net":  # the conv concatenated along the height feeds no norm: add-zero-bias gives it one
         model[0].c.bias = nn.Parameter(torch.zeros(2))
         train = train | {"0.c.bias"}
@@ -115,6 +117,9 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
         train = train | {f"{a}.{p}" for a in affines for p in ("alpha", "beta") if method == "norm+last" or p == "beta"}
         for name, p in model.named_parameters():
             p.requires_grad_(name in train)
+    if net == "cosine_attention_net" and method == "norm+last":  # its LayerNorm; not the attention's scale or bias
+        model.norm.weight.requires_grad_(True), model.norm.bias.requires_grad_(True)
+        train = train | {"norm.weight", "norm.bias"}
     if net == "beit_net":  # the qkv bias is concatenated from two parameters and a zero buffer
         model.attn.q_bias.requires_grad_(True), model.attn.v_bias.requires_grad_(True)
         train = train | {"attn.q_bias", "attn.v_bias"}

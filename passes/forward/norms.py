@@ -8,6 +8,9 @@
   per-channel scale and shift computed from parameters only (a constant factor between them, as
   torch.addcmul writes, included: ConvNeXt V2's GRN affine), or a learned affine with no statistics
   (ResMLP's Affine, whose input is also the residual stream).
+The shift, too, holds one value per channel: Swin V2's attention scales its
+logits per head and adds a position bias made from parameters (an MLP's output, one value per head
+and pair of tokens), which is no norm.
 A norm is one layer whatever the number of ONNX nodes it takes (the paper's accounting counts it
 once, and a bias right before it is redundant with its shift).
 """
@@ -58,12 +61,16 @@ def _params(v: ir.Value, sources: dict) -> list[ir.Value] | None:
     return [p for p in s if not is_constant(p)]
 
 
-def _per_channel(v: ir.Value, sources: dict) -> bool:
-    """A scale with one value per channel (not a layer scale over a whole tensor), judged from its
-    parameters where shapes are not inferred yet."""
+def _one_axis(v: ir.Value, sources: dict) -> bool:
+    """At most one dimension other than 1 (of the value, or of its parameters where shapes are not
+    inferred yet): one value per channel, or a single one."""
     shapes = [v.shape] if v.shape is not None else [p.shape for p in (_params(v, sources) or [])]
-    return bool(shapes) and all(s is not None and sum(d != 1 for d in s) <= 1 for s in shapes) and \
-        (v.shape is None or len(v.shape) >= 2)
+    return bool(shapes) and all(s is not None and sum(d != 1 for d in s) <= 1 for s in shapes)
+
+
+def _per_channel(v: ir.Value, sources: dict) -> bool:
+    """A scale with one value per channel (not a layer scale over a whole tensor)."""
+    return _one_axis(v, sources) and (v.shape is None or len(v.shape) >= 2)
 
 
 def _single_user(v: ir.Value, op_types: set[str]) -> ir.Node | None:
@@ -74,7 +81,7 @@ def _single_user(v: ir.Value, op_types: set[str]) -> ir.Node | None:
 
 
 def _scale_shift(y: ir.Value, sources: dict, mul: ir.Node | None = None):
-    """After y: Mul(y, scale) then Add(., shift) with parameter-made scale and shift, if present.
+    """After y: Mul(y, scale) then Add(., shift) with parameter-made scale and shift (per channel), if present.
     `mul`: the scaling Mul, given where y has other readers (an affine norm on a residual stream)."""
     scales, shifts, nodes = [], [], []
     mul = mul or _single_user(y, {"Mul"})
@@ -90,8 +97,8 @@ def _scale_shift(y: ir.Value, sources: dict, mul: ir.Node | None = None):
         nodes, y = nodes + [mul], mul.outputs[0]
     add = _single_user(y, {"Add"})
     if add is not None:
-        other = next((i for i in add.inputs if i is not y), None)
-        p = _params(other, sources) if other is not None else None
+        shift = next((i for i in add.inputs if i is not y), None)
+        p = _params(shift, sources) if shift is not None and _one_axis(shift, sources) else None
         if p is not None:
             shifts, y = p, add.outputs[0]
             nodes.append(add)
