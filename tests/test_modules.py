@@ -62,6 +62,14 @@ class Branchy(Net):
             x = -x
         return super().forward(x)
 
+class BatchOfTwo(Net):
+    def forward(self, x):  # a batch size written into forward: it runs only on the batch it was tried on
+        return super().forward(x).view(2, 3)
+
+class TracedBatch(Net):
+    def forward(self, x):  # int() makes the batch a Python number, which tracing writes as a constant
+        return super().forward(x) + torch.zeros(int(x.shape[0]), 3)
+
 class ScaledStdConv2d(nn.Conv2d):
     """timm's: the weight standardised by F.batch_norm(training=True), which torch exports as a
     BatchNormalization over ReduceMeans of the weight."""
@@ -160,6 +168,8 @@ def frozen():
 def reversed_grad(): return Reversed()
 def branchy(): return Branchy()
 def double(): return Net().double()
+def batch_of_two(): return BatchOfTwo()
+def traced_batch(): return TracedBatch()
 '''
 
 
@@ -213,6 +223,10 @@ def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
     ("reversed_grad", r"Reversed uses a custom torch.autograd.Function \(.*GradReverse\): its backward cannot be exported"),
     ("branchy", r"nets.py:branchy: the traced graph disagrees with the module on other images .*a Python `if` on a tensor"),
     ("double", r"Net has float64 parameters; tinytlc trains float32 models: call .float\(\) on it"),
+    ("batch_of_two", r"nets.py:batch_of_two: its forward runs on a batch of 2 images but fails on 3: RuntimeError: "
+                     r"shape '\[2, 3\]' is invalid .*, at nets.py:\d+; read the batch size from the input"),
+    ("traced_batch", r"nets.py:traced_batch: the traced graph runs on a batch of 2 images but not on 3 \(ORT fails in "
+                     r"Add '.*'\): tracing wrote a size"),
 ])
 def test_modules_tinytlc_cannot_train_as_pytorch_would_are_refused(tmp_path, nets, name, phrase):
     path, _ = nets

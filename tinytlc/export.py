@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -210,9 +211,14 @@ def _check_trace(model: onnx.ModelProto, net: torch.nn.Module, pick, channels: i
     import onnxruntime as ort
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 3  # (a fixed batch: export's fallback)
     x = torch.rand(batch, channels, resolution, resolution, generator=torch.Generator().manual_seed(3)) * 2 - 0.5
-    with torch.no_grad():
-        want = net(x)
-        want = (pick(want) if pick else want).numpy()
+    try:
+        with torch.no_grad():
+            want = net(x)
+    except Exception as e:  # (it ran at batch 2: the batch size is written into forward)
+        raise TinyTLError(f"{label}: its forward runs on a batch of 2 images but fails on {batch}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}; "
+                          "read the batch size from the input (x.shape[0], or -1 in a view) instead of writing it") from e
+    want = (pick(want) if pick else want).numpy()
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
@@ -222,7 +228,14 @@ def _check_trace(model: onnx.ModelProto, net: torch.nn.Module, pick, channels: i
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception:
         return  # (what ORT cannot run is named later, with the graph tinytlc makes of it)
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    try:
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    except Exception as e:
+        node = re.search(r"running (\w+) node\. Name:'([^']*)'", str(e))
+        where = f" (ORT fails in {node[1]} '{node[2]}')" if node else ""
+        raise TinyTLError(f"{label}: the traced graph runs on a batch of 2 images but not on {batch}{where}: "
+                          "tracing wrote a size that the module computes from "
+                          "its input into the graph as a constant (as torch.zeros(2, ...) or a size taken through Python int())") from e
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))):
         err = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
         raise TinyTLError(f"{label}: the traced graph disagrees with the module on other images (max |diff| {err:.3g}): "
