@@ -650,26 +650,36 @@ def fusion_net():
 
 
 class _Distilled(nn.Module):
-    """A distilled DeiT's ending: two tokens, two heads, averaged in eval mode."""
+    """A distilled DeiT's ending: two tokens, two heads, averaged in eval mode; `stacked`: CrossViT's,
+    the mean of the stacked heads (of three tokens here)."""
 
-    def __init__(self):
+    def __init__(self, stacked=False):
         super().__init__()
+        self.stacked = stacked
         self.embed = nn.Conv2d(3, 16, 4, stride=4)
-        self.tokens = nn.Parameter(torch.randn(1, 2, 16) * 0.5)
+        self.tokens = nn.Parameter(torch.randn(1, 3 if stacked else 2, 16) * 0.5)
         self.norm = nn.LayerNorm(16)
         self.mix = nn.Linear(16, 16)
         self.head, self.head_dist = nn.Linear(16, 3), nn.Linear(16, 3)
+        self.head_2 = nn.Linear(16, 3) if stacked else None
 
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2)
         x = torch.cat((self.tokens.expand(x.shape[0], -1, -1), x), dim=1)
         x = self.norm(x + self.mix(x.mean(1, keepdim=True)))
+        if self.stacked:
+            return torch.mean(torch.stack([self.head(x[:, 0]), self.head_dist(x[:, 1]), self.head_2(x[:, 2])], dim=0), dim=0)
         return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
 
 
 def distilled_net():
     torch.manual_seed(12)
     return _Distilled()
+
+
+def stacked_heads_net():
+    torch.manual_seed(12)
+    return _Distilled(stacked=True)
 
 
 class _Affine(nn.Module):

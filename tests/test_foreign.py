@@ -655,13 +655,16 @@ def test_a_bias_free_head_gets_new_classes(tmp_path, method):
         np.testing.assert_allclose(g, expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_two_averaged_heads_become_one_classifier(tmp_path):
-    """A distilled DeiT averages two heads: one Gemm over both tokens' features takes their place
-    (passes/forward/merge_averaged_heads.py). `full` equals torch: the backbone's gradients, and the
-    merged weight's [dW_head dW_head_dist] / s with s = 1/2 (its bias: db_head / s)."""
-    from nets import distilled_net
-    art = compile_model(f"{NETS}:distilled_net", "full", tmp_path / "a", resolution=16, batch_size=BATCH)
-    net = distilled_net()
+@pytest.mark.parametrize("name", ["distilled_net", "stacked_heads_net"])
+def test_averaged_heads_become_one_classifier(tmp_path, name):
+    """A distilled DeiT averages two heads, CrossViT the stacked heads of its branches (three here):
+    one Gemm over all tokens' features takes their place (passes/forward/merge_averaged_heads.py).
+    `full` equals torch: the backbone's gradients, and the merged weight's [dW_1 ... dW_n] / s with
+    s = 1/n (its bias: db_1 / s)."""
+    import nets
+    art = compile_model(f"{NETS}:{name}", "full", tmp_path / "a", resolution=16, batch_size=BATCH)
+    net = getattr(nets, name)()
+    heads = [h for h in ("head", "head_dist", "head_2") if getattr(net, h) is not None]
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((BATCH, 3, 16, 16), dtype=np.float32), rng.integers(0, 3, BATCH)
     loss_t = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
@@ -669,12 +672,12 @@ def test_two_averaged_heads_become_one_classifier(tmp_path):
     loss, _, grads = ort_step(art, x, y, 0.0)
     np.testing.assert_allclose(loss, float(loss_t), rtol=1e-5)
     expected = {n: p.grad.numpy() for n, p in net.named_parameters() if not n.startswith("head")}
-    expected["head.weight+head_dist.weight"] = 2 * np.concatenate([net.head.weight.grad, net.head_dist.weight.grad], 1)
-    expected["head.bias+head_dist.bias"] = 2 * net.head.bias.grad.numpy()
+    expected["+".join(f"{h}.weight" for h in heads)] = len(heads) * np.concatenate([getattr(net, h).weight.grad for h in heads], 1)
+    expected["+".join(f"{h}.bias" for h in heads)] = len(heads) * net.head.bias.grad.numpy()
     assert set(grads) == set(expected)
-    for name, g in grads.items():
-        np.testing.assert_allclose(g.reshape(expected[name].shape), expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
-    art = compile_model(f"{NETS}:distilled_net", "bias", tmp_path / "b", num_classes=5, resolution=16, batch_size=BATCH)
+    for n, g in grads.items():
+        np.testing.assert_allclose(g.reshape(expected[n].shape), expected[n], rtol=1e-4, atol=1e-6, err_msg=n)
+    art = compile_model(f"{NETS}:{name}", "bias", tmp_path / "b", num_classes=5, resolution=16, batch_size=BATCH)
     assert ort_step(art, x, rng.integers(0, 5, BATCH), 0.0)[1].shape == (BATCH, 5)
 
 
