@@ -772,6 +772,63 @@ def cosine_attention_net():
     return model.eval()
 
 
+class _Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def _window_partition(x, ws: int):
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, C)
+
+
+def _window_reverse(windows, ws: int, size):
+    (H, W), C = size, windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, H, W, C)
+
+
+class _SwinV2Block(nn.Module):
+    """timm's SwinTransformerV2Block: padded (shifted) windows of cosine attention, written back with
+    windows.view(-1, H, W, C); res-post-norm; its MLP on x.reshape(B, -1, C)."""
+
+    def __init__(self, dim=8, ws=2, shift=0):
+        super().__init__()
+        self.ws, self.shift = ws, shift
+        self.attn, self.norm1 = _CosineAttention(dim, tokens=ws * ws), nn.LayerNorm(dim)
+        self.mlp, self.norm2 = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)), nn.LayerNorm(dim)
+
+    def _attn(self, x):
+        B, H, W, C = x.shape
+        x = torch.roll(x, (-self.shift, -self.shift), (1, 2)) if self.shift else x
+        x = F.pad(x, (0, 0, 0, (self.ws - W % self.ws) % self.ws, 0, (self.ws - H % self.ws) % self.ws))
+        _, Hp, Wp, _ = x.shape
+        windows = self.attn(_window_partition(x, self.ws).view(-1, self.ws * self.ws, C)).view(-1, self.ws, self.ws, C)
+        x = _window_reverse(windows, self.ws, (Hp, Wp))[:, :H, :W, :]
+        return torch.roll(x, (self.shift, self.shift), (1, 2)) if self.shift else x
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        x = x + self.norm1(self._attn(x))
+        x = x.reshape(B, -1, C)
+        x = x + self.norm2(self.mlp(x))
+        return x.reshape(B, H, W, C)
+
+
+def swinv2_net():
+    """Two Swin V2 blocks (the second shifted) on a 3 x 3 map, padded to 2 x 2 windows."""
+    torch.manual_seed(15)
+    stem = nn.Sequential(nn.Conv2d(3, 8, 4, 4), _Permute(0, 2, 3, 1))
+    model = nn.Sequential(stem, _SwinV2Block(), _SwinV2Block(shift=1), nn.LayerNorm(8), _Permute(0, 3, 1, 2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return model.eval()
+
+
 def pixel_shuffle_net():
     """Trained convs on both sides of a pixel shuffle and unshuffle (DepthToSpace and SpaceToDepth in
     ONNX, which ORT cannot differentiate)."""

@@ -237,6 +237,19 @@ def test_blocks_after_a_resize_to_a_size_read_from_the_map_get_modules(tmp_path)
     assert_same_step(plain, lean, 8, 1e-5, 1e-6)
 
 
+def test_swin_v2_mlp_blocks_get_modules(tmp_path):
+    """timm's Swin V2 (tests/nets.py:swinv2_net) writes its windows back with view(-1, H, W, C),
+    then runs its MLP on x.reshape(B, -1, C): the windows' batch was lost, so the MLP's token count
+    was unknown and its blocks got no module."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:swinv2_net", "lite", tmp_path / tag, resolution=R, batch_size=B,
+                                 passes=passes) for tag, passes in (("plain", []), ("lean", None)))
+    assert not lean.manifest["lite_skipped"], lean.manifest["lite_skipped"]
+    assert [(m["input"], m["output"]) for m in lean.manifest["lite_modules"]] == \
+        [([9, 8], [9, 8]), ([8, 3, 3], [8, 3, 3]), ([9, 8], [9, 8])]
+    assert_same_step(plain, lean, 9, 1e-5, 1e-6)
+
+
 def test_extra_depthwise_blocks_are_one_block(tmp_path):
     """MobileNetV4's ExtraDW block (dw, expand, dw, project), ConvNeXt-like one (dw, expand,
     project) and FusedMBConv (3x3 expand, 1x1 project) are one block each; before, each was cut

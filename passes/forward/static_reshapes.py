@@ -15,6 +15,9 @@ qkv.reshape(x.size(0), ...)), so q, k, v are picked from an axis of known length
 F.interpolate(size=...) sizes computed from the batch take the image's batch too, and a -1 beside a
 copied batch is worked out where the other dimensions are known (MobileViT-v2's
 x.reshape(B, C, -1, patches) after resizing an odd map): onnx's inference leaves both unknown.
+timm's Swin V2 writes its windows back with windows.view(-1, H, W, C) and its attention reshapes
+with the windows' own count: those are followed back through the Transpose, Gather and
+elementwise ops between them (_dim), so its MLP's tokens, x.reshape(B, -1, C), are known too.
 The batch need not lead: nn.MultiheadAttention unflattens its packed projection on [tokens, batch,
 dim] to Concat(Shape(x)[:-1], [3, dim]), written [tokens, 0, 3, dim], so q, k, v come from a Split.
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
@@ -33,6 +36,9 @@ from tinytlc.passes.forward.infer_shapes import InferShapesPass
 _SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Tile": (1,), "Pad": (1,),
                  "Split": (1,), "Resize": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,), "ConstantOfShape": (0,),
                  "Range": (0, 1, 2)}
+
+
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And", "Or"}
 
 
 def _attr(node, name, default):
@@ -80,37 +86,72 @@ def evaluate_shape(value: ir.Value, batch: int, memo: dict, batch_dim=None) -> n
     return result
 
 
-def _leading(value: ir.Value, batch: int, batch_dim, depth: int = 0) -> int | None:
-    """The first dimension of `value` for `batch`: the batch, a constant, or (Swin's windows, batch x
+def _leading(value: ir.Value, batch: int, batch_dim) -> int | None:
+    """The first dimension of `value` for `batch` (_dim)."""
+    return _dim(value, 0, batch, batch_dim, set())
+
+
+def _dim(value: ir.Value, axis: int, batch: int, batch_dim, seen: set) -> int | None:
+    """Dimension `axis` of `value` for `batch`: the batch, a constant, or (Swin's windows, batch x
     4 after a Reshape to -1, which shape inference names anew; a Resize to sizes computed from the
-    batch) followed back through the ops that keep it (an input with the same symbol) to a Reshape
-    whose constant target, or a Resize whose sizes, give it."""
+    batch) followed back through the ops that keep it (an input with the same symbol on that axis;
+    the axis a Transpose, Gather or Squeeze moves it from: q, k and v picked from a stacked qkv) to
+    a Reshape whose constant target, or a Resize whose sizes, give it."""
     shape = value.shape
-    if shape is None or len(shape) == 0 or depth > 100:
+    if shape is None or not 0 <= axis < len(shape) or (id(value), axis) in seen:
         return None
-    if isinstance(shape[0], int):
-        return shape[0]
-    if _is_batch(shape[0], batch_dim):
+    seen.add((id(value), axis))  # (each value once: a dead end is not walked again from another path)
+    if isinstance(shape[axis], int):
+        return shape[axis]
+    if _is_batch(shape[axis], batch_dim):
         return batch
     node = value.producer()
     if node is None:
         return None
-    if node.op_type == "Reshape":
-        x, target = node.inputs[0], const_array(node.inputs[1])
+    x = node.inputs[0] if node.inputs else None
+    if node.op_type == "Transpose":
+        perm = _attr(node, "perm", None)
+        return None if perm is None else _dim(x, perm[axis], batch, batch_dim, seen)
+    if node.op_type == "Gather":  # a scalar index drops the gathered axis
+        index, at = const_array(node.inputs[1]), _attr(node, "axis", 0)
+        if index is None or index.ndim != 0 or x.shape is None:
+            return None
+        at %= len(x.shape)
+        return _dim(x, axis + (axis >= at), batch, batch_dim, seen)
+    if node.op_type == "Squeeze":
+        axes = const_array(node.inputs[1]) if len(node.inputs) > 1 else _attr(node, "axes", None)
+        if axes is None or x.shape is None:
+            return None
+        kept = [i for i in range(len(x.shape)) if i not in {int(a) % len(x.shape) for a in np.atleast_1d(axes)}]
+        return _dim(x, kept[axis], batch, batch_dim, seen) if len(kept) == len(shape) else None
+    if node.op_type == "Reshape" and axis == 0:
+        target = const_array(node.inputs[1])
         if target is None or x.shape is None or _attr(node, "allowzero", 0) or \
                 not all(isinstance(d, int) for d in list(x.shape)[1:]):
             return None
-        lead = _leading(x, batch, batch_dim, depth + 1)
+        lead = _dim(x, 0, batch, batch_dim, seen)
         if lead is None:
             return None
         out = _reshaped(target, [lead] + list(x.shape)[1:])
         return out[0] if out else None
-    if node.op_type == "Resize" and len(node.inputs) > 3 and node.inputs[3] is not None:  # sizes, as torch writes
+    if node.op_type == "Resize" and axis == 0 and len(node.inputs) > 3 and node.inputs[3] is not None:  # sizes, as torch writes
         sizes = evaluate_shape(node.inputs[3], batch, {}, batch_dim)
         return int(sizes[0]) if sizes is not None and sizes.ndim == 1 and len(sizes) == len(shape) else None
-    same = [i for i in node.inputs if i is not None and i.shape is not None and len(i.shape) > 0
-            and str(i.shape[0]) == str(shape[0])]
-    return _leading(same[0], batch, batch_dim, depth + 1) if same else None
+    if node.op_type in ("Reshape", "Resize"):
+        return None
+    if node.op_type in _BROADCAST:  # the output's dimension is any input's that is not 1
+        for i in node.inputs:
+            at = axis - len(shape) + (len(i.shape) if i is not None and i.shape is not None else -1)
+            found = _dim(i, at, batch, batch_dim, seen) if at >= 0 else None
+            if found is not None and found != 1:
+                return found
+    for i in node.inputs:  # (the first input with the symbol that leads to a number)
+        if i is not None and i.shape is not None and (len(i.shape) == len(shape) or axis == 0 < len(i.shape)) and \
+                str(i.shape[axis]) == str(shape[axis]):
+            found = _dim(i, axis, batch, batch_dim, seen)
+            if found is not None:
+                return found
+    return None
 
 
 def _reshaped(target, dims: list[int]) -> list[int] | None:
@@ -203,6 +244,10 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     d = differ[0]
     if t1[d] == 1 and x is not None and len(x) > d and _is_batch(x[d], batch) and not _attr(node, "allowzero", 0):
         target[d] = 0  # copy the input's batch (another entry may already be -1: _resolved_reshape's, next round)
+    elif d == 0 and x is not None and len(x) > 0 and not _attr(node, "allowzero", 0) and \
+            [_leading(node.inputs[0], b, batch) for b in (1, 2)] == [t1[0], t2[0]]:
+        target[0] = 0  # the input's own first dimension (batch x windows, as timm's attention reshapes it)
+        target = _without_minus_one(target, x)
     elif patient:
         return None
     elif (t1 == -1).any():  # (a first dimension of batch x heads is unfolded: only -1 will do)
@@ -223,7 +268,9 @@ def _without_minus_one(target: np.ndarray, x) -> np.ndarray:
 
 
 def _resolved_reshape(node: ir.Node, batch) -> np.ndarray | None:
-    """A constant Reshape target [0, ..., -1, ...] whose -1 can be worked out, else None."""
+    """A constant Reshape target with a -1, of an input led by the batch, without the -1 where it
+    can be worked out, else None: [0, ..., -1, ...] (MobileViT), and [-1, H, W, C] that gives the
+    batch, written [0, H, W, C] (timm's window_reverse, windows.view(-1, H, W, C))."""
     if node.op_type != "Reshape" or len(node.inputs) < 2 or node.inputs[1] is None:
         return None
     target, x = const_array(node.inputs[1]), node.inputs[0].shape
@@ -231,7 +278,12 @@ def _resolved_reshape(node: ir.Node, batch) -> np.ndarray | None:
             or not _is_batch(x[0], batch) or -1 not in target:
         return None
     new = _without_minus_one(target.astype(np.int64), x)
-    return None if -1 in new else new
+    if -1 not in new:
+        return new
+    if not all(isinstance(d, int) for d in list(x)[1:]):
+        return None
+    o1, o2 = (_reshaped(target, [b] + list(x)[1:]) for b in (1, 2))
+    return np.array([0] + o1[1:], np.int64) if o1 and o2 and o1[0] == 1 and o2[0] == 2 and o1[1:] == o2[1:] else None
 
 
 _LED = "tinytlc.led_by_image_batch"  # Node.meta key: a target written by _to_image_batch
@@ -252,16 +304,19 @@ def _to_image_batch(graph: ir.Graph, const: Constants, node: ir.Node, rest: np.n
 _LED_INPUT = {"Expand": 1, "Reshape": 1, "Resize": 3}  # the target an op takes as [batch, *rest]
 
 
-def _batch_led(node: ir.Node, batch, patient: bool) -> np.ndarray | None:
+def _batch_led(node: ir.Node, batch, patient: bool, wait_on_minus_one: bool = False) -> np.ndarray | None:
     """The constant rest of an Expand, Reshape or Resize target computed at run time as [batch,
     *rest] (a class token expanded with `x.shape[0]`; Swin's windows reshaped back with the image's
     B; F.interpolate(size=...), which torch writes as Concat(Shape(x)[:2], size)), else None. A
     Reshape only once nothing else moves, and only where its input does not start with the batch
     (there _static_target copies it with 0): written with -1, the batch's symbol was lost for every
-    tensor after it, and with it the static shapes of every later block."""
+    tensor after it, and with it the static shapes of every later block. A Reshape's target, even a
+    constant one, that gives the batch from an input whose dimensions are known (timm's
+    window_reverse, windows.view(-1, H, W, C)) gets its rest worked out, with no -1 left; one that
+    keeps a -1 waits for a round in which nothing else moved (`wait_on_minus_one`)."""
     index = _LED_INPUT.get(node.op_type)
     if index is None or len(node.inputs) <= index or node.inputs[index] is None or node.meta.get(_LED) \
-            or const_array(node.inputs[index]) is not None:
+            or (const_array(node.inputs[index]) is not None and node.op_type != "Reshape"):
         return None
     if node.op_type == "Reshape":
         x = node.inputs[0].shape
@@ -270,6 +325,14 @@ def _batch_led(node: ir.Node, batch, patient: bool) -> np.ndarray | None:
     t1, t2 = (evaluate_shape(node.inputs[index], b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.ndim != 1 or t1.shape != t2.shape or len(t1) < 2:
         return None
+    leads = [_leading(node.inputs[0], b, batch) for b in (1, 2)] if node.op_type == "Reshape" else [None]
+    if None not in leads and all(isinstance(d, int) for d in list(x)[1:]):
+        # what the target gives (timm's window_reverse: windows.view(-1, H, W, C) is the image's batch)
+        o1, o2 = (_reshaped(t, [lead] + list(x)[1:]) for t, lead in zip((t1, t2), leads))
+        if o1 is not None and o2 is not None and o1[0] == 1 and o2[0] == 2 and o1[1:] == o2[1:] and min(o1) > 0:
+            return np.array(o1[1:], np.int64)
+    if const_array(node.inputs[index]) is not None or (wait_on_minus_one and (t1 == -1).any()):
+        return None  # (a -1 left in the rest: its input's shape may be known once this round's changes are)
     return t1[1:] if t1[0] == 1 and t2[0] == 2 and (t1[1:] == t2[1:]).all() else None
 
 
@@ -316,7 +379,7 @@ class StaticReshapesPass(ir.passes.InPlacePass):
             for node in list(graph):
                 if node.op_type not in _SHAPE_INPUTS or node.domain not in ("", "ai.onnx"):
                     continue
-                rest = _batch_led(node, batch, patient)
+                rest = _batch_led(node, batch, patient, wait_on_minus_one=changed)
                 if rest is not None:
                     _to_image_batch(graph, const, node, rest)
                     changed = modified = True
