@@ -829,6 +829,78 @@ def swinv2_net():
     return model.eval()
 
 
+class _Res(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class _LateClassToken(nn.Module):
+    """ConViT: the class token is concatenated before the last blocks (local_up_to_layer)."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.proj, self.cls_token = nn.Conv2d(3, d, 5, 5), nn.Parameter(torch.randn(1, 1, d) * 0.5)
+        self.blocks, self.head = nn.ModuleList([_Res(d) for _ in range(3)]), nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        for i, block in enumerate(self.blocks):
+            if i == 2:
+                x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+            x = block(x)
+        return self.head(x[:, 0])
+
+
+def late_class_token_net():
+    torch.manual_seed(16)
+    return _LateClassToken().eval()
+
+
+class _PixelPatchBlock(nn.Module):
+    """timm's TNT Block: an inner transformer on each patch's pixels [B * patches, pixels, c], added
+    into the patch tokens as proj(norm(pixels).reshape(B, N - 1, -1)), then an outer one."""
+
+    def __init__(self, inner, outer, pixels):
+        super().__init__()
+        self.inner, self.norm1_proj = _Res(inner), nn.LayerNorm(inner)
+        self.proj, self.outer = nn.Linear(inner * pixels, outer), _Res(outer)
+
+    def forward(self, pixel_embed, patch_embed):
+        pixel_embed = self.inner(pixel_embed)
+        B, N, C = patch_embed.size()
+        patch_embed = torch.cat([patch_embed[:, 0:1], patch_embed[:, 1:] +
+                                 self.proj(self.norm1_proj(pixel_embed).reshape(B, N - 1, -1))], dim=1)
+        return pixel_embed, self.outer(patch_embed)
+
+
+class _PixelPatch(nn.Module):
+    def __init__(self, inner=4, outer=8):
+        super().__init__()
+        self.pixels = nn.Conv2d(3, inner, 3, 3, padding=2)  # 15 px: a 6 x 6 map, 9 patches of 2 x 2 pixels
+        self.proj, self.cls_token = nn.Linear(4 * inner, outer), nn.Parameter(torch.randn(1, 1, outer) * 0.5)
+        self.blocks = nn.ModuleList([_PixelPatchBlock(inner, outer, 4) for _ in range(2)])
+        self.head = nn.Linear(outer, 3)
+
+    def forward(self, x):
+        B = x.shape[0]
+        p = self.pixels(x)
+        p = p.reshape(B, -1, 3, 2, 3, 2).permute(0, 2, 4, 3, 5, 1).reshape(B * 9, 4, -1)
+        patch = torch.cat((self.cls_token.expand(B, -1, -1), self.proj(p.reshape(B, 9, -1))), dim=1)
+        for block in self.blocks:
+            p, patch = block(p, patch)
+        return self.head(patch[:, 0])
+
+
+def pixel_patch_net():
+    """TNT: pixel tokens per patch beside patch tokens (see _PixelPatchBlock)."""
+    torch.manual_seed(17)
+    return _PixelPatch().eval()
+
+
 def pixel_shuffle_net():
     """Trained convs on both sides of a pixel shuffle and unshuffle (DepthToSpace and SpaceToDepth in
     ONNX, which ORT cannot differentiate)."""

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import beit_net, bilstm_net, conv_kinds_net, cosine_attention_net, grn_net, dense_net, resmlp_net, starrelu_net, gather_net, mixed_conv_net, odd_net, picks_net, fusion_net, small_net, swinv2_net, wide_lite_net, windows_net
+from nets import beit_net, bilstm_net, conv_kinds_net, cosine_attention_net, grn_net, dense_net, resmlp_net, starrelu_net, gather_net, mixed_conv_net, odd_net, picks_net, pixel_patch_net, fusion_net, small_net, swinv2_net, wide_lite_net, windows_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -87,7 +87,8 @@ def plain_without_lean(tmp_path, net: str, method: str, left_out: tuple[str, ...
     ("picks_net", "full", 0.0), ("picks_net", "bias", 0.0), ("beit_net", "bias", 0.0),
     ("grn_net", "bias", 0.0), ("bilstm_net", "full", 0.0), ("bilstm_net", "last", 0.0),
     ("resmlp_net", "norm+last", 0.0), ("resmlp_net", "bias", 0.0), ("starrelu_net", "bias", 0.0),
-    ("cosine_attention_net", "norm+last", 0.0), ("cosine_attention_net", "bias", 0.0), ("swinv2_net", "full", 0.0)])
+    ("cosine_attention_net", "norm+last", 0.0), ("cosine_attention_net", "bias", 0.0), ("swinv2_net", "full", 0.0),
+    ("pixel_patch_net", "full", 0.0)])
 def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smoothing):
     if net == "gather_net":  # at RES px every gathered copy outgrows the image: lift that rule here
         monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
@@ -105,7 +106,8 @@ def test_one_step_matches_torch_autograd(tmp_path, monkeypatch, net, method, smo
                                       "mixed_conv_net": mixed_conv_net, "picks_net": picks_net,
                                       "beit_net": beit_net, "grn_net": grn_net, "bilstm_net": bilstm_net,
                                       "resmlp_net": resmlp_net, "starrelu_net": starrelu_net,
-                                      "cosine_attention_net": cosine_attention_net, "swinv2_net": swinv2_net}[net])
+                                      "cosine_attention_net": cosine_attention_net, "swinv2_net": swinv2_net,
+                                      "pixel_patch_net": pixel_patch_net}[net])
     if net == "mixed_conv_net":  # the conv concatenated along the height feeds no norm: add-zero-bias gives it one
         model[0].c.bias = nn.Parameter(torch.zeros(2))
         train = train | {"0.c.bias"}

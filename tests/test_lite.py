@@ -250,6 +250,22 @@ def test_swin_v2_mlp_blocks_get_modules(tmp_path):
     assert_same_step(plain, lean, 9, 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("net,modules", [
+    ("late_class_token_net", [([9, 8], [9, 8]), ([10, 8], [10, 8])]),
+    ("pixel_patch_net", [([4, 4], [4, 4]), ([10, 8], [10, 8]), ([10, 8], [10, 8])])])
+def test_token_blocks_end_before_their_token_count_changes(tmp_path, net, modules):
+    """ConViT concatenates its class token before the last blocks, TNT regroups each patch's pixels
+    [B * 9, 4, c] into patch tokens with reshape(B, N - 1, -1): the block before ended after that
+    (9 tokens in, 10 out), and TNT's pixels.reshape(B * 9, 4, -1) left the pixel blocks' shapes
+    unknown, so they got no module."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:{net}", "lite", tmp_path / tag, resolution=R, batch_size=B,
+                                 passes=passes) for tag, passes in (("plain", []), ("lean", None)))
+    assert not lean.manifest["lite_skipped"], lean.manifest["lite_skipped"]
+    assert [(m["input"], m["output"]) for m in lean.manifest["lite_modules"]] == modules
+    assert_same_step(plain, lean, 10, 1e-5, 1e-6)
+
+
 def test_extra_depthwise_blocks_are_one_block(tmp_path):
     """MobileNetV4's ExtraDW block (dw, expand, dw, project), ConvNeXt-like one (dw, expand,
     project) and FusedMBConv (3x3 expand, 1x1 project) are one block each; before, each was cut

@@ -30,7 +30,9 @@
    read outside it, is a residual block (its ReLU included); any other fork-and-join segment there is
    looked into the same way (a fusion's output joins both streams). The stage stays a block too.
 A block ends at the last cut of its span with the rank of its input, never after a global pool
-or a Slice of tokens, nor at a Transpose of its output.
+or a Slice of tokens, nor at a Transpose of its output; a token block at the last one that still
+holds its input's tokens (not after a class token is concatenated, ConViT, or its pixels are
+regrouped into patches, TNT), where a lite module fits.
 Blocks are listed by where their input is computed (a stage before the blocks inside it).
 Lite residual modules' side branches are looked past: the blocks are those of the network itself.
 """
@@ -255,10 +257,18 @@ def _inner(flow: tuple, classifier: ir.Node | None, x: ir.Value, region: _Segmen
             end = i + 1  # the segments without a layer after it (its ReLU), up to a tensor of its input's rank
             while end < len(segments) and segments[end].kind == "other":
                 end += 1
-            end = next((e for e in range(end, i, -1) if _rank(cuts[e]) == _rank(cuts[i])), None)
+            same = [e for e in range(end, i, -1) if _rank(cuts[e]) == _rank(cuts[i])]
+            end = next((e for e in same if _same_tokens(cuts[i], cuts[e])), same[0] if same else None)
             if end is not None and _closed([n for seg in segments[i:end] for n in seg.nodes], cuts[end]):
                 blocks.append(Block(cuts[i], cuts[end], _stride(cuts[i], cuts[end]), _kind([s], cuts[i]), s.merge))
     return blocks
+
+
+def _same_tokens(x: ir.Value, y: ir.Value) -> bool:
+    """Token sequences x and y (same rank) with as many tokens: a token block ends there rather than
+    after a class token is concatenated (ConViT) or its pixels are regrouped into patches (TNT's
+    inner blocks), since a lite module cannot change the token count."""
+    return _rank(x) == 3 and str(y.shape[1]) == str(x.shape[1])
 
 
 def _closed(nodes: list[ir.Node], y: ir.Value) -> bool:
@@ -363,7 +373,7 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
     for s, e, grp in spans:
         x = cuts[s]
         rank = _rank(x)
-        y = None
+        y = same_tokens = None
         for c in cuts[s + 1: e + 1]:  # up to the head's global pool, flatten or token pick
             if rank is None or rank < 3 or c.producer().op_type in HEAD_OPS or c.producer() is classifier \
                     or (rank == 3 and _picks_tokens(c.producer())):
@@ -372,6 +382,8 @@ def find_blocks(graph: ir.Graph, classifier: ir.Node | None = None) -> list[Bloc
             # the next one's view of it: Twins' position conv reads the tokens as [B, C, N])
             if _rank(c) == rank and c.producer().op_type != "Transpose":
                 y = c
+                same_tokens = c if _same_tokens(x, c) else same_tokens
+        y = same_tokens or y
         if y is None:
             continue
         merge = grp[-1].merge if grp[-1].kind == "branch" else None

@@ -17,7 +17,10 @@ copied batch is worked out where the other dimensions are known (MobileViT-v2's
 x.reshape(B, C, -1, patches) after resizing an odd map): onnx's inference leaves both unknown.
 timm's Swin V2 writes its windows back with windows.view(-1, H, W, C) and its attention reshapes
 with the windows' own count: those are followed back through the Transpose, Gather and
-elementwise ops between them (_dim), so its MLP's tokens, x.reshape(B, -1, C), are known too.
+elementwise ops between them (_dim), so its MLP's tokens, x.reshape(B, -1, C), are known too. A
+Reshape target with a -1 or 0 is evaluated for what it gives where the input's dimensions are
+known (TNT's pixels.reshape(B * patches, pixels, -1): a constant pixel width, then -1 for the
+batch x patches).
 The batch need not lead: nn.MultiheadAttention unflattens its packed projection on [tokens, batch,
 dim] to Concat(Shape(x)[:-1], [3, dim]), written [tokens, 0, 3, dim], so q, k, v come from a Split.
 Exact: the new target equals the old one for every batch size (it is affine in the batch with no
@@ -234,6 +237,10 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     t1, t2 = (evaluate_shape(shape_value, b, {}, batch) for b in (1, 2))
     if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim > 1:  # (Range takes scalars)
         return None
+    if node.op_type == "Reshape" and ((t1 == -1).any() or (t1 == 0).any()):  # what it gives, where known
+        t1, t2 = (_gives(node, t, b, batch) for t, b in ((t1, 1), (t2, 2)))
+        if t1 is None or t2 is None:
+            t1, t2 = (evaluate_shape(shape_value, b, {}, batch) for b in (1, 2))
     differ = np.flatnonzero(t1 != t2)
     if len(differ) == 0:
         return t1
@@ -255,6 +262,17 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     else:
         target[differ[0]] = -1
     return target
+
+
+def _gives(node: ir.Node, target: np.ndarray, batch: int, batch_dim) -> np.ndarray | None:
+    """The dimensions Reshape `node` gives with `target` for `batch`, where its input's are known (a
+    -1 beside a batch-scaled entry, TNT's pixels.reshape(B * patches, pixels, -1)), else None."""
+    x = node.inputs[0].shape
+    if x is None or len(x) == 0 or _attr(node, "allowzero", 0) or not all(isinstance(d, int) for d in list(x)[1:]):
+        return None
+    lead = _leading(node.inputs[0], batch, batch_dim)
+    out = None if lead is None else _reshaped(target, [lead] + list(x)[1:])
+    return None if out is None else np.array(out, np.int64)
 
 
 def _without_minus_one(target: np.ndarray, x) -> np.ndarray:
