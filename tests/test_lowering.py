@@ -94,7 +94,38 @@ def cbam_net():
                          nn.Flatten(), nn.Linear(8, 3)).eval()
 
 
-@pytest.mark.parametrize("net,op,res", [("blur_pool_net", "Pad", 20), ("cbam_net", "ReduceMax", 16)])
+class _PooledQuery(nn.Module):
+    """Hiera's query pooling: q.view(B, heads, windows, stride, -1, head_dim).amax(dim=3), a 6-D
+    max over one inner axis (as a MaxPool it would pool 4 axes: ORT pools 1 to 3)."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q.view(B, self.heads, 2, 4, -1, C // self.heads).amax(dim=3).flatten(2, 3)
+        x = ((q @ k.transpose(-2, -1)) * (C // self.heads) ** -0.5).softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, -1, C))
+
+
+class _PooledQueryNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.norm, self.attn, self.head = nn.Conv2d(3, 8, 4, 4), nn.LayerNorm(8), _PooledQuery(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(self.norm(self.stem(x).flatten(2).transpose(1, 2))).mean(1))
+
+
+def pooled_query_net():
+    torch.manual_seed(5)
+    return _PooledQueryNet().eval()
+
+
+@pytest.mark.parametrize("net,op,res", [("blur_pool_net", "Pad", 20), ("cbam_net", "ReduceMax", 16),
+                                        ("pooled_query_net", "ReduceMax", 16)])
 @pytest.mark.parametrize("method", ["full", "bias"])
 def test_reflect_pad_and_reduce_max_train_exactly(tmp_path, net, op, res, method):
     """ORT 1.19.2 builds no training graph for a reflect / edge Pad or a ReduceMax; lowered, one step

@@ -232,7 +232,7 @@ def _reduce_max(graph, t, x: ir.Value, shape, axes: list[int], keepdims: int) ->
         return None
     kept = [i for i in range(1, rank) if i not in axes]
     out_shape = [0] + [1 if i in axes else shape[i] for i in range(1, rank)] if keepdims else [0] + [shape[i] for i in kept]
-    if axes[0] >= 2:  # image axes only: a window over them, as GlobalMaxPool
+    if axes[0] >= 2 and rank <= 5:  # image axes only: a window over them, as GlobalMaxPool (ORT pools 1 to 3 axes)
         y = t.op("MaxPool", [x], attributes={"kernel_shape": [shape[i] if i in axes else 1 for i in range(2, rank)]})
         return y if keepdims else t.op("Reshape", [y, _ints(graph, out_shape)])
     perm = [0] + kept + axes
