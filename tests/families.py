@@ -1109,8 +1109,58 @@ def swin():
     return _finish(Swin())
 
 
+# ---------------------------------------------------------------------------------------------
+# MobileOne (timm byobnet's MobileOneBlock, train-time form: parallel conv-BN branches)
+
+class ConvBN(nn.Sequential):
+    def __init__(self, cin, cout, k, stride=1, groups=1):
+        super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class MobileOneBlock(nn.Module):
+    """The sum of a BN identity (stride 1, same width), a 1x1 conv-BN scale branch and
+    `branches` kxk conv-BN branches, then ReLU; depthwise or pointwise as MobileOne alternates."""
+
+    def __init__(self, cin, cout, k=3, stride=1, depthwise=True, branches=4):
+        super().__init__()
+        groups = cin if depthwise else 1
+        self.identity = nn.BatchNorm2d(cout) if cin == cout and stride == 1 else None
+        self.conv_kxk = nn.ModuleList([ConvBN(cin, cout, k, stride, groups) for _ in range(branches)])
+        self.conv_scale = ConvBN(cin, cout, 1, stride, groups) if k > 1 else None
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        out = (self.identity(x) if self.identity is not None else 0) + \
+            (self.conv_scale(x) if self.conv_scale is not None else 0)
+        for conv in self.conv_kxk:
+            out = out + conv(x)
+        return self.act(out)
+
+
+class MobileOne(nn.Module):
+    def __init__(self, widths=(8, 16), num_classes=10):
+        super().__init__()
+        layers, cin = [MobileOneBlock(3, widths[0], 3, 2, depthwise=False, branches=1)], widths[0]
+        for cout in widths:  # a depthwise stride-2 block, then a pointwise one (kernel 1: no scale branch)
+            layers += [MobileOneBlock(cin, cin, 3, 2, depthwise=True), MobileOneBlock(cin, cout, 1, 1, depthwise=False)]
+            cin = cout
+        self.stem_and_stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+    def forward(self, x):
+        return self.head(self.stem_and_stages(x))
+
+
+def mobileone():
+    """MobileOne-S0's train-time blocks at 8 and 16 channels: 4 parallel depthwise kxk branches
+    (8 channels: less than one NCHWc block on this CPU, 16)."""
+    torch.manual_seed(0)
+    return _finish(MobileOne())
+
+
 FAMILIES = ["resnet_basic", "resnet_bottleneck", "mobilenetv3", "efficientnet", "shufflenetv2", "inception",
-            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers", "swin", "hrnet"]
+            "densenet", "convnext", "vit", "squeezenet", "vgg", "bit", "resnet_d", "odd_layers", "swin", "hrnet",
+            "mobileone"]
 # blocks per family (residual blocks, MBConvs, units, Inception/Fire modules, dense layers, encoder blocks, convs)
 BLOCKS = {"resnet_basic": 3, "resnet_bottleneck": 3, "mobilenetv3": 3, "efficientnet": 4, "shufflenetv2": 4,
           "inception": 3, "densenet": 4, "convnext": 3, "vit": 2, "squeezenet": 3, "vgg": 5}
