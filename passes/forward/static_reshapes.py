@@ -142,12 +142,14 @@ def _dim(value: ir.Value, axis: int, batch: int, batch_dim, seen: set) -> int | 
         return int(sizes[0]) if sizes is not None and sizes.ndim == 1 and len(sizes) == len(shape) else None
     if node.op_type in ("Reshape", "Resize"):
         return None
-    if node.op_type in _BROADCAST:  # the output's dimension is any input's that is not 1
+    if node.op_type in _BROADCAST:  # the output's dimension is any input's that is not 1, else 1
+        found = []
         for i in node.inputs:
-            at = axis - len(shape) + (len(i.shape) if i is not None and i.shape is not None else -1)
-            found = _dim(i, at, batch, batch_dim, seen) if at >= 0 else None
-            if found is not None and found != 1:
-                return found
+            at = None if i is None or i.shape is None else axis - len(shape) + len(i.shape)  # (aligned from the right)
+            found.append(None if at is None else 1 if at < 0 else _dim(i, at, batch, batch_dim, seen))
+            if found[-1] not in (None, 1):
+                return found[-1]
+        return 1 if found and None not in found else None
     for i in node.inputs:  # (the first input with the symbol that leads to a number)
         if i is not None and i.shape is not None and (len(i.shape) == len(shape) or axis == 0 < len(i.shape)) and \
                 str(i.shape[axis]) == str(shape[axis]):
