@@ -829,22 +829,13 @@ def swinv2_net():
     return model.eval()
 
 
-class _TokenMlp(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-
-    def forward(self, x):
-        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
-
-
 class _LateClassToken(nn.Module):
     """ConViT: the class token is concatenated before the last blocks (local_up_to_layer)."""
 
     def __init__(self, d=8):
         super().__init__()
         self.proj, self.cls_token = nn.Conv2d(3, d, 5, 5), nn.Parameter(torch.randn(1, 1, d) * 0.5)
-        self.blocks, self.head = nn.ModuleList([_TokenMlp(d) for _ in range(3)]), nn.Linear(d, 3)
+        self.blocks, self.head = nn.ModuleList([_TokenMLP(d) for _ in range(3)]), nn.Linear(d, 3)
 
     def forward(self, x):
         x = self.proj(x).flatten(2).transpose(1, 2)
@@ -866,8 +857,8 @@ class _PixelPatchBlock(nn.Module):
 
     def __init__(self, inner, outer, pixels):
         super().__init__()
-        self.inner, self.norm1_proj = _TokenMlp(inner), nn.LayerNorm(inner)
-        self.proj, self.outer = nn.Linear(inner * pixels, outer), _TokenMlp(outer)
+        self.inner, self.norm1_proj = _TokenMLP(inner), nn.LayerNorm(inner)
+        self.proj, self.outer = nn.Linear(inner * pixels, outer), _TokenMLP(outer)
 
     def forward(self, pixel_embed, patch_embed):
         pixel_embed = self.inner(pixel_embed)
