@@ -95,7 +95,7 @@ def _first_forward(net: torch.nn.Module, label: str, resolution: int, first_conv
             failure = failure or (channels, e)
     channels, e = failure
     raise TinyTLError(f"{label}: its forward fails on {channels}-channel {resolution} px images: "
-                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}") from e
+                      f"{_failure(e)}") from e
 
 
 def _check_tensors(module: torch.nn.Module) -> None:
@@ -216,7 +216,7 @@ def _check_trace(model: onnx.ModelProto, net: torch.nn.Module, pick, channels: i
             want = net(x)
     except Exception as e:  # (it ran at batch 2: the batch size is written into forward)
         raise TinyTLError(f"{label}: its forward runs on a batch of 2 images but fails on {batch}: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}; "
+                          f"{_failure(e)}; "
                           "read the batch size from the input (x.shape[0], or -1 in a view) instead of writing it") from e
     want = (pick(want) if pick else want).numpy()
     try:
@@ -925,6 +925,11 @@ def _preprocess(model: onnx.ModelProto, notes: list[str]) -> dict:
     return {**raw_pixels(pixels), **extra}
 
 
+def _failure(e: BaseException) -> str:
+    """'Type: first line of the message, at file.py:LINE' for an exception the user's code raised."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}"
+
+
 def _raised_at(e: BaseException) -> str:
     """', at file.py:LINE': the innermost frame of the user's own code (a helper module the model
     file imports, say), not of torch, importlib or tinytlc; '' when there is none."""
@@ -961,8 +966,7 @@ def load_function(spec: str) -> torch.nn.Module:
             try:
                 net = fn()
             except (Exception, SystemExit) as e:  # the user's code: say where, in one line
-                raise TinyTLError(f"{spec}: the function raised {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}{_raised_at(e)}") from e
+                raise TinyTLError(f"{spec}: the function raised {_failure(e)}") from e
     finally:
         sys.argv = argv  # (the folder stays importable, as under `python file.py`: a forward may import late)
     if not isinstance(net, torch.nn.Module):
