@@ -16,7 +16,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -231,9 +230,9 @@ def _check_trace(model: onnx.ModelProto, net: torch.nn.Module, pick, channels: i
     try:
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     except Exception as e:
-        node = re.search(r"running (\w+) node\. Name:'([^']*)'", str(e))
-        where = f" (ORT fails in {node[1]} '{node[2]}')" if node else ""
-        raise TinyTLError(f"{label}: the traced graph runs on a batch of 2 images but not on {batch}{where}: "
+        from tinytlc.runtime.session import ort_cause
+        raise TinyTLError(f"{label}: the traced graph runs on a batch of 2 images but not on {batch} "
+                          f"(ORT: {ort_cause(str(e))}): "
                           "tracing wrote a size that the module computes from "
                           "its input into the graph as a constant (as torch.zeros(2, ...) or a size taken through Python int())") from e
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))):
