@@ -81,7 +81,7 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
 
 def _restore_input(model: onnx.ModelProto, name: str, adapter: dict) -> None:
     """The image input as the user's file took it: the Cast from uint8 and the Transpose from NHWC
-    that compile took off (export._take_input_adapter) go back in front of the graph."""
+    that compile took off (onnx_file._take_input_adapter) go back in front of the graph."""
     inner = f"{name}/nchw_float"
     for node in model.graph.node:
         node.input[:] = [inner if i == name else i for i in node.input]

@@ -14,7 +14,8 @@ from onnx import helper
 from test_gradients import ort_step
 
 from tinytlc.errors import TinyTLError
-from tinytlc.export import IMAGENET, load_source
+from tinytlc.export import load_source
+from tinytlc.pixels import IMAGENET
 from tinytlc.pipeline import compile_model
 
 BATCH = 2
@@ -381,7 +382,7 @@ def test_uint8_and_channels_last_inputs_train_and_export_as_they_came(tmp_path):
     net = conv_net().eval()
     loss_t = F.cross_entropy(net(torch.from_numpy(x) / 255), torch.from_numpy(y))
     loss_t.backward()
-    from tinytlc.export import file_resolution
+    from tinytlc.onnx_file import file_resolution
     assert file_resolution(str(file)) == 16  # (the default --resolution: H and W of an NHWC file)
     art = compile_model(str(file), "full", tmp_path / "a", resolution=16, batch_size=BATCH)
     assert art.manifest["preprocess"]["std"] == [1 / 255] * 3 and "uint8 NHWC" in art.manifest["source"]
@@ -564,7 +565,7 @@ def test_a_file_saved_after_ort_optimisations(tmp_path, kind, fused):
     are written back as ai.onnx ops (bias silently trained the classifier only); at ALL (NCHWc) it is refused."""
     import onnxruntime as ort
 
-    from tinytlc.export import load_onnx
+    from tinytlc.onnx_file import load_onnx
     net = FusedByOrt(kind)
     export(net, tmp_path / "m.onnx", 16)
     for level in ("EXTENDED", "ALL"):
@@ -709,7 +710,7 @@ class FlatHead(nn.Module):
 @pytest.mark.parametrize("view", [False, True], ids=["flatten", "view"])
 def test_a_head_over_a_flattened_map_names_its_size(tmp_path, view):
     """At another resolution its Gemm gets another number of features: ORT said "GEMM: Dimension mismatch"."""
-    from tinytlc.export import load_onnx
+    from tinytlc.onnx_file import load_onnx
     torch.onnx.export(FlatHead(view).eval(), (torch.zeros(1, 3, 32, 32),), str(tmp_path / "m.onnx"), dynamo=False,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
     load_onnx(tmp_path / "m.onnx", 32)
@@ -720,7 +721,7 @@ def test_a_head_over_a_flattened_map_names_its_size(tmp_path, view):
 
 
 def test_an_ir_11_file_and_a_truncated_data_file_are_named(tmp_path):
-    from tinytlc.export import load_onnx
+    from tinytlc.onnx_file import load_onnx
     torch.manual_seed(0)
     model = export(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Flatten(), nn.Linear(512, 3)), tmp_path / "m.onnx", 16)
     model.ir_version = 11  # (onnx >= 1.18 writes it; the checker said "not a valid ONNX model")

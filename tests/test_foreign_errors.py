@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tinytlc.errors import TinyTLError
-from tinytlc.export import load_onnx
+from tinytlc.onnx_file import load_onnx
 
 
 def small_model(middle: list, inits=(), opset=17) -> onnx.ModelProto:

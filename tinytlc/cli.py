@@ -24,7 +24,7 @@ def _resolution(a) -> int | None:
     the command to say), else 224."""
     if a.resolution is not None:
         return None
-    from tinytlc.export import file_resolution
+    from tinytlc.onnx_file import file_resolution
     fixed = file_resolution(a.model)
     a.resolution = fixed or 224
     return fixed

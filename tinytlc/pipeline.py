@@ -20,15 +20,18 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
-from tinytlc.export import EXPORTED_BATCH, IMAGENET, MAX_IR, MODULE_PARAMETERS, PARAMETERS, Source, _preprocess, load_module, load_source, raw_pixels
+from tinytlc.export import MODULE_PARAMETERS, PARAMETERS, Source, load_module, load_source
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
+from tinytlc.onnx_file import MAX_IR
 from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, InferShapesPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, SplitBidirectionalRnnPass, StaticReshapesPass,
                                     find_classifier)
+from tinytlc.passes.forward.static_reshapes import EXPORTED_BATCH
 from tinytlc.passes.forward._values import CONSTANT, LOWERED, PARAMETER
 from tinytlc.passes.forward.lower_for_autodiff import declare_layer_norm_statistics
 from tinytlc.passes.training import DEFAULT_PASSES, FORWARD_PASSES, NCHWC_PASSES, PASSES
 from tinytlc.passes.training.nchwc_conv import block_size
+from tinytlc.pixels import IMAGENET, preprocess, raw_pixels
 from tinytlc.runtime import artifacts
 from tinytlc.runtime.session import TRAINED, check_step, foreign_trained_files
 
@@ -171,7 +174,7 @@ def model_source(model: str | Path | nn.Module, resolution: int, pretrained: boo
         proto, notes = load_module(model, name, resolution)
     finally:
         model.train(training)
-    return Source(proto, _preprocess(proto, notes), f"PyTorch module {name}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return Source(proto, preprocess(proto, notes), f"PyTorch module {name}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int | None, resolution: int, pretrained: bool = True,
