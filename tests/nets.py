@@ -992,3 +992,48 @@ def starrelu_net():
     torch.manual_seed(15)
     return nn.Sequential(nn.Conv2d(3, 8, 4, 4), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 1), _StarReLU(), nn.Conv2d(16, 8, 1),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+class _EinsumAttention(nn.Module):
+    """Attention over a (B, H, W, C) map written with torch.einsum, with SAM's decomposed relative
+    positions (einsum("bhwc,hkc->bhwk") over B x heads): ORT 1.19.2 has no Einsum gradient."""
+
+    def __init__(self, dim=8, heads=2, size=3):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Parameter(torch.randn(dim, dim) * 0.3)
+        self.rel_h = nn.Parameter(torch.randn(2 * size - 1, dim // heads) * 0.5)
+        self.rel_w = nn.Parameter(torch.randn(2 * size - 1, dim // heads) * 0.5)
+        self.register_buffer("idx", torch.arange(size)[:, None] - torch.arange(size)[None, :] + size - 1,
+                             persistent=False)
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn = torch.einsum("bhid,bhjd->bhij", q, k) * (q.shape[-1] ** -0.5)
+        r_q = q.reshape(B * self.heads, H, W, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, self.rel_h[self.idx])
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, self.rel_w[self.idx])
+        attn = (attn.view(B * self.heads, H, W, H, W) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :])
+        out = torch.einsum("bhij,bhjd->bhid", attn.view(B, self.heads, H * W, H * W).softmax(-1), v)
+        out = torch.einsum("bhnd->bnhd", out).reshape(B, H, W, C)
+        return torch.einsum("...c,cd->...d", out, self.proj)
+
+
+class _EinsumNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.norm, self.attn = nn.Conv2d(3, 8, 4, 4), nn.LayerNorm(8), _EinsumAttention()
+        self.bilinear, self.head = nn.Parameter(torch.randn(8, 8) * 0.3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        x = x + self.attn(self.norm(x))
+        pooled = x.mean((1, 2))
+        return self.head(pooled + torch.einsum("bi,ij", pooled, self.bilinear))  # (implicit output: bj)
+
+
+def einsum_net():
+    """torch.einsum in attention, relative positions, a projection over '...' and an implicit form."""
+    torch.manual_seed(18)
+    return _EinsumNet().eval()

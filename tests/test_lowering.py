@@ -15,7 +15,7 @@ from tinytlc.pipeline import compile_model
 
 
 @pytest.mark.parametrize("net,op", [("group_norm_net", "InstanceNormalization"), ("global_max_net", "GlobalMaxPool"),
-                                    ("pixel_shuffle_net", "DepthToSpace")])
+                                    ("pixel_shuffle_net", "DepthToSpace"), ("einsum_net", "Einsum")])
 def test_lowered_op_trains_exactly(tmp_path, net, op):
     art = compile_model(f"{NETS}:{net}", "full", tmp_path / "a", resolution=12, batch_size=3)
     ops = {n.op_type for n in onnx.load(art.path / "forward_model.onnx").graph.node}
@@ -226,6 +226,43 @@ def test_lowered_depth_to_space_and_space_to_depth_equal_the_ops():
         lowered = ir.serde.serialize_model(irm)
         assert node.op_type not in {n.op_type for n in lowered.graph.node}
         np.testing.assert_array_equal(_run(lowered, {"x": x})[0], _run(model, {"x": x})[0], err_msg=str(node))
+
+
+# (equation, operand shapes: "n" is a symbolic batch, run at 3; left alone: whether the pass must keep the Einsum)
+_EINSUMS = [("bhid,bhjd->bhij", [("n", 2, 5, 4), ("n", 2, 6, 4)]), ("bhwc,hkc->bhwk", [("n", 3, 4, 5), (3, 2, 5)]),
+            ("...c,cd->...d", [("n", 3, 4, 5), (5, 2)]), ("bi,ij", [("n", 4), (4, 3)]), ("bnhd->bhnd", [("n", 3, 2, 4)]),
+            ("bij->bj", [("n", 3, 4)]), ("bij->", [("n", 3, 4)]), ("bi,bj->bij", [("n", 3), ("n", 4)]),
+            ("bi,bi->b", [("n", 5), ("n", 5)]), ("bi,ij,jk->bk", [("n", 3), (3, 4), (4, 2)]),
+            ("ijk,jl->lik", [(2, 3, 4), (3, 5)]), ("bxy,y->bx", [("n", 3, 4), (4,)]), ("...ij,...jk->...ik", [("n", 2, 3, 4), ("n", 2, 4, 5)]),
+            ("bij,bjk->bik", [("n", "m", 4), ("n", 4, 5)]), ("ii->i", [(3, 3)]), ("ij,jk->ik", [("n", "m"), ("m", 4)]),
+            ("bij,bjk->bik", [("n", "m", "p"), ("n", "p", 5)]), ("ijk,kl->ijl", [("n", "m", 4), (4, "q")])]
+
+
+@pytest.mark.parametrize("equation,shapes", _EINSUMS, ids=[e for e, _ in _EINSUMS])
+def test_einsum_as_matmul_equals_the_op(equation, shapes):
+    """Einsum written as Transpose/Reshape/MatMul/ReduceSum (passes/forward/einsum_as_matmul.py)
+    computes ORT's Einsum: batched products, sums over one operand's own letters, outer products,
+    three operands, ellipses, the implicit output and sizes known only at run time; a diagonal (a
+    repeated letter) is left alone."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from tinytlc.passes.forward import EinsumAsMatMulPass
+    names = [f"x{i}" for i in range(len(shapes))]
+    node = helper.make_node("Einsum", names, ["y"], equation=equation)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(names, shapes)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    irm = ir.serde.deserialize_model(model)
+    lowered = EinsumAsMatMulPass()(irm).modified
+    assert lowered == (equation != "ii->i"), equation
+    if not lowered:
+        return
+    out = ir.serde.serialize_model(irm)
+    assert "Einsum" not in {n.op_type for n in out.graph.node}
+    rng = np.random.default_rng(8)
+    feeds = {n: rng.standard_normal([3 if isinstance(d, str) else d for d in s], dtype=np.float32) for n, s in zip(names, shapes)}
+    np.testing.assert_allclose(_run(out, feeds)[0], _run(model, feeds)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])

@@ -23,7 +23,7 @@ from tinytlc.errors import TinyTLError
 from tinytlc.export import MODULE_PARAMETERS, PARAMETERS, Source, load_module, load_source
 from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
 from tinytlc.onnx_file import MAX_IR
-from tinytlc.passes.forward import (ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, InferShapesPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
+from tinytlc.passes.forward import (EinsumAsMatMulPass, ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, InferShapesPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, SplitBidirectionalRnnPass, StaticReshapesPass,
                                     find_classifier)
 from tinytlc.passes.forward.static_reshapes import EXPORTED_BATCH
@@ -207,7 +207,7 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     if num_classes is not None and num_classes != head_classes:
         ReplaceClassifierPass(num_classes)(irm)
     InferShapesPass()(irm)
-    if SplitBidirectionalRnnPass()(irm).modified | LowerForAutodiffPass()(irm).modified:
+    if SplitBidirectionalRnnPass()(irm).modified | LowerForAutodiffPass()(irm).modified | EinsumAsMatMulPass()(irm).modified:
         InferShapesPass()(irm)
     norms = methods.norm_params(irm.graph)
     if report is not None:

@@ -12,6 +12,7 @@ from tinytlc.passes.forward.gather_index_as_slice import GatherIndexAsSlicePass
 from tinytlc.passes.forward.keep_pad_before_maxpool import KeepPadBeforeMaxPoolPass
 from tinytlc.passes.forward.blocks import Block, find_blocks
 from tinytlc.passes.forward.lift_weight_constants import LiftWeightConstantsPass
+from tinytlc.passes.forward.einsum_as_matmul import EinsumAsMatMulPass
 from tinytlc.passes.forward.lower_for_autodiff import LowerForAutodiffPass
 from tinytlc.passes.forward.merge_averaged_heads import MergeAveragedHeadsPass
 from tinytlc.passes.forward.lite_residual import LiteOptions, LiteResidualPass
@@ -21,5 +22,5 @@ from tinytlc.passes.forward.resize_as_matmul import ResizeAsMatMulPass
 from tinytlc.passes.forward.split_bidirectional_rnn import SplitBidirectionalRnnPass
 
 __all__ = ["AddZeroBiasPass", "Block", "AveragePoolToConvPass", "BatchNormToAffinePass", "ExplicitPadsPass", "FoldBatchNormIntoConvPass", "FoldTrainedBatchNormPass",
-           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "InferShapesPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "SplitBidirectionalRnnPass", "StaticReshapesPass", "find_blocks",
+           "FusePadIntoConvPass", "GatherIndexAsSlicePass", "InferShapesPass", "KeepPadBeforeMaxPoolPass", "LiftWeightConstantsPass", "LiteOptions", "LiteResidualPass", "LowerForAutodiffPass", "EinsumAsMatMulPass", "MergeAveragedHeadsPass", "ReplaceClassifierPass", "ResizeAsMatMulPass", "SplitBidirectionalRnnPass", "StaticReshapesPass", "find_blocks",
            "find_classifier"]
