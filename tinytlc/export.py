@@ -98,6 +98,10 @@ def _check_tensors(module: torch.nn.Module) -> None:
         raise TinyTLError(f"{name} has {', '.join(wide)} parameters; tinytlc trains float32 models: call .float() on it")
 
 
+def _traced_images(channels: int, resolution: int) -> torch.Tensor:
+    return torch.rand(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(0))
+
+
 def export_module(module: torch.nn.Module, resolution: int, channels: int | None = None) -> onnx.ModelProto:
     """Export an eval-mode nn.Module to ONNX (batch dimension symbolic, spatial size fixed). It is
     traced at batch 2 (a `squeeze()` keeps the batch axis) on random pixels (a zero image takes
@@ -106,7 +110,7 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int | None
     module = _unwrap(module).eval()
     name = type(module).__name__
     _check_tensors(module)
-    x = torch.rand(2, channels or input_channels(module), resolution, resolution, generator=torch.Generator().manual_seed(0))
+    x = _traced_images(channels or input_channels(module), resolution)
     def export(dynamic: bool) -> bytes:
         buf = io.BytesIO()
         torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=False,
@@ -226,11 +230,26 @@ def _check_trace(model: onnx.ModelProto, net: torch.nn.Module, pick, channels: i
                           f"(ORT: {ort_cause(str(e))}): "
                           "tracing wrote a size that the module computes from "
                           "its input into the graph as a constant (as torch.zeros(2, ...) or a size taken through Python int())") from e
-    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))):
-        err = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
-        raise TinyTLError(f"{label}: the traced graph disagrees with the module on other images (max |diff| {err:.3g}): "
-                          "its forward branches on tensor values (a Python `if` on a tensor), which tracing fixes "
-                          "to the branch the first images took")
+    def differ(got, want) -> float | None:  # max |diff| where the graph and the module disagree
+        if got.shape != want.shape:
+            return float("nan")
+        return None if np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))) \
+            else float(np.abs(got - want).max())
+
+    err = differ(got, want)
+    if err is None:
+        return
+    traced = _traced_images(channels, resolution)  # the very images the trace ran on
+    with torch.no_grad():
+        want = net(traced)
+    if differ(session.run(None, {session.get_inputs()[0].name: traced.numpy()})[0], (pick(want) if pick else want).numpy()) is not None:
+        raise TinyTLError(f"{label}: the traced graph disagrees with the module even on the images it was traced with "
+                          f"(max |diff| {err:.3g}): its forward takes another path while it is exported (a branch on "
+                          "torch.onnx.is_in_onnx_export() or torch.jit.is_tracing(), as in models that expect their "
+                          "BatchNorms merged first): export the form that branch expects, or take the branch out")
+    raise TinyTLError(f"{label}: the traced graph disagrees with the module on other images (max |diff| {err:.3g}): "
+                      "its forward branches on tensor values (a Python `if` on a tensor), which tracing fixes "
+                      "to the branch the first images took")
 
 
 def _failure(e: BaseException) -> str:
