@@ -174,6 +174,11 @@ class ExportBranch(Net):  # Next-ViT: skips its pre-norms while exported, expect
     def forward(self, x):
         return super().forward(x if torch.onnx.is_in_onnx_export() else x * 2)
 def export_branch(): return ExportBranch()
+class Halo(Net):  # timm's HaloAttn: unfold after a pad, which torch's TorchScript exporter cannot size
+    def forward(self, x):
+        f = torch.nn.functional.pad(self.features(x), [1, 1, 1, 1]).unfold(2, 4, 2).unfold(3, 4, 2)
+        return self.fc(f.mean((2, 3, 4, 5)))
+def halo(): return Halo()
 '''
 
 
@@ -233,6 +238,9 @@ def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
                      r"\(node .*\): .*\): tracing wrote a size"),
     ("export_branch", r"nets.py:export_branch: the traced graph disagrees with the module even on the images it was "
                       r"traced with .*torch.onnx.is_in_onnx_export\(\)"),
+    ("halo", r"^cannot export Halo to ONNX with torch's TorchScript exporter: Unsupported: ONNX export of operator "
+             r"Unfold, input size not accessible; its dynamo exporter may write it: torch.onnx.export\(model, images, "
+             r"'model.onnx', dynamo=True\), then compile model.onnx$"),
 ])
 def test_modules_tinytlc_cannot_train_as_pytorch_would_are_refused(tmp_path, nets, name, phrase):
     path, _ = nets

@@ -124,14 +124,16 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int | None
         try:
             data = export(dynamic=True)
         except Exception as e:  # torch raises many types; the user needs the first line
-            first = str(e).splitlines()[0].split("[Caused by")[0].strip()  # (torch's IR dump follows)
+            first = str(e).splitlines()[0].split("[Caused by")[0].split(" Please feel free")[0].strip().rstrip(".")  # (an IR dump follows)
             if "Python operator" in first or "PythonOp" in first:
                 raise TinyTLError(f"{name} uses a custom torch.autograd.Function ({first}): its backward cannot be "
                                   "exported, so tinytlc cannot train it as PyTorch would") from e
             try:  # (a pooling window of x.size(2) cannot be traced with a symbolic batch; a fixed one is taken
                 data = export(dynamic=False)  # like a file exported for one batch size)
             except Exception:
-                raise TinyTLError(f"cannot export {name} to ONNX: {first}") from e
+                raise TinyTLError(f"cannot export {name} to ONNX with torch's TorchScript exporter: {first}; its dynamo "
+                                  "exporter may write it: torch.onnx.export(model, images, 'model.onnx', dynamo=True), "
+                                  "then compile model.onnx") from e
     model = onnx.load_from_string(data)
     params = {t.name for t in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in params]
