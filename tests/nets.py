@@ -1037,3 +1037,102 @@ def einsum_net():
     """torch.einsum in attention, relative positions, a projection over '...' and an implicit form."""
     torch.manual_seed(18)
     return _EinsumNet().eval()
+
+
+class _GlobalQueryBlock(nn.Module):
+    """GCViT's block: window attention whose query is, in every other block, made once per image
+    from the whole map and repeated over the image's windows (batched by windows x images)."""
+
+    def __init__(self, c, use_global, window=2, heads=2):
+        super().__init__()
+        self.window, self.heads, self.use_global = window, heads, use_global
+        self.norm1, self.norm2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.qkv, self.proj = nn.Linear(c, (2 if use_global else 3) * c), nn.Linear(c, c)
+        self.mlp = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+
+    def forward(self, x, q_global):  # x: (B, H, W, C); q_global: (B, window, window, C)
+        B, H, W, C = x.shape
+        w, h = self.window, self.heads
+        win = self.norm1(x).view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
+        B_, N, _ = win.shape
+        if self.use_global:
+            k, v = self.qkv(win).reshape(B_, N, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
+            q = q_global.repeat(B_ // q_global.shape[0], 1, 1, 1).reshape(B_, N, h, C // h).permute(0, 2, 1, 3)
+        else:
+            q, k, v = self.qkv(win).reshape(B_, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q * (C // h) ** -0.5
+        out = self.proj(((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(B_, N, C))
+        out = out.view(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+        x = x + out
+        return x + self.mlp(self.norm2(x))
+
+
+class _GlobalQuery(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.Conv2d(c, c, 3, 2, 1))
+        self.query = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.blocks = nn.ModuleList([_GlobalQueryBlock(c, i % 2 == 1) for i in range(2)])
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.stem(x)  # (15 px: 4 x 4, four 2 x 2 windows)
+        q_global = F.max_pool2d(self.query(x) + x, 3, 2, 1).permute(0, 2, 3, 1)  # (B, 2, 2, C)
+        x = x.permute(0, 2, 3, 1)
+        for block in self.blocks:
+            x = block(x, q_global)
+        return self.head(x.mean((1, 2)))
+
+
+def global_query_net():
+    """GCViT: a global query repeated over each image's windows."""
+    torch.manual_seed(19)
+    return _GlobalQuery().eval()
+
+
+class _ClipBlock(nn.Module):
+    """CLIP's ResidualAttentionBlock (QuickGELU MLP); nn.MultiheadAttention takes (T, N, D) tokens
+    unless batch_first."""
+
+    def __init__(self, d, batch_first):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=batch_first)
+        self.c_fc, self.c_proj = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        h = self.c_fc(self.ln_2(x))
+        return x + self.c_proj(h * torch.sigmoid(1.702 * h))
+
+
+class _Clip(nn.Module):
+    def __init__(self, batch_first, d=8):
+        super().__init__()
+        self.batch_first = batch_first
+        self.conv1 = nn.Conv2d(3, d, 5, 5, bias=False)  # 15 px: 9 patches
+        self.class_embedding, self.positional_embedding = nn.Parameter(torch.randn(d)), nn.Parameter(torch.randn(10, d))
+        self.ln_pre, self.ln_post, self.head = nn.LayerNorm(d), nn.LayerNorm(d), nn.Linear(d, 3)
+        self.blocks = nn.ModuleList([_ClipBlock(d, batch_first) for _ in range(3)])
+
+    def forward(self, x):
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], 1) + self.positional_embedding
+        x = self.ln_pre(x)
+        x = x if self.batch_first else x.permute(1, 0, 2)  # NLD -> LND
+        for block in self.blocks:
+            x = block(x)
+        x = x if self.batch_first else x.permute(1, 0, 2)
+        return self.head(self.ln_post(x[:, 0]))
+
+
+def clip_net(batch_first=False):
+    """OpenAI CLIP's visual transformer: its blocks run on (tokens, batch, dim)."""
+    torch.manual_seed(20)
+    return _Clip(batch_first).eval()
+
+
+def clip_batch_first_net():
+    """clip_net with the same weights, its blocks on (batch, tokens, dim)."""
+    return clip_net(batch_first=True)

@@ -2,6 +2,8 @@
 a PyTorch model carrying the same modules (the eager baseline's), on zoo models and an unseen
 residual CNN."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -360,3 +362,39 @@ def test_parallel_streams_get_modules_beside_their_blocks(tmp_path):
         (add,) = [n for n in graph.node if b.output.name in n.input]
         (branch,) = [i for i in add.input if i != b.output.name]
         assert add.op_type == "Add" and f"lite{k}.conv2.weight" in sources(branch)
+
+
+def test_tokens_laid_out_sequence_first_get_modules(tmp_path):
+    """CLIP runs its blocks on (tokens, batch, dim) (nn.MultiheadAttention's default layout). They
+    got no module ("shapes unknown": the batch on the second axis). The token module works per token,
+    so the same network written batch-first gets the same modules and, on one batch, the same lite
+    gradients; the step equals ORT's own graph."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    arts = {tag: compile_model(f"{NETS}:{net}", "lite", tmp_path / tag, resolution=R, batch_size=B, passes=passes)
+            for tag, net, passes in (("plain", "clip_net", []), ("lean", "clip_net", None),
+                                     ("first", "clip_batch_first_net", None))}
+    for art in arts.values():
+        assert not art.manifest["lite_skipped"], art.manifest["lite_skipped"]
+        # (a block per residual: attention, MLP; the first gets none)
+        assert [(m["input"], m["output"]) for m in art.manifest["lite_modules"]] == [([10, 8], [10, 8])] * 5
+    grads = assert_same_step(arts["plain"], arts["lean"], 11, 1e-5, 1e-6)
+    x, y = np.random.default_rng(11).standard_normal((B, 3, R, R), dtype=np.float32), np.arange(B) % 3
+    (_, _, first), (_, _, lnd) = ort_step(arts["first"], x, y, 0.0), ort_step(arts["lean"], x, y, 0.0)
+    lite = [n for n in lnd if n.startswith("lite")]
+    assert lite and set(lite) <= set(first) and set(lite) <= set(grads)
+    for name in lite:
+        np.testing.assert_allclose(lnd[name], first[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_a_block_batched_otherwise_gets_no_module(tmp_path):
+    """GCViT's global query (tests/nets.py:global_query_net): made from the map of each image, then
+    repeated over its windows. A block ending at that query was given a module made from its input
+    (batched by images) and added to its output (batched by windows x images): ORT refused the
+    trial step. It is skipped, and said; the other blocks keep theirs."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:global_query_net", "lite", tmp_path / tag, resolution=R, batch_size=B,
+                                 passes=passes) for tag, passes in (("plain", []), ("lean", None)))
+    skipped = lean.manifest["lite_skipped"]
+    assert len(skipped) == 1 and re.fullmatch(r"its input is batched by batch, its output by \S+", skipped[0]["reason"])
+    assert len(lean.manifest["lite_modules"]) == lean.manifest["lite_blocks"] - 2 == 3
+    assert_same_step(plain, lean, 12, 1e-5, 1e-6)

@@ -17,6 +17,9 @@ Beside a transformer block (tokens x of shape (T, D_in), output (T, D_out)) the 
 token sequence: y + norm2(relu(norm1(x W1)) W2), W1 of width D_in * expand, both norms LayerNorms
 written out, the last one's scale 0 at start. There is no pooling: tokens have no grid to pool
 (the class token), so this module stores its input at full size, like any adapter.
+Tokens laid out (T, N, D) (CLIP's transformer, nn.MultiheadAttention's default) take the same
+module: it works per token. A block whose output is batched otherwise than its input (GCViT's global
+query: images in, windows x images out) gets none.
 Channels-last images (Swin keeps (H, W, C) between blocks) get the image module between
 Transposes, so it convolves over H and W, not over W and C (`channels_last`; a block may take
 one layout and give the other).
@@ -33,6 +36,7 @@ import onnx_ir as ir
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import LITE, add_initializer, normalize
 from tinytlc.passes.forward.blocks import Block, find_blocks
+from tinytlc.passes.forward.static_reshapes import dimension
 
 
 @dataclass
@@ -99,7 +103,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
         reference = self.options.reference
         for index, block in enumerate(blocks[1:], start=1):
             block.input = spliced.get(id(block.input), block.input)  # a later block reads the sum
-            why = _unsupported(block)
+            why = _unsupported(block, graph.inputs[0].shape[0])
             size, reference = reference, reference // max(1, block.stride)
             if why:
                 self.skipped.append({"block": index, "kind": block.kind, "reason": why})
@@ -184,8 +188,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
                 "pooled": [hin // d, win // d] if d > 1 else [hin, win], "params": params}, out
 
     def _splice_tokens(self, graph: ir.Graph, block: Block, name: str, rng) -> tuple[dict, ir.Value]:
-        _, tokens, din = block.input.shape
-        _, _, dout = block.output.shape
+        tokens, din, dout = block.input.shape[1 - batch_axis(block.input.shape)], block.input.shape[2], block.output.shape[2]
         mid = din * self.options.expand
         t = ir.tape.Tape(graph)
         w1 = self._param(graph, f"{name}.fc1.weight", rng.normal(0, np.sqrt(2.0 / din), (din, mid)).astype(np.float32))
@@ -243,15 +246,33 @@ def channels_last(x: ir.Value) -> bool:
     return False
 
 
-def _unsupported(block: Block) -> str | None:
-    """Why no module fits beside this block, or None."""
+def batch_axis(shape: ir.Shape) -> int:
+    """The axis of a block's input or output that holds the images' batch: 0, or 1 for tokens laid
+    out (T, N, D) as nn.MultiheadAttention takes them by default (CLIP's transformer). The token
+    module works per token over the last axis, so either layout takes it unchanged."""
+    return 1 if len(shape) == 3 and isinstance(shape[0], int) and not isinstance(shape[1], int) else 0
+
+
+def _unsupported(block: Block, batch: ir.SymbolicDim) -> str | None:
+    """Why no module fits beside this block, or None. `batch`: the image input's batch dimension."""
     x, y = block.input.shape, block.output.shape
-    if x is None or y is None or not all(isinstance(d, int) for d in list(x)[1:] + list(y)[1:]):
+    if x is None or y is None:
         return "shapes unknown after shape inference"
     if len(x) not in (3, 4) or len(x) != len(y):
         return f"input rank {len(x)}, output rank {len(y)}: a module needs images (4-D) or tokens (3-D)"
-    if len(x) == 3 and x[1] != y[1]:
-        return f"{x[1]} tokens in, {y[1]} out"
+    ax, ay = batch_axis(x), batch_axis(y)
+    if not all(isinstance(d, int) for i, d in enumerate(x) if i != ax) or \
+            not all(isinstance(d, int) for i, d in enumerate(y) if i != ay):
+        return "shapes unknown after shape inference"
+    # the branch, made from the input, is added to the output: their leading axes must be one size
+    # (not so for GCViT's global query: images in, windows x images out)
+    same = ax == ay and (str(x[ax]) == str(y[ay]) or all(
+        dimension(block.input, ax, b, batch) is not None and
+        dimension(block.input, ax, b, batch) == dimension(block.output, ay, b, batch) for b in (1, 2)))
+    if not same:
+        return f"its input is batched by {x[ax]}, its output by {y[ay]}"
+    if len(x) == 3 and x[1 - ax] != y[1 - ay]:
+        return f"{x[1 - ax]} tokens in, {y[1 - ay]} out"
     return None
 
 

@@ -94,6 +94,11 @@ def _leading(value: ir.Value, batch: int, batch_dim) -> int | None:
     return _dim(value, 0, batch, batch_dim, set())
 
 
+def dimension(value: ir.Value, axis: int, batch: int, batch_dim) -> int | None:
+    """Dimension `axis` of `value` when the image batch `batch_dim` is `batch` (_dim), or None."""
+    return _dim(value, axis, batch, batch_dim, set())
+
+
 def _dim(value: ir.Value, axis: int, batch: int, batch_dim, seen: set) -> int | None:
     """Dimension `axis` of `value` for `batch`: the batch, a constant, or (Swin's windows, batch x
     4 after a Reshape to -1, which shape inference names anew; a Resize to sizes computed from the
