@@ -1136,3 +1136,29 @@ def clip_net(batch_first=False):
 def clip_batch_first_net():
     """clip_net with the same weights, its blocks on (batch, tokens, dim)."""
     return clip_net(batch_first=True)
+
+
+class _TokenPool(nn.Module):
+    """Next-ViT's E_MHSA: keys and values from tokens averaged by nn.AvgPool1d (a 1-D AveragePool),
+    then BatchNorm1d; a padded ceil-mode pool that does not count its padding beside it."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, 3, 3)  # 12 px: 16 tokens
+        self.q, self.kv, self.head = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, 3)
+        self.sr = nn.AvgPool1d(4, 4)
+        self.sr_padded = nn.AvgPool1d(3, 2, padding=1, ceil_mode=True, count_include_pad=False)
+        self.norm = nn.BatchNorm1d(d)
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        pooled = torch.cat([self.sr(x.transpose(1, 2)), self.sr_padded(x.transpose(1, 2))], 2)
+        k, v = self.kv(self.norm(pooled).transpose(1, 2)).chunk(2, -1)
+        out = (self.q(x) @ k.transpose(1, 2) * 8 ** -0.5).softmax(-1) @ v
+        return self.head((x + out).mean(1))
+
+
+def token_pool_net():
+    """1-D average pools over tokens (Next-ViT's spatial reduction)."""
+    torch.manual_seed(21)
+    return randomize_bn(_TokenPool()).eval()

@@ -1,4 +1,5 @@
-"""Write a 2-D AveragePool as a depthwise Conv with constant weights 1/(kh*kw).
+"""Write a 2-D AveragePool as a depthwise Conv with constant weights 1/(kh*kw); a 1-D one the same
+way between an Unsqueeze and a Squeeze (Next-ViT's AvgPool1d over tokens).
 
 Why: ONNX Runtime 1.19.2's CPU AveragePoolGrad takes its output shape from static shape
 inference; with the symbolic batch dimension every tinytlc graph has, the first training step
@@ -33,10 +34,19 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
             x = pool.inputs[0]
             kernel = list(pool.attributes.get_ints("kernel_shape", []))
             pads = list(pool.attributes.get_ints("pads", [0] * 2 * len(kernel)))
-            if len(kernel) != 2 or x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[1], int):
-                raise TinyTLError(f"AveragePool {pool.name}: need a 4-D input with a known channel count")
-            strides = list(pool.attributes.get_ints("strides", [1, 1]))
-            dilations = list(pool.attributes.get_ints("dilations", [1, 1]))
+            strides = list(pool.attributes.get_ints("strides", [1] * len(kernel)))
+            dilations = list(pool.attributes.get_ints("dilations", [1] * len(kernel)))
+            if len(kernel) not in (1, 2) or x.shape is None or len(x.shape) != 2 + len(kernel) or \
+                    not isinstance(x.shape[1], int):
+                raise TinyTLError(f"AveragePool {pool.name}: need a 1-D or 2-D pool over (N, C, ...) with a known "
+                                  f"channel count, got a {len(kernel)}-D pool of a {len(x.shape or [])}-D input")
+            lifted = len(kernel) == 1  # (N, C, L) pooled as (N, C, 1, L): timm's AvgPool1d over tokens
+            if lifted:
+                x = ir.Node("", "Unsqueeze", [x, add_initializer(graph, "tinytlc.axis_2", np.array([2]), constant=True)],
+                            name=f"{pool.name}_2d").outputs[0]
+                x.shape, x.type = ir.Shape([pool.inputs[0].shape[0], pool.inputs[0].shape[1], 1, pool.inputs[0].shape[2]]), \
+                    pool.inputs[0].type
+                kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
             include_pad = pool.attributes.get_int("count_include_pad", 0)
             extra = ceil_extra(pool, x, kernel, strides, dilations, pads)
             if extra is None:
@@ -54,11 +64,13 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
             conv = ir.Node("", "Conv", [x, weight], attributes=[
                 ir.AttrInt64s("kernel_shape", kernel), ir.AttrInt64s("strides", strides), ir.AttrInt64s("pads", pads),
                 ir.AttrInt64s("dilations", dilations), ir.AttrInt64("group", channels)], name=f"{pool.name}_as_conv")
-            nodes = [conv]
+            nodes = [x.producer(), conv] if lifted else [conv]
             if not counted:  # a sum over each window, divided by how many input values it holds
                 inverse = add_initializer(graph, f"{pool.name or 'avgpool'}.inverse_count",
                                           1.0 / _counts(x.shape[2:], kernel, strides, dilations, pads), constant=True)
                 nodes.append(ir.Node("", "Mul", [conv.outputs[0], inverse], name=f"{pool.name}_mean"))
+            if lifted:
+                nodes.append(ir.Node("", "Squeeze", [nodes[-1].outputs[0], x.producer().inputs[1]], name=f"{pool.name}_1d"))
             replace_node(graph, pool, nodes, nodes[-1].outputs[0])
             modified = True
         return ir.passes.PassResult(model, modified)
