@@ -270,7 +270,7 @@ def _unsupported(block: Block, batch: ir.SymbolicDim) -> str | None:
         dimension(block.input, ax, b, batch) is not None and
         dimension(block.input, ax, b, batch) == dimension(block.output, ay, b, batch) for b in (1, 2)))
     if not same:
-        return f"its input is batched by {x[ax]}, its output by {y[ay]}"
+        return f"its output's batch axis ({y[ay]}) is not its input's ({x[ax]})"
     if len(x) == 3 and x[1 - ax] != y[1 - ay]:
         return f"{x[1 - ax]} tokens in, {y[1 - ay]} out"
     return None
