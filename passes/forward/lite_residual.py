@@ -19,7 +19,9 @@ written out, the last one's scale 0 at start. There is no pooling: tokens have n
 (the class token), so this module stores its input at full size, like any adapter.
 Tokens laid out (T, N, D) (CLIP's transformer, nn.MultiheadAttention's default) take the same
 module: it works per token. A block whose output is batched otherwise than its input (GCViT's global
-query: images in, windows x images out) gets none.
+query: images in, windows x images out) gets none; where shape inference cannot relate the two
+batch axes (dynamo files name the batch anew after every shuffle), ORT runs the forward at batch 1
+and 2 and their sizes are compared.
 Channels-last images (Swin keeps (H, W, C) between blocks) get the image module between
 Transposes, so it convolves over H and W, not over W and C (`channels_last`; a block may take
 one layout and give the other).
@@ -101,9 +103,11 @@ class LiteResidualPass(ir.passes.InPlacePass):
         self.blocks = len(blocks)
         spliced: dict[int, ir.Value] = {}  # a block output -> that output plus its lite branch
         reference = self.options.reference
+        batch = graph.inputs[0].shape[0]
+        measured = _measure(model, {i: b for i, b in enumerate(blocks) if i and _batch_unrelated(b, batch)})
         for index, block in enumerate(blocks[1:], start=1):
             block.input = spliced.get(id(block.input), block.input)  # a later block reads the sum
-            why = _unsupported(block, graph.inputs[0].shape[0])
+            why = _unsupported(block, batch, measured.get(index))
             size, reference = reference, reference // max(1, block.stride)
             if why:
                 self.skipped.append({"block": index, "kind": block.kind, "reason": why})
@@ -253,23 +257,72 @@ def batch_axis(shape: ir.Shape) -> int:
     return 1 if len(shape) == 3 and isinstance(shape[0], int) and not isinstance(shape[1], int) else 0
 
 
-def _unsupported(block: Block, batch: ir.SymbolicDim) -> str | None:
-    """Why no module fits beside this block, or None. `batch`: the image input's batch dimension."""
+def _shapes_known(block: Block) -> bool:
+    x, y = block.input.shape, block.output.shape
+    return x is not None and y is not None and len(x) == len(y) and len(x) in (3, 4) and \
+        all(isinstance(d, int) for i, d in enumerate(x) if i != batch_axis(x)) and \
+        all(isinstance(d, int) for i, d in enumerate(y) if i != batch_axis(y))
+
+
+def _batch_sizes(block: Block, batch) -> list[tuple[int | None, int | None]]:
+    """(input's, output's) size along the batch axis at batch 1 and at batch 2, where shape
+    inference and static_reshapes.dimension can tell."""
+    ax, ay = batch_axis(block.input.shape), batch_axis(block.output.shape)
+    return [(dimension(block.input, ax, b, batch), dimension(block.output, ay, b, batch)) for b in (1, 2)]
+
+
+def _batch_unrelated(block: Block, batch) -> bool:
+    """Whether shape inference leaves the block's input and output batch axes unrelated: two
+    symbols, at least one of which cannot be followed (dynamo files name the batch anew after
+    every shuffle)."""
+    if not _shapes_known(block):
+        return False
+    x, y = block.input.shape, block.output.shape
+    return str(x[batch_axis(x)]) != str(y[batch_axis(y)]) and None in sum(_batch_sizes(block, batch), ())
+
+
+def _measure(model: ir.Model, blocks: dict[int, Block]) -> dict[int, list[tuple[int, int]]]:
+    """The input's and output's size along the batch axis of each of `blocks`, measured: the
+    forward run by ORT at batch 1 and at batch 2 on random images. {} if it does not run."""
+    if not blocks:
+        return {}
+    import onnx
+    import onnxruntime as ort
+    proto = ir.serde.serialize_model(model)
+    values = [v for b in blocks.values() for v in (b.input, b.output)]
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(v.name, v.dtype.value, None) for v in values)
+    image = model.graph.inputs[0]
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        runs = [session.run(None, {image.name: np.random.default_rng(0).random([n, *list(image.shape)[1:]],
+                                                                              np.float32)}) for n in (1, 2)]
+    except Exception:  # (the trial step at the end of compile names what ORT cannot run)
+        return {}
+    sizes = {}
+    for k, (i, b) in enumerate(blocks.items()):
+        ax, ay = batch_axis(b.input.shape), batch_axis(b.output.shape)
+        sizes[i] = [(run[2 * k].shape[ax], run[2 * k + 1].shape[ay]) for run in runs]
+    return sizes
+
+
+def _unsupported(block: Block, batch: ir.SymbolicDim, measured: list | None) -> str | None:
+    """Why no module fits beside this block, or None. `batch`: the image input's batch dimension;
+    `measured`: the block's batch sizes as _measure found them, where shape inference cannot tell."""
     x, y = block.input.shape, block.output.shape
     if x is None or y is None:
         return "shapes unknown after shape inference"
     if len(x) not in (3, 4) or len(x) != len(y):
         return f"input rank {len(x)}, output rank {len(y)}: a module needs images (4-D) or tokens (3-D)"
-    ax, ay = batch_axis(x), batch_axis(y)
-    if not all(isinstance(d, int) for i, d in enumerate(x) if i != ax) or \
-            not all(isinstance(d, int) for i, d in enumerate(y) if i != ay):
+    if not _shapes_known(block):
         return "shapes unknown after shape inference"
-    # the branch, made from the input, is added to the output: their leading axes must be one size
+    ax, ay = batch_axis(x), batch_axis(y)
+    # the branch, made from the input, is added to the output: their batch axes must be one size
     # (not so for GCViT's global query: images in, windows x images out)
-    same = ax == ay and (str(x[ax]) == str(y[ay]) or all(
-        dimension(block.input, ax, b, batch) is not None and
-        dimension(block.input, ax, b, batch) == dimension(block.output, ay, b, batch) for b in (1, 2)))
-    if not same:
+    sizes = measured or _batch_sizes(block, batch)
+    if ax != ay or (str(x[ax]) != str(y[ay]) and any(i is None or i != o for i, o in sizes)):
         return f"its output's batch axis ({y[ay]}) is not its input's ({x[ax]})"
     if len(x) == 3 and x[1 - ax] != y[1 - ay]:
         return f"{x[1 - ax]} tokens in, {y[1 - ay]} out"
