@@ -1162,3 +1162,44 @@ def token_pool_net():
     """1-D average pools over tokens (Next-ViT's spatial reduction)."""
     torch.manual_seed(21)
     return randomize_bn(_TokenPool()).eval()
+
+
+class _PoolTokens(nn.Module):
+    """PiT's pooling between stages: the grid tokens pooled by a stride-2 depthwise conv (its width
+    doubled), the class token by a Linear; `subsample`: LeViT's, every other grid token kept."""
+
+    def __init__(self, d, subsample=False):
+        super().__init__()
+        self.subsample = subsample
+        out = d if subsample else 2 * d
+        self.conv = nn.Conv2d(d, out, 3, 2, 1, groups=d) if not subsample else nn.Linear(d, out)
+        self.fc = nn.Linear(d, out)
+
+    def forward(self, x):
+        cls, grid = x[:, :1], x[:, 1:]
+        B, N, C = grid.shape
+        side = int(N ** 0.5)
+        grid = grid.transpose(1, 2).reshape(B, C, side, side)
+        grid = grid[:, :, ::2, ::2] if self.subsample else self.conv(grid)
+        grid = grid.flatten(2).transpose(1, 2)
+        return torch.cat([self.fc(cls), self.conv(grid) if self.subsample else grid], 1)
+
+
+class _PooledTokens(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.proj, self.cls_token = nn.Conv2d(3, d, 3, 3), nn.Parameter(torch.randn(1, 1, d) * 0.5)  # 15 px: 5 x 5
+        self.blocks = nn.Sequential(_TokenMLP(d), _PoolTokens(d), _TokenMLP(2 * d), _PoolTokens(2 * d, True),
+                                    _TokenMLP(2 * d))
+        self.head = nn.Linear(2 * d, 3)
+
+    def forward(self, x):
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.head(self.blocks(x)[:, 0])
+
+
+def pooled_tokens_net():
+    """PiT's and LeViT's pooling of a class token and a 5 x 5 grid: 26 tokens, then 10, then 5."""
+    torch.manual_seed(22)
+    return _PooledTokens().eval()

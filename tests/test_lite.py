@@ -398,3 +398,45 @@ def test_a_block_batched_otherwise_gets_no_module(tmp_path):
     assert len(skipped) == 1 and re.fullmatch(r"its output's batch axis \(unk__\d+\) is not its input's \(batch\)", skipped[0]["reason"])
     assert len(lean.manifest["lite_modules"]) == lean.manifest["lite_blocks"] - 2 == 3
     assert_same_step(plain, lean, 12, 1e-5, 1e-6)
+
+
+def test_blocks_that_pool_their_tokens_get_modules(tmp_path):
+    """PiT's and LeViT's pooling (tests/nets.py:pooled_tokens_net: a class token and a 5 x 5 grid,
+    26 tokens -> 10 -> 5) got no module ("26 tokens in, 10 out"). The module now averages the grid
+    as the block pools it; the step equals ORT's own graph."""
+    from test_gradients import BATCH as B, RES as R, assert_same_step
+    plain, lean = (compile_model(f"{NETS}:pooled_tokens_net", "lite+bias", tmp_path / tag, resolution=R, batch_size=B,
+                                 passes=passes) for tag, passes in (("plain", []), ("lean", None)))
+    assert not lean.manifest["lite_skipped"], lean.manifest["lite_skipped"]
+    assert [(m["input"], m["output"], m["stride"]) for m in lean.manifest["lite_modules"]] == \
+        [([26, 8], [10, 16], 2), ([10, 16], [10, 16], 1), ([10, 16], [5, 16], 2), ([5, 16], [5, 16], 1)]
+    assert_same_step(plain, lean, 13, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("prefix,side,out", [(1, 4, 2), (0, 5, 3), (2, 6, 2), (0, 3, 1)])
+def test_pooled_tokens_are_the_grid_averaged(prefix, side, out):
+    """The module's pooling of (N, prefix + side^2, D) tokens: the prefix kept, the grid read row
+    by row and averaged over stride x stride windows (zeros past its end count, as in the image
+    module's pooling), numpy's reference."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from tinytlc.passes.forward.lite_residual import LiteResidualPass, token_pooling
+    found = token_pooling(prefix + side * side, prefix + out * out)
+    assert found is not None and found[:2] == (prefix, side)
+    stride, dim = found[2], 3
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", prefix + side * side, dim])], [])
+    irm = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    t = ir.tape.Tape(irm.graph)
+    y = LiteResidualPass()._pool_tokens(irm.graph, t, irm.graph.inputs[0], "t", prefix, side, stride, dim)
+    irm.graph.extend(t.nodes)
+    irm.graph.outputs.append(y)
+    y.type = ir.TensorType(ir.DataType.FLOAT)
+    x = np.random.default_rng(14).standard_normal((2, prefix + side * side, dim), dtype=np.float32)
+    import onnxruntime as ort
+    got = ort.InferenceSession(ir.serde.serialize_model(irm).SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    grid = np.zeros((2, out * stride, out * stride, dim), np.float32)
+    grid[:, :side, :side] = x[:, prefix:].reshape(2, side, side, dim)
+    pooled = grid.reshape(2, out, stride, out, stride, dim).mean((2, 4)).reshape(2, out * out, dim)
+    np.testing.assert_allclose(got, np.concatenate([x[:, :prefix], pooled], 1), rtol=1e-6, atol=1e-6)

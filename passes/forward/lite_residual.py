@@ -16,7 +16,10 @@ constant depthwise conv, GroupNorm as Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilin
 Beside a transformer block (tokens x of shape (T, D_in), output (T, D_out)) the same idea over the
 token sequence: y + norm2(relu(norm1(x W1)) W2), W1 of width D_in * expand, both norms LayerNorms
 written out, the last one's scale 0 at start. There is no pooling: tokens have no grid to pool
-(the class token), so this module stores its input at full size, like any adapter.
+(the class token), so this module stores its input at full size, like any adapter. Beside a block
+that pools its tokens (MViTv2's, LeViT's, PiT's: side x side grid tokens in, fewer out, after
+the same class tokens) the module first averages the grid read row by row over stride x stride
+windows, as the block pools it (token_pooling).
 Tokens laid out (T, N, D) (CLIP's transformer, nn.MultiheadAttention's default) take the same
 module: it works per token. A block whose output is batched otherwise than its input (GCViT's global
 query: images in, windows x images out) gets none; where shape inference cannot relate the two
@@ -30,6 +33,7 @@ Memory: what backward keeps is the branch's own (small, pooled) activations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,19 +196,61 @@ class LiteResidualPass(ir.passes.InPlacePass):
                 "pooled": [hin // d, win // d] if d > 1 else [hin, win], "params": params}, out
 
     def _splice_tokens(self, graph: ir.Graph, block: Block, name: str, rng) -> tuple[dict, ir.Value]:
-        tokens, din, dout = block.input.shape[1 - batch_axis(block.input.shape)], block.input.shape[2], block.output.shape[2]
+        ax = batch_axis(block.input.shape)
+        tokens, out_tokens = block.input.shape[1 - ax], block.output.shape[1 - ax]
+        din, dout = block.input.shape[2], block.output.shape[2]
         mid = din * self.options.expand
         t = ir.tape.Tape(graph)
+        x, stride = block.input, 1
+        if out_tokens != tokens:  # pooled as the block pools its grid (_unsupported checked it can be)
+            prefix, side, stride = token_pooling(tokens, out_tokens)
+            x = self._pool_tokens(graph, t, x, name, prefix, side, stride, din)
         w1 = self._param(graph, f"{name}.fc1.weight", rng.normal(0, np.sqrt(2.0 / din), (din, mid)).astype(np.float32))
-        x = t.op("Relu", [self._norm(graph, t, t.op("MatMul", [block.input, w1]), mid, 0, 0, f"{name}.norm1", 1.0,
+        x = t.op("Relu", [self._norm(graph, t, t.op("MatMul", [x, w1]), mid, 0, 0, f"{name}.norm1", 1.0,
                                      tokens=True)])
         w2 = self._param(graph, f"{name}.fc2.weight", rng.normal(0, np.sqrt(1.0 / mid), (mid, dout)).astype(np.float32))
         x = self._norm(graph, t, t.op("MatMul", [x, w2]), dout, 0, 0, f"{name}.norm2", self.options.final_scale,
                        tokens=True, final=True)
         out = _attach(graph, t, block.output, x)
         params = int(din * mid + mid * dout + 2 * (mid + dout))
-        return {"block": block.kind, "input": [tokens, din], "output": [tokens, dout], "stride": 1, "kernel": 1,
-                "pooled": [tokens], "params": params}, out
+        return {"block": block.kind, "input": [tokens, din], "output": [out_tokens, dout], "stride": stride, "kernel": 1,
+                "pooled": [out_tokens], "params": params}, out
+
+    def _pool_tokens(self, graph, t: ir.tape.Tape, x: ir.Value, name: str, prefix: int, side: int, stride: int,
+                     dim: int) -> ir.Value:
+        """(N, prefix + side^2, D) tokens -> (N, prefix + out^2, D): the grid, read row by row, averaged
+        over stride x stride windows (end padding where out * stride > side); the prefix (a class
+        token) kept as it is."""
+        c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
+        tokens = prefix + side * side
+        grid = x if not prefix else t.op("Slice", [x, c("grid_start", [prefix]), c("grid_end", [tokens]), c("axis", [1])])
+        grid = t.op("Transpose", [t.op("Reshape", [grid, c("grid", [0, side, side, dim])])],
+                    attributes={"perm": [0, 3, 1, 2]})
+        out = -(-side // stride)
+        pad = out * stride - side
+        grid = t.op("Conv", [grid, c("pool", np.full((dim, 1, stride, stride), 1.0 / stride ** 2, np.float32))],
+                    attributes={"kernel_shape": [stride, stride], "strides": [stride, stride], "group": dim,
+                                "pads": [0, 0, pad, pad]})
+        grid = t.op("Reshape", [t.op("Transpose", [grid], attributes={"perm": [0, 2, 3, 1]}),
+                                c("tokens", [0, out * out, dim])])
+        if not prefix:
+            return grid
+        head = t.op("Slice", [x, c("prefix_start", [0]), c("prefix_end", [prefix]), c("axis", [1])])
+        return t.op("Concat", [head, grid], attributes={"axis": 1})
+
+
+def token_pooling(tokens: int, out_tokens: int) -> tuple[int, int, int] | None:
+    """(prefix, side, stride) when a block pools a square grid of tokens, side x side to
+    ceil(side / stride) on a side, after `prefix` tokens it keeps (a class token, registers: 0 to 4;
+    MViTv2's and LeViT's pooling blocks, PiT's); None otherwise."""
+    for prefix in range(5):
+        side, out = math.isqrt(max(0, tokens - prefix)), math.isqrt(max(0, out_tokens - prefix))
+        if side * side != tokens - prefix or out * out != out_tokens - prefix or not 0 < out < side:
+            continue
+        stride = -(-side // out)
+        if -(-side // stride) == out:
+            return prefix, side, stride
+    return None
 
 
 # ops that keep a tensor's layout, and ops that tell it: an NCHW op, or one over the last axis
@@ -324,7 +370,7 @@ def _unsupported(block: Block, batch: ir.SymbolicDim, measured: list | None) -> 
     sizes = measured or _batch_sizes(block, batch)
     if ax != ay or (str(x[ax]) != str(y[ay]) and any(i is None or i != o for i, o in sizes)):
         return f"its output's batch axis ({y[ay]}) is not its input's ({x[ax]})"
-    if len(x) == 3 and x[1 - ax] != y[1 - ay]:
+    if len(x) == 3 and x[1 - ax] != y[1 - ay] and (ax != 0 or token_pooling(x[1], y[1]) is None):
         return f"{x[1 - ax]} tokens in, {y[1 - ay]} out"
     return None
 
