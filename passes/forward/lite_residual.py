@@ -335,9 +335,10 @@ def _measure(model: ir.Model, blocks: dict[int, Block]) -> dict[int, list[tuple[
     import onnx
     import onnxruntime as ort
     proto = ir.serde.serialize_model(model)
-    values = [v for b in blocks.values() for v in (b.input, b.output)]
+    values = list({v.name: v for b in blocks.values() for v in (b.input, b.output)}.values())  # (one output each)
     del proto.graph.output[:]
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(v.name, v.dtype.value, None) for v in values)
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(v.name, (v.dtype or ir.DataType.FLOAT).value, None)
+                              for v in values)
     image = model.graph.inputs[0]
     try:
         opts = ort.SessionOptions()
@@ -347,11 +348,9 @@ def _measure(model: ir.Model, blocks: dict[int, Block]) -> dict[int, list[tuple[
                                                                               np.float32)}) for n in (1, 2)]
     except Exception:  # (the trial step at the end of compile names what ORT cannot run)
         return {}
-    sizes = {}
-    for k, (i, b) in enumerate(blocks.items()):
-        ax, ay = batch_axis(b.input.shape), batch_axis(b.output.shape)
-        sizes[i] = [(run[2 * k].shape[ax], run[2 * k + 1].shape[ay]) for run in runs]
-    return sizes
+    at = {v.name: k for k, v in enumerate(values)}
+    return {i: [(run[at[b.input.name]].shape[batch_axis(b.input.shape)],
+                 run[at[b.output.name]].shape[batch_axis(b.output.shape)]) for run in runs] for i, b in blocks.items()}
 
 
 def _unsupported(block: Block, batch: ir.SymbolicDim, measured: list | None) -> str | None:
