@@ -42,10 +42,10 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
                                   f"channel count, got a {len(kernel)}-D pool of a {len(x.shape or [])}-D input")
             lifted = len(kernel) == 1  # (N, C, L) pooled as (N, C, 1, L): timm's AvgPool1d over tokens
             if lifted:
-                x = ir.Node("", "Unsqueeze", [x, add_initializer(graph, "tinytlc.axis_2", np.array([2]), constant=True)],
-                            name=f"{pool.name}_2d").outputs[0]
-                x.shape, x.type = ir.Shape([pool.inputs[0].shape[0], pool.inputs[0].shape[1], 1, pool.inputs[0].shape[2]]), \
-                    pool.inputs[0].type
+                n, c, length = x.shape
+                axis = add_initializer(graph, "tinytlc.axis_2", np.array([2]), constant=True)
+                x, x_type = ir.Node("", "Unsqueeze", [x, axis], name=f"{pool.name}_2d").outputs[0], x.type
+                x.shape, x.type = ir.Shape([n, c, 1, length]), x_type
                 kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
             include_pad = pool.attributes.get_int("count_include_pad", 0)
             extra = ceil_extra(pool, x, kernel, strides, dilations, pads)

@@ -10,10 +10,10 @@ A letter only one operand has and the output drops is summed out of it first (Re
     B -> Transpose to (b, k, n) -> Reshape to (b, K, N)
     MatMul -> (b, M, N) -> Reshape to (b, m, n) -> Transpose to the output's order
 Sizes not known at compile time (a batch beside the heads) are read with Shape where a Reshape
-needs them. One operand: ReduceSum over the letters the output drops, then a Transpose. Three or more: two at
-a time from the left, keeping the letters later operands or the output still need. Ellipses become
-letters; the implicit form (no "->") takes ONNX's output (the ellipsis, then the letters that
-appear once, sorted).
+needs them. One operand: ReduceSum over the letters the output drops, then a Transpose. Three or
+more: two at a time from the left, keeping the letters later operands or the output still need.
+Ellipses become letters; the implicit form (no "->") takes ONNX's output (the ellipsis, then the
+letters that appear once, sorted).
 Exact: the same products, summed in another order. Memory: MatMul keeps its two inputs for
 backward, as torch's einsum keeps its operands.
 Left as it is (autodiff then names the op): a letter repeated within one operand (a diagonal), an
