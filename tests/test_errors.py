@@ -539,6 +539,22 @@ def test_one_train_at_a_time(tmp_path, cli, artifact):
     assert cli("train", art, "--data", "synthetic:8")[0] == 0
 
 
+def test_compile_force_does_not_replace_an_artifact_being_trained(tmp_path, cli, artifact):
+    """compile --force swapped the directory under a running train, which then wrote its run into
+    the new artifact: a train's lock now stops it, and the artifact is left as it was."""
+    import shutil
+
+    from tinytlc.fsutil import locked
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    before = {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()}
+    args = ("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", 16, "--out", art, "--force")
+    with locked(art, "train"):  # as another process's train holds it
+        one_line_error(cli(*args), "a tinytlc train is running on it")
+    assert {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()} == before
+    assert cli(*args)[0] == 0
+
+
 def test_resume_with_other_settings_is_said_and_unwritable_out_up_front(tmp_path, cli, artifact, monkeypatch):
     import shutil
     art = tmp_path / "art"

@@ -21,7 +21,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 from tinytlc import methods
 from tinytlc.errors import TinyTLError
 from tinytlc.export import MODULE_PARAMETERS, PARAMETERS, Source, load_module, load_source
-from tinytlc.fsutil import OLD_MARK, atomic_path, remove_stale, sha256
+from tinytlc.fsutil import OLD_MARK, atomic_path, locked, remove_stale, sha256
 from tinytlc.onnx_file import MAX_IR
 from tinytlc.passes.forward import (EinsumAsMatMulPass, ExplicitPadsPass, FusePadIntoConvPass, GatherIndexAsSlicePass, InferShapesPass, KeepPadBeforeMaxPoolPass, LiftWeightConstantsPass, LiteOptions, LiteResidualPass, LowerForAutodiffPass, MergeAveragedHeadsPass, ResizeAsMatMulPass,
                                     ReplaceClassifierPass, SplitBidirectionalRnnPass, StaticReshapesPass,
@@ -119,6 +119,11 @@ def check_output_directory(out: Path, force: bool) -> None:
                           "tinytlc will not replace it (even with --force)")
     if not force:
         raise TinyTLError(f"{out} holds an artifact; choose another --out or pass --force to replace it")
+    try:  # a train holds this lock: replacing the artifact under it would lose that run
+        with locked(out, "train"):
+            pass
+    except TinyTLError:
+        raise TinyTLError(f"--out {out}: a tinytlc train is running on it; wait for it to end before replacing it") from None
     foreign = foreign_files(out)
     if foreign:
         raise TinyTLError(f"--out {out}: holds files tinytlc did not write ({', '.join(foreign[:5])}"
