@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytlc.errors import TinyTLError
+from tinytlc.errors import TinyTLError, check_int
 
 TIMED_STEPS = 10  # time wants more steps than memory: a median, not one step's luck
 
@@ -144,8 +144,9 @@ def measure_all(directories: list[str | Path], steps: int = 3, warmup: int = 2, 
     from tinytlc.pipeline import load_artifact
     # fail here, with a clear message, rather than in a child
     manifests = [load_artifact(d).manifest for d in directories]
-    if steps < 1 or warmup < 0:
-        raise TinyTLError("--steps must be >= 1 and --warmup >= 0")
+    check_int("--steps", steps, 1, 1000)
+    check_int("--warmup", warmup, 0, 1000)
+    check_int("--batch-size", batch_size, 1, optional=True)
     mems = _listed(child(directories, steps, warmup, batch_size, "memory", timeout))
     timings = _listed(child(directories, max(steps, TIMED_STEPS), warmup, batch_size, "time", timeout))
     out = []

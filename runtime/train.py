@@ -16,7 +16,7 @@ from onnxruntime.training.api import CheckpointState
 from tqdm import tqdm
 
 from tinytlc.data import Data, Preprocess, Split, batches, follow_classes, load_data
-from tinytlc.errors import TinyTLError
+from tinytlc.errors import TinyTLError, check_path
 from tinytlc.fsutil import atomic_path, locked, recover, sha256
 from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
                                      trained_classes, verify_checkpoint)
@@ -169,12 +169,22 @@ def check_data(data: Data, num_classes: int) -> None:
                               f"{num_classes} classes)")
 
 
-def train(directory: str | Path, manifest: dict, data: Data, cfg: TrainConfig, log=print) -> dict:
-    """Train the artifact DIRECTORY (str or Path; MANIFEST as load_artifact read it) on DATA as CFG says,
+def train(directory: str | Path, manifest: dict, data: str | Path | Data, cfg: TrainConfig, log=print) -> dict:
+    """Train the artifact DIRECTORY (str or Path; MANIFEST as load_artifact read it) on DATA (a --data
+    spec, or load_data's result) as CFG says,
     saving a checkpoint to DIRECTORY/trained after every epoch; `log` gets one line per epoch.
     Returns the training record: epoch, step and each epoch's losses and accuracies."""
+    from tinytlc.pipeline import check_manifest
+    check_path("directory", directory)
+    check_manifest(directory, manifest)
     directory = Path(directory)
+    if not isinstance(cfg, TrainConfig):
+        raise TinyTLError(f"cfg: expected a tinytlc.TrainConfig, got {type(cfg).__name__}")
     cfg.check()
+    if isinstance(data, (str, os.PathLike)):  # a --data spec, as evaluate takes it
+        data = load_data(data, manifest["num_classes"], seed=cfg.seed, classes=trained_classes(directory))
+    if not isinstance(data, Data):
+        raise TinyTLError(f"data: expected a --data spec or tinytlc.load_data's result, got {type(data).__name__}")
     check_data(data, manifest["num_classes"])
     if not len(data.train):
         raise TinyTLError("--data has no training images")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinytlc.errors import TinyTLError
+from tinytlc.errors import TinyTLError, check_int, check_path
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
               ".pbm", ".pnm"}
@@ -351,6 +351,10 @@ def load_data(spec: str | os.PathLike, num_classes: int, limit: int | None = Non
               test_limit: int | None = None, skip_bad: bool = False, classes: list[str] | None = None) -> Data:
     """Resolve --data. `limit` (`test_limit`) keeps a fixed random subset of the training (held-out)
     split. `classes`: the class names a model was trained on; labels follow them by name."""
+    check_path("--data", spec)
+    check_int("num_classes", num_classes, 2)
+    check_int("--limit", limit, 2, optional=True)
+    check_int("test_limit", test_limit, 1, optional=True)
     spec = os.fspath(spec)
     if not spec.strip():
         raise TinyTLError("--data is empty; give an image folder, an idx folder or synthetic:N")

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 from tinytlc import methods
-from tinytlc.errors import TinyTLError
+from tinytlc.errors import TinyTLError, check_int, check_path
 from tinytlc.export import MODULE_PARAMETERS, PARAMETERS, Source, load_module, load_source
 from tinytlc.fsutil import OLD_MARK, atomic_path, locked, remove_stale, sha256
 from tinytlc.onnx_file import MAX_IR
@@ -344,12 +344,12 @@ def compile_model(model: str | Path | nn.Module, method: str, out: str | Path, *
     `pixels`: what the network takes, when compile cannot read it from the graph: "imagenet"
     (normalised), "0-1" or "0-255" (raw pixels; for networks that preprocess their own input)."""
     check_model(model)
+    check_path("out", out)
+    check_int("--resolution", resolution, 8, 4096)
+    check_int("--batch-size", batch_size, 1)
+    check_int("--num-classes", num_classes, 2, optional=True)
     out = Path(out)
     check_output_directory(out, force)
-    if batch_size < 1 or resolution < 8:
-        raise TinyTLError("--batch-size must be >= 1 and --resolution >= 8")
-    if num_classes is not None and num_classes < 2:
-        raise TinyTLError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
     passes = resolve_passes(passes)
     if pixels is not None and pixels not in PIXELS:
         raise TinyTLError(f"--pixels {pixels}: expected one of {', '.join(PIXELS)}")
@@ -416,7 +416,21 @@ def export_inference(directory: str | Path, manifest: dict, out: str | Path, che
     Path), checked against its eval model on a batch of `check_batch` first; returns the path written,
     that check's max |diff|, the class names and the model's input and output names."""
     from tinytlc.runtime import inference
+    check_path("directory", directory)
+    check_path("out", out)
+    check_manifest(directory, manifest)
     return inference.export_inference(Path(directory), manifest, Path(out), check_batch)
+
+
+def check_manifest(directory: str | Path, manifest) -> None:
+    """The manifest a Python caller passes must be DIRECTORY's own (another's reads as corruption)."""
+    try:
+        same = json.loads(json.dumps(manifest)) == load_artifact(directory).manifest  # (as written: tuples are lists)
+    except TypeError:
+        same = False
+    if not isinstance(manifest, dict) or not same:
+        raise TinyTLError(f"{directory}: the manifest given is not this artifact's; "
+                          "pass tinytlc.load_artifact(DIRECTORY).manifest")
 
 
 __all__ = ["Artifact", "compile_model", "load_artifact", "build_forward", "export_inference"]
