@@ -105,3 +105,36 @@ def test_a_fixed_filter_in_a_constant_node_is_no_parameter(tmp_path):
     assert trained["bias"] == ["c1.bias", "c2.bias", "fc.bias", "fc.weight"]  # (no zero bias for the blur)
     art = compile_model(net, "bias", tmp_path / "module", resolution=16, batch_size=2)  # (the module route too)
     assert sorted(art.manifest["trainable"]) == trained["bias"]
+
+
+class GroupNormed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.n1 = nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8)
+        self.c2, self.n2 = nn.Conv2d(8, 8, 3, 1, 1), nn.GroupNorm(4, 8)
+        self.fc = nn.Linear(8, 3)
+        for n in (self.n1, self.n2):
+            nn.init.normal_(n.weight, 1.0, 0.3), nn.init.normal_(n.bias, 0.0, 0.3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.n2(self.c2(F.relu(self.n1(self.c1(x)))))).mean((2, 3)))
+
+
+def test_the_ones_an_exported_group_norm_normalises_with_are_no_parameters(tmp_path):
+    """torch writes GroupNorm as an InstanceNormalization over (N, G, -1) with ones and zeros, then
+    its own weight and bias after a Reshape. The dynamo exporter writes those ones and zeros as
+    initializers (shared by every GroupNorm of a size): `full` and `norm+last` trained them as
+    parameters. They are the exporter's constants; the weight and bias train, with torch's gradients."""
+    net = GroupNormed()
+    torch.onnx.export(net, (torch.zeros(2, 3, 16, 16),), str(tmp_path / "m.onnx"), dynamo=True, opset_version=18,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert any(n.op_type == "InstanceNormalization" and n.input[1] in inits for n in model.graph.node)
+    # (the exporter folds each GroupNorm's weight and bias into a (C, 1, 1) copy under a name of its own)
+    rename = {f: (n, False) for f, a in inits.items() for n, p in net.named_parameters()
+              if f != n and a.size == p.numel() and np.array_equal(a.ravel(), p.detach().numpy().ravel())}
+    trained = assert_step_matches_torch(tmp_path, tmp_path / "m.onnx", net, 16, methods=("full", "norm+last"),
+                                        rename=rename)
+    assert trained["norm+last"] == ["fc.bias", "fc.weight", "n1.bias", "n1.weight", "n2.bias", "n2.weight"]

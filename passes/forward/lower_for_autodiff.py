@@ -142,7 +142,7 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         return _depth_space(graph, t, node, x.shape)
     if node.op_type == "InstanceNormalization":
         y = normalize(graph, t, x, list(range(2, rank)), a.get_float("epsilon", 1e-5))
-        return _affine(graph, t, y, node.inputs[1], node.inputs[2], rank)
+        return _affine(graph, t, y, node.inputs[1], node.inputs[2], rank, _group_norm_export(node))
     if node.op_type == "GroupNormalization" and isinstance(x.shape[1], int):
         groups, channels = a.get_int("num_groups"), x.shape[1]
         grouped = t.op("Reshape", [x, add_constant(graph, "tinytlc.grouped", [0, groups, -1])])
@@ -257,12 +257,23 @@ def _depth_space(graph, t, node: ir.Node, shape) -> ir.Value:
     return t.op("Reshape", [v, _ints(graph, out)])
 
 
-def _affine(graph, t, y: ir.Value, scale: ir.Value, bias: ir.Value, rank: int) -> ir.Value:
+def _group_norm_export(node: ir.Node) -> bool:
+    """torch's GroupNorm as exported: an InstanceNormalization over (N, G, -1), a Reshape back, then
+    a Mul by the norm's own weight (and an Add of its bias)."""
+    readers = node.outputs[0].uses()
+    if len(readers) != 1 or readers[0][0].op_type != "Reshape":
+        return False
+    after = readers[0][0].outputs[0].uses()
+    return len(after) == 1 and after[0][0].op_type == "Mul"
+
+
+def _affine(graph, t, y: ir.Value, scale: ir.Value, bias: ir.Value, rank: int, exporters: bool = False) -> ir.Value:
     """y * scale + bias per channel; a constant scale of ones or bias of zeros (torch's GroupNorm
     export feeds its InstanceNormalization those, and applies its own parameters after a reshape)
-    is left out, so that the parameters after it read as this norm's. Initializers never are: they
-    are parameters, whatever they hold now."""
-    s, b = (None if v.is_initializer() else const_array(v) for v in (scale, bias))
+    is left out, so that the parameters after it read as this norm's. Initializers are left in
+    (they are parameters, whatever they hold now) unless `exporters`: in a GroupNorm's export they
+    are the exporter's ones and zeros, which the dynamo exporter writes as initializers."""
+    s, b = (None if v.is_initializer() and not exporters else const_array(v) for v in (scale, bias))
     if s is None or not np.all(s == 1):
         y = t.op("Mul", [y, _per_channel(graph, t, scale, rank)])
     if b is None or np.any(b != 0):
