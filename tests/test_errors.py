@@ -207,6 +207,8 @@ def test_relative_output_directory(tmp_path, cli, monkeypatch):
     (["train", "d", "--data", "x", "--seed", "-1"], "--seed: -1 is out of range"),
     (["eval", "d", "--data", "x", "--seed", "-1"], "--seed: -1 is out of range"),
     (["compile", "m", "--out", "o"], "required"),
+    (["diff", "m", "--method", "bias", "--resolution", "4"], "--resolution: 4 is out of range (must be >= 8"),
+    (["analyze", "m", "--method", "bias", "--resolution", "1"], "--resolution: 1 is out of range (must be >= 8"),
 ])
 def test_arguments_checked_up_front(cli, capsys, args, phrase):
     with pytest.raises(SystemExit) as exit_:
@@ -226,6 +228,33 @@ def test_argument_errors_are_one_line(args, phrase):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tinytlc: error: ") and phrase in lines[0], proc.stderr
+
+
+def test_output_and_model_paths_users_get_wrong(tmp_path, cli, artifact):
+    """--out a symbolic link (replacing it replaced the link, left a hidden .NAME.old link behind, and
+    the next --force failed with shutil's message), --out inside an artifact, --passes "" (was every
+    pass); an ONNX file named .ONNX or with no extension is an ONNX file, a directory named .onnx is
+    said to be one."""
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    (tmp_path / "link").symlink_to(art)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    base = ("--method", "last", "--resolution", 16)
+    for out in ("link", "dangling"):
+        one_line_error(cli("compile", f"{NETS}:tiny_net", *base, "--out", tmp_path / out, "--force"),
+                       f"--out {tmp_path / out}: a symbolic link")
+    assert (tmp_path / "link").is_symlink() and not list(tmp_path.glob(".*"))
+    one_line_error(cli("compile", f"{NETS}:tiny_net", *base, "--out", art / "trained" / "sub"), f"inside the artifact {art}")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", *base, "--out", tmp_path / "o", "--passes", ""), "--passes names no pass")
+    from tinytlc.export import export_module
+    import onnx
+    from nets import tiny_net
+    for name in ("UP.ONNX", "noext"):
+        onnx.save(export_module(tiny_net(), 16), tmp_path / name)
+        assert cli("compile", tmp_path / name, *base, "--num-classes", 3, "--out", tmp_path / f"o-{name}")[0] == 0
+    (tmp_path / "dir.onnx").mkdir()
+    one_line_error(cli("compile", tmp_path / "dir.onnx", *base, "--out", tmp_path / "o2"), "is a directory, not an ONNX file")
 
 
 def test_model_function_that_raises(tmp_path, cli):

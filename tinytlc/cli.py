@@ -32,7 +32,9 @@ def _resolution(a) -> int | None:
 
 def cmd_compile(a) -> dict:
     from tinytlc.pipeline import compile_model
-    passes = [] if a.no_passes else (a.passes.split(",") if a.passes else None)
+    if a.passes is not None and not a.passes.strip(" ,"):
+        raise TinyTLError("--passes names no pass; give pass names, or --no-passes for ORT's own graph")
+    passes = [] if a.no_passes else ([p.strip() for p in a.passes.split(",") if p.strip()] if a.passes else None)
     had_run = a.force and (Path(a.out) / "trained").is_dir()
     from_file = _resolution(a)
     art = compile_model(a.model, a.method, a.out, num_classes=a.num_classes, batch_size=a.batch_size,
@@ -231,7 +233,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--num-classes", type=CLASSES, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=8)
-    p.add_argument("--resolution", type=_ranged(int, 1, 4096), default=None,
+    p.add_argument("--resolution", type=_ranged(int, 8, 4096), default=None,
                    help="input size in pixels (default: a .onnx file's own fixed size, else 224)")
 
 

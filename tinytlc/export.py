@@ -28,7 +28,7 @@ import torch
 
 from tinytlc import zoo
 from tinytlc.errors import TinyTLError
-from tinytlc.onnx_file import OPSET, load_onnx, prepare_onnx, set_prop
+from tinytlc.onnx_file import OPSET, is_onnx_file, load_onnx, prepare_onnx, set_prop
 from tinytlc.pixels import preprocess
 
 INPUT, OUTPUT = "input", "logits"
@@ -307,9 +307,11 @@ def load_source(spec: str, resolution: int, pretrained: bool = True, norm: str =
     """Resolve MODEL as given on the command line. `norm` picks a zoo model's norm layers."""
     if norm not in ("batch", "group"):
         raise TinyTLError(f"--norm {norm}: choose batch or group")
-    if norm != "batch" and (spec.endswith(".onnx") or ":" in spec):
+    if norm != "batch" and (is_onnx_file(spec) or ":" in spec):
         raise TinyTLError("--norm applies to zoo models only")
-    if spec.endswith(".onnx") or Path(spec).suffix == ".onnx":
+    if is_onnx_file(spec):
+        if Path(spec).is_dir():
+            raise TinyTLError(f"{spec}: is a directory, not an ONNX file")
         if not Path(spec).is_file():
             raise TinyTLError(f"{spec}: no such file")
         model, notes = load_onnx(Path(spec), resolution)

@@ -558,10 +558,21 @@ def prepare_onnx(model: onnx.ModelProto, path: Path | str, resolution: int) -> t
     return model, notes
 
 
+def is_onnx_file(spec: str) -> bool:
+    """MODEL names an ONNX file: it ends in .onnx (any case), or it is a file that is not Python (a
+    model saved without the extension). A zoo name is the zoo's."""
+    if spec.lower().endswith(".onnx"):
+        return True
+    if not Path(spec).is_file() or spec.endswith(".py") or ":" in spec:
+        return False
+    from tinytlc import zoo  # (imports torch: only for a file of another name)
+    return spec not in zoo.MODELS
+
+
 def file_resolution(spec: str) -> int | None:
     """The square image size a .onnx file fixes in its input, or None (a dynamic size, or not a
     file): --resolution defaults to it. A file that cannot be read is load_onnx's to name."""
-    if not spec.endswith(".onnx") or not Path(spec).is_file():
+    if not is_onnx_file(spec) or not Path(spec).is_file():
         return None
     try:
         model = onnx.load(spec, load_external_data=False)

@@ -100,8 +100,13 @@ def manifest_problem(m) -> str | None:
 def check_output_directory(out: Path, force: bool) -> None:
     """compile writes OUT only if it is new, empty, or (with --force) an artifact holding nothing but
     what tinytlc wrote: nothing else is ever replaced, whatever the flags."""
+    if out.is_symlink():  # (replacing it would replace the link, and leave the artifact it names as it was)
+        raise TinyTLError(f"--out {out}: a symbolic link (to {os.readlink(out)}); give a directory path")
     if out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
         raise TinyTLError(f"--out {out}: that is the working directory (or holds it); choose a new directory")
+    inside = next((p for p in out.absolute().parents if (p / MANIFEST).is_file()), None)
+    if inside is not None:
+        raise TinyTLError(f"--out {out}: inside the artifact {inside}; choose a directory outside it")
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise TinyTLError(f"--out {out}: {blocker} is a file, not a directory")
