@@ -48,8 +48,23 @@ def session_options(settings: dict | None = None, measure: bool = False) -> ort.
 
 def trained_checkpoint(directory: Path) -> Path | None:
     recover(directory / TRAINED)  # a train killed between its two renames: the run is in .trained.old
-    path = directory / TRAINED / "checkpoint"
+    path, state = directory / TRAINED / "checkpoint", directory / TRAINED / "state.json"
+    if path.exists() != state.exists():  # (train saves both in one rename: one alone was removed by hand)
+        raise TinyTLError(f"{directory / TRAINED}: an incomplete training run (its {(state if path.exists() else path).name} "
+                          "is missing); train again with --restart")
     return path if path.exists() else None
+
+
+def trained_seed(directory: Path) -> int:
+    """The --seed `tinytlc train` split the data with (its held-out images), 0 before training or for
+    a run saved before it was recorded."""
+    if trained_checkpoint(directory) is None:
+        return 0
+    try:
+        seed = json.loads((directory / TRAINED / "state.json").read_text()).get("seed", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
 def trained_classes(directory: Path) -> list[str] | None:

@@ -19,7 +19,7 @@ from tinytlc.data import Data, Preprocess, Split, batches, follow_classes, load_
 from tinytlc.errors import TinyTLError, check_path
 from tinytlc.fsutil import atomic_path, locked, recover, sha256
 from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
-                                     trained_classes, verify_checkpoint)
+                                     trained_checkpoint, trained_classes, trained_seed, verify_checkpoint)
 
 STATE = "state.json"
 DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
@@ -77,13 +77,14 @@ def _warn(message: str) -> None:
     print(f"tinytlc: warning: {message}", file=sys.stderr)
 
 
-def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | None = None, *, seed: int = 0,
+def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | None = None, *, seed: int | None = None,
              skip_bad_images: bool = False, warn=_warn) -> dict:
     """Accuracy and mean loss of the artifact DIRECTORY's trained (else compiled) weights on DATA's
     held-out split, as `tinytlc eval` reports them: {"accuracy", "loss", "images"}.
 
-    DATA: a --data spec (image folder, idx folder, synthetic:N; loaded with `seed` and `skip_bad_images`
-    as eval does) or a Data from load_data. Labels follow the class names the model was trained on.
+    DATA: a --data spec (image folder, idx folder, synthetic:N; loaded with `seed`, by default the
+    trained run's, so the held-out split is the one training held out, and `skip_bad_images` as eval
+    does) or a Data from load_data. Labels follow the class names the model was trained on.
     `batch_size`: default the compiled one. `warn` gets the data's warnings, one line each."""
     from tinytlc.pipeline import load_artifact
     art = load_artifact(directory)
@@ -91,6 +92,8 @@ def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | N
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise TinyTLError(f"--batch-size {batch_size} is out of range (must be >= 1)")
     classes = trained_classes(art.path)
+    if seed is None:
+        seed = trained_seed(art.path)
     if isinstance(data, Data):
         spec = data.note or "data"
         if classes is not None and data.classes != classes:  # relabelled on a copy: the caller's Data stays
@@ -147,6 +150,8 @@ def earlier_run(directory: Path, manifest: dict, cfg: TrainConfig) -> dict | Non
     if not os.access(directory, os.W_OK):
         raise TinyTLError(f"{directory}: not writable (train saves {out} after every epoch)")
     if cfg.resume:
+        if out.exists():
+            trained_checkpoint(directory)  # (an incomplete run is said as such)
         if not (out / STATE).is_file() or not (out / "checkpoint").exists():
             raise TinyTLError(f"--resume: no earlier training in {out}")
         return load_record(out, manifest)
@@ -182,7 +187,7 @@ def train(directory: str | Path, manifest: dict, data: str | Path | Data, cfg: T
         raise TinyTLError(f"cfg: expected a tinytlc.TrainConfig, got {type(cfg).__name__}")
     cfg.check()
     if isinstance(data, (str, os.PathLike)):  # a --data spec, as evaluate takes it
-        data = load_data(data, manifest["num_classes"], seed=cfg.seed, classes=trained_classes(directory))
+        data = load_data(data, manifest["num_classes"], seed=cfg.seed, classes=trained_classes(directory) if cfg.resume else None)
     if not isinstance(data, Data):
         raise TinyTLError(f"data: expected a --data spec or tinytlc.load_data's result, got {type(data).__name__}")
     check_data(data, manifest["num_classes"])
@@ -202,7 +207,7 @@ def _train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log) -
         if record.get("classes", data.classes) != data.classes:
             raise TinyTLError(f"--resume: the earlier run trained on classes {', '.join(record['classes'][:10])}; "
                               f"--data has {', '.join(data.classes[:10])}")
-        changed = [f"{k} {record[k]:g} -> {getattr(cfg, k):g}" for k in ("lr", "batch_size", "label_smoothing")
+        changed = [f"{k} {record[k]:g} -> {getattr(cfg, k):g}" for k in ("lr", "batch_size", "label_smoothing", "seed")
                    if k in record and record[k] != getattr(cfg, k)]
         if changed:
             log(f"tinytlc: note: --resume with other settings than the earlier run: {', '.join(changed)}")
@@ -238,7 +243,7 @@ def _train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log) -
             entry.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
         record = {"epoch": epoch + 1, "step": step, "history": record["history"] + [entry],
                   "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing,
-                  "classes": data.classes, "artifact": manifest.get("checkpoint_sha256")}
+                  "seed": cfg.seed, "classes": data.classes, "artifact": manifest.get("checkpoint_sha256")}
         _save(sess, out, record)
         held_out = ", no held-out images" if not len(data.test) else "" if entry["test_accuracy"] is None else \
             f", held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images)"

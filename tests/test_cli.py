@@ -209,3 +209,42 @@ def test_passes_and_no_passes_together_are_refused(cli, capsys, tmp_path):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--no-passes: not allowed with argument --passes" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_eval_and_resume_hold_out_the_split_training_held_out(tmp_path, cli):
+    """train records its --seed: eval (without --seed) scores the images that run held out, and
+    --resume goes on with its split; before, both took seed 0 and counted training images as held out."""
+    _colour_folders(tmp_path / "data", {"a": (220, 30, 30), "b": (30, 220, 30), "c": (30, 30, 220)}, n=20)
+    art = tmp_path / "art"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", RES, "--batch-size", 4,
+               "--out", art)[0] == 0
+    assert cli("train", art, "--data", tmp_path / "data", "--seed", 5)[0] == 0
+    assert json.loads((art / "trained" / "state.json").read_text())["seed"] == 5
+
+    def loss(*seed):
+        return json.loads(cli("eval", art, "--data", tmp_path / "data", "--json", *seed)[1])["loss"]
+    assert loss() == loss("--seed", 5) != loss("--seed", 0)
+    code, out, err = cli("train", art, "--data", tmp_path / "data", "--epochs", 2, "--resume")
+    assert code == 0 and "(seed 5)" in out, out
+    assert json.loads((art / "trained" / "state.json").read_text())["seed"] == 5
+
+
+def test_an_incomplete_training_run_is_said_not_taken_for_none(tmp_path, cli):
+    """A trained/ holding its state but not its checkpoint (or the other way) was read as untrained
+    (eval and export used the initial weights) or trained without the check state.json gives."""
+    import shutil
+    _colour_folders(tmp_path / "data", {"a": (220, 30, 30), "b": (30, 220, 30)})
+    art = tmp_path / "art"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "last", "--num-classes", 2, "--resolution", RES,
+               "--batch-size", 4, "--out", art)[0] == 0
+    assert cli("train", art, "--data", tmp_path / "data")[0] == 0
+    for missing in ("checkpoint", "state.json"):
+        broken = tmp_path / f"no-{missing}"
+        shutil.copytree(art, broken)
+        (broken / "trained" / missing).unlink()
+        for args in (("eval", broken, "--data", tmp_path / "data"), ("export", broken, tmp_path / f"{missing}.onnx"),
+                     ("train", broken, "--data", tmp_path / "data", "--epochs", 2, "--resume")):
+            code, _, err = cli(*args)
+            assert code == 2 and f"an incomplete training run (its {missing} is missing)" in err, (args, err)
+        assert not (tmp_path / f"{missing}.onnx").exists()
+        assert cli("train", broken, "--data", tmp_path / "data", "--restart")[0] == 0

@@ -107,8 +107,10 @@ def cmd_train(a) -> dict:
     m = art.manifest
     lr = a.lr or default_lr(m["method"])
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size or m["input"]["shape"][0], lr=lr,
-                      label_smoothing=a.label_smoothing, seed=a.seed, resume=a.resume, restart=a.restart)
+                      label_smoothing=a.label_smoothing, seed=a.seed or 0, resume=a.resume, restart=a.restart)
     record = earlier_run(art.path, m, cfg)  # --resume/--restart mistakes before the data is read
+    if a.seed is None:  # a resumed run goes on with the split it started with
+        a.seed = cfg.seed = record.get("seed", 0) if record else 0
     data = _load_data(a, m, record and record.get("classes"), limit=a.limit)
     if len(data.classes) < m["num_classes"] and not record:
         print(f"tinytlc: warning: --data {a.data} has {len(data.classes)} classes and the model {m['num_classes']} "
@@ -279,7 +281,8 @@ def parser() -> argparse.ArgumentParser:
                                                           f"for full, {default_lr('bias'):g} otherwise); cosine decay")
     t.add_argument("--label-smoothing", type=_ranged(float, 0, 0.99), default=0.0)
     t.add_argument("--limit", type=_ranged(int, 2), default=None, help="train on a fixed random subset of N images")
-    t.add_argument("--seed", type=_ranged(int, 0), default=0)
+    t.add_argument("--seed", type=_ranged(int, 0), default=None,
+                   help="seed of the held-out split and the shuffling (default 0; --resume: the run's)")
     t.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
     t.add_argument("--restart", action="store_true",
                    help="train anew over an earlier run (kept until the new run saves its first epoch)")
@@ -289,7 +292,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir")
     e.add_argument("--data", required=True)
     e.add_argument("--batch-size", type=POSITIVE, default=None)
-    e.add_argument("--seed", type=_ranged(int, 0), default=0, help="seed of the held-out split (as in train)")
+    e.add_argument("--seed", type=_ranged(int, 0), default=None,
+                   help="seed of the held-out split (default: the one the artifact was trained with)")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="write an inference ONNX model with the trained weights")
