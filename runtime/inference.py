@@ -63,6 +63,7 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
         props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("tinytlc.")}
         if classes:  # which logit is which class: {"classes": [...]} in the model's metadata
             props["classes"] = json.dumps(classes)
+        props["preprocess"] = json.dumps(_preprocess_note(manifest))  # what its input must be, for deployment
         onnx.helper.set_model_props(model, props)
         feed = x
         if adapter:
@@ -77,6 +78,21 @@ def export_inference(directory: Path, manifest: dict, out: Path, check_batch: in
             raise TinyTLError(f"exported model disagrees with the eval model (max |diff| {err:.3g}); not written")
     return {"path": str(out), "max_abs_diff": err, "classes": classes, "inputs": [i.name for i in model.graph.input],
             "outputs": [o.name for o in model.graph.output]}
+
+
+def _preprocess_note(manifest: dict) -> dict:
+    """How tinytlc fed the network its images, written into the exported model's metadata: whoever
+    deploys it without the artifact must feed the same."""
+    p = manifest["preprocess"]
+    adapter = p.get("adapter", {})
+    note = {"resolution": p["resolution"], "channels": p.get("channels", 3), "layout": adapter.get("layout", "NCHW"),
+            "dtype": adapter.get("dtype", "float32"),
+            "resize": "the whole image, bilinear with antialiasing, to resolution x resolution (no crop)"}
+    if adapter.get("dtype") == "uint8":
+        return {**note, "pixels": "uint8 RGB values 0..255, as they are"}
+    return {**note, "pixels": "(RGB / 255 - mean) / std per channel" + (", then the channels averaged"
+                                                                         if note["channels"] == 1 else ""),
+            "mean": p["mean"], "std": p["std"]}
 
 
 def _restore_input(model: onnx.ModelProto, name: str, adapter: dict) -> None:

@@ -58,6 +58,16 @@ def test_export_round_trip_matches_eval_model(trained, cli, tmp_path):
     fresh = open_session(art.path, art.manifest, art.path / "checkpoint", with_optimizer=False)
     fresh.module.eval()
     assert not np.allclose(fresh.eval_step(x, data.test.labels[:8])[1], got, atol=1e-3)
+    # what its input must be, for whoever deploys it without the artifact: the same x from the images
+    import onnx
+    note = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["preprocess"])
+    import torch
+    import torch.nn.functional as F
+    images = torch.from_numpy(np.stack([data.test.load(i) for i in range(8)]).transpose(0, 3, 1, 2) / 255)
+    assert (note["layout"], note["dtype"], note["channels"]) == ("NCHW", "float32", 3) and "bilinear" in note["resize"]
+    resized = F.interpolate(images.float(), size=(note["resolution"],) * 2, mode="bilinear", antialias=True).numpy()
+    mean, std = np.array(note["mean"])[:, None, None], np.array(note["std"])[:, None, None]
+    np.testing.assert_allclose((resized - mean) / std, x, atol=1e-4)
 
 
 def test_memory_json_and_methods_ordering(tmp_path, cli):
