@@ -190,3 +190,10 @@ def test_data_that_is_a_file_or_images_beside_the_classes(tmp_path):
     assert data.classes == ["a", "b"] and any("stray.png" in w and "not in any class" in w for w in data.warnings)
     with pytest.raises(TinyTLError, match="stray.png: not a directory"):
         load_data(str(tmp_path / "stray.png"), 2)
+
+
+def test_a_class_folder_given_as_the_data_says_so(tmp_path):
+    """--data pointing at one class's folder: its images lie in it, not in class folders."""
+    images(tmp_path, ["cat", "dog"])
+    with pytest.raises(TinyTLError, match=r"cat: no images found .*; its \d+ images lie in it, not in class folders"):
+        load_data(str(tmp_path / "cat"), 2)

@@ -315,7 +315,10 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
     if skipped:
         warnings.append(f"skipped {len(skipped)} unreadable image(s) (--skip-bad-images), e.g. {skipped[0]}")
     if len(train_paths) == 0:
-        raise TinyTLError(f"{root}: no images found (expected {root}/<class>/<image> files)")
+        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(JUNK)]
+        hint = f"; its {len(loose)} images lie in it, not in class folders: is it one class? give its parent" \
+            if loose else ""
+        raise TinyTLError(f"{root}: no images found (expected {root}/<class>/<image> files){hint}")
     if len(classes) < 2:
         raise TinyTLError(f"{root}: images of only {len(classes)} class found; need at least 2 class folders")
     if len(test_paths) == 0:
