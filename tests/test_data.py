@@ -197,3 +197,17 @@ def test_a_class_folder_given_as_the_data_says_so(tmp_path):
     images(tmp_path, ["cat", "dog"])
     with pytest.raises(TinyTLError, match=r"cat: no images found .*; its \d+ images lie in it, not in class folders"):
         load_data(str(tmp_path / "cat"), 2)
+
+
+def test_class_names_follow_whatever_unicode_normal_form(tmp_path):
+    """A folder copied from macOS names a class in NFD (u + combining diaeresis), one made on Linux
+    in NFC: the same class for a model trained on either."""
+    import unicodedata
+
+    from tinytlc.data import follow_classes
+    nfd, nfc = (unicodedata.normalize(form, "Müsli") for form in ("NFD", "NFC"))
+    assert nfd != nfc
+    images(tmp_path, [nfd, "Brot"])
+    data = load_data(str(tmp_path), 2)
+    follow_classes(data, ["Brot", nfc], str(tmp_path))
+    assert data.classes == ["Brot", nfc] and not data.warnings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import unicodedata
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,7 +390,11 @@ def load_data(spec: str | os.PathLike, num_classes: int, limit: int | None = Non
 
 def follow_classes(data: Data, classes: list[str], spec: str) -> None:
     """Relabel `data` by class name to a trained model's class list (a folder lacking a class would
-    otherwise shift every later label by one)."""
+    otherwise shift every later label by one). Names compare in Unicode NFC: a folder copied from
+    macOS spells "Müsli" with a combining diaeresis (NFD), Linux with one character."""
+    nfc = [unicodedata.normalize("NFC", c) for c in classes]
+    data.classes = [classes[nfc.index(unicodedata.normalize("NFC", c))] if unicodedata.normalize("NFC", c) in nfc
+                    else c for c in data.classes]
     unknown = [c for c in data.classes if c not in classes]
     if unknown:
         raise TinyTLError(f"--data {spec}: class(es) {', '.join(unknown[:5])} are not among the {len(classes)} the "
