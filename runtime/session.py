@@ -67,6 +67,18 @@ def trained_seed(directory: Path) -> int:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
+def trained_folder(directory: Path) -> str | None:
+    """The image folder (its real path) `tinytlc train` trained on; None before training, for other
+    data, or for a run saved before it was recorded."""
+    if trained_checkpoint(directory) is None:
+        return None
+    try:
+        folder = json.loads((directory / TRAINED / "state.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return folder if isinstance(folder, str) else None
+
+
 def trained_classes(directory: Path) -> list[str] | None:
     """The class names (in label order) `tinytlc train` recorded; None before training (or for a run
     saved before they were recorded)."""

@@ -19,7 +19,7 @@ from tinytlc.data import Data, Preprocess, Split, batches, follow_classes, load_
 from tinytlc.errors import TinyTLError, check_path
 from tinytlc.fsutil import atomic_path, locked, recover, sha256
 from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
-                                     trained_checkpoint, trained_classes, trained_seed, verify_checkpoint)
+                                     trained_checkpoint, trained_classes, trained_folder, trained_seed, verify_checkpoint)
 
 STATE = "state.json"
 DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
@@ -84,7 +84,8 @@ def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | N
 
     DATA: a --data spec (image folder, idx folder, synthetic:N; loaded with `seed`, by default the
     trained run's, so the held-out split is the one training held out, and `skip_bad_images` as eval
-    does) or a Data from load_data. Labels follow the class names the model was trained on.
+    does) or a Data from load_data. An image folder without a val/ or test/ folder that is not the
+    one the artifact was trained on has every image scored ("scored": "all"), else its held-out ones. Labels follow the class names the model was trained on.
     `batch_size`: default the compiled one. `warn` gets the data's warnings, one line each."""
     from tinytlc.pipeline import load_artifact
     art = load_artifact(directory)
@@ -98,7 +99,7 @@ def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | N
         spec = data.note or "data"
         if classes is not None and data.classes != classes:  # relabelled on a copy: the caller's Data stays
             data = Data(list(data.classes), Split(data.train.labels, data.train.load),
-                        Split(data.test.labels, data.test.load), data.note, list(data.warnings))
+                        Split(data.test.labels, data.test.load), data.note, list(data.warnings), data.folder, data.drawn)
             follow_classes(data, classes, spec)
         check_data(data, m["num_classes"])
     else:
@@ -106,10 +107,17 @@ def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | N
         data = load_data(spec, m["num_classes"], seed=seed, skip_bad=skip_bad_images, classes=classes)
     for w in data.warnings:
         warn(w)
-    if not len(data.test):
+    scored, split = "held-out", data.test
+    trained_on = trained_folder(art.path)
+    if data.drawn and data.folder and trained_on is not None and data.folder != trained_on:
+        # not the folder it was trained on: none of its images were trained on, so every one is scored
+        scored, split = "all", Split(np.concatenate([data.train.labels, data.test.labels]),
+                                     lambda i, n=len(data.train): data.train.load(i) if i < n else data.test.load(i - n))
+    if not len(split):
         raise TinyTLError(f"--data {spec}: no held-out images to evaluate")
     sess = open_session(art.path, m, with_optimizer=False)
-    return evaluate_split(sess, data.test, Preprocess.from_manifest(m), batch_size or m["input"]["shape"][0])
+    return {**evaluate_split(sess, split, Preprocess.from_manifest(m), batch_size or m["input"]["shape"][0]),
+            "scored": scored}
 
 
 def _save(sess: TrainingSession, out: Path, record: dict) -> None:
@@ -192,7 +200,7 @@ def train(directory: str | Path, manifest: dict, data: str | Path | Data, cfg: T
         raise TinyTLError(f"data: expected a --data spec or tinytlc.load_data's result, got {type(data).__name__}")
     check_data(data, manifest["num_classes"])
     if not len(data.train):
-        raise TinyTLError("--data has no training images")
+        raise TinyTLError("--data has no training images (a folder holding only a test/ or val/ folder is for eval)")
     with locked(directory, "train"):  # two trains would each replace the other's run
         return _train(directory, manifest, data, cfg, log)
 
@@ -243,7 +251,8 @@ def _train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log) -
             entry.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
         record = {"epoch": epoch + 1, "step": step, "history": record["history"] + [entry],
                   "lr": cfg.lr, "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing,
-                  "seed": cfg.seed, "classes": data.classes, "artifact": manifest.get("checkpoint_sha256")}
+                  "seed": cfg.seed, "classes": data.classes, "artifact": manifest.get("checkpoint_sha256"),
+                  "data": data.folder or record.get("data")}
         _save(sess, out, record)
         held_out = ", no held-out images" if not len(data.test) else "" if entry["test_accuracy"] is None else \
             f", held-out accuracy {entry['test_accuracy']:.2%} ({result['images']} images)"

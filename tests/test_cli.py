@@ -209,7 +209,7 @@ def test_export_keeps_the_files_metadata(tmp_path, cli):
     assert cli("train", tmp_path / "a", "--data", "synthetic:16", "--epochs", 1)[0] == 0
     assert cli("export", tmp_path / "a", tmp_path / "out.onnx")[0] == 0
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "out.onnx")).metadata_props}
-    assert props.keys() == {"author", "license", "classes"} and props["author"] == "me"
+    assert props.keys() == {"author", "license", "classes", "preprocess"} and props["author"] == "me"
 
 
 def test_passes_and_no_passes_together_are_refused(cli, capsys, tmp_path):
@@ -258,3 +258,27 @@ def test_an_incomplete_training_run_is_said_not_taken_for_none(tmp_path, cli):
             assert code == 2 and f"an incomplete training run (its {missing} is missing)" in err, (args, err)
         assert not (tmp_path / f"{missing}.onnx").exists()
         assert cli("train", broken, "--data", tmp_path / "data", "--restart")[0] == 0
+
+
+def test_eval_scores_every_image_of_a_folder_it_did_not_train_on(tmp_path, cli):
+    """A separate test set laid out <class>/<image> had a random tenth of it scored, and a folder
+    holding only test/ was read as one class. Every image of a folder other than the one trained on
+    is scored now, and a lone test/ folder is held-out images; the training folder's held-out split
+    is scored as before."""
+    colours = {"a": (220, 30, 30), "b": (30, 220, 30), "c": (30, 30, 220)}
+    _colour_folders(tmp_path / "data", colours, n=10)
+    _colour_folders(tmp_path / "other", colours, n=4)
+    _colour_folders(tmp_path / "only" / "test", colours, n=2)
+    art = tmp_path / "art"
+    assert cli("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", RES, "--batch-size", 4,
+               "--out", art)[0] == 0
+    assert cli("train", art, "--data", tmp_path / "data")[0] == 0
+
+    def scored(folder):
+        result = json.loads(cli("eval", art, "--data", folder, "--json")[1])
+        return result["scored"], result["images"]
+    assert scored(tmp_path / "data") == ("held-out", 3)
+    assert scored(tmp_path / "other") == ("all", 12)
+    assert scored(tmp_path / "only") == ("held-out", 6)
+    code, _, err = cli("train", art, "--data", tmp_path / "only", "--restart")
+    assert code == 2 and "no training images" in err

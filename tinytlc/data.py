@@ -43,6 +43,8 @@ class Data:
     test: Split
     note: str = field(default="")
     warnings: list[str] = field(default_factory=list)  # said on stderr, one line each
+    folder: str = ""  # an image folder's real path ("" for other data)
+    drawn: bool = False  # its held-out images were drawn at random (no val/ or test/ folder)
 
 
 @dataclass
@@ -264,6 +266,8 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
     dirs = {d.name.lower(): d for d in _subfolders(root)}
     train = next((dirs[n] for n in TRAIN_SPLITS if n in dirs), None)
     held = next((dirs[n] for n in HELD_SPLITS if n in dirs), None)
+    if train is None and held is not None and len(dirs) == 1:
+        return None, held  # a lone test/ folder: held-out images only (eval)
     if train is None or (held is None and len(dirs) > 1):
         return None, None
     return train, held
@@ -280,14 +284,15 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
     names in any case: Train/Test, training_set/test_set, train/validation ...)."""
     skipped, warnings = [], []
     train_dir, held_dir = _split_folders(root)
+    drawn = held_dir is None
     if held_dir is not None:
-        train = _scan_classes(train_dir, skip_bad, skipped, warnings)
+        train = _scan_classes(train_dir, skip_bad, skipped, warnings) if train_dir is not None else {}
         held = _scan_classes(held_dir, skip_bad, skipped, warnings)
         extra = [c for c in held if c not in train]
         if extra and train:
             raise TinyTLError(f"{held_dir}: class folder(s) {', '.join(extra[:5])} have no images in {train_dir}; "
                               "the held-out classes must be training classes (same folder names)")
-        classes = list(train)
+        classes = list(train or held)
         missing = [c for c in classes if c not in held]
         if missing and held:
             warnings.append(f"{held_dir}: no held-out images of {', '.join(missing[:5])}"
@@ -315,7 +320,7 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
         note = f"{held_out:.0%} of each class held out (seed {seed})"
     if skipped:
         warnings.append(f"skipped {len(skipped)} unreadable image(s) (--skip-bad-images), e.g. {skipped[0]}")
-    if len(train_paths) == 0:
+    if len(train_paths) + len(test_paths) == 0:
         loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(JUNK)]
         hint = f"; its {len(loose)} images lie in it, not in class folders: is it one class? give its parent" \
             if loose else ""
@@ -326,7 +331,7 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
         warnings.append(f"{root}: no held-out images (a val/ folder, or 2 or more images a class), so no held-out "
                         "accuracy")
     return Data(classes, Split(train_labels, _image_loader(train_paths)), Split(test_labels, _image_loader(test_paths)),
-                note, warnings)
+                note, warnings, os.path.realpath(root), drawn)
 
 
 def synthetic(n: int, num_classes: int, seed: int = 0, size: int = 32) -> Data:
