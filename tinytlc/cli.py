@@ -229,14 +229,15 @@ POSITIVE = _ranged(int, 1)
 CLASSES = _ranged(int, 2)
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
-    """MODEL and the options that say which network and step: shared by diff and analyze."""
+def _model_arguments(p: argparse.ArgumentParser, min_resolution: int) -> None:
+    """MODEL and the options that say which network and step: shared by diff (which compiles, so
+    from 8 px as compile) and analyze (which only counts)."""
     from tinytlc.methods import METHODS
     p.add_argument("model", help="zoo name, a .onnx file, or path/to/file.py:function")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--num-classes", type=CLASSES, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=8)
-    p.add_argument("--resolution", type=_ranged(int, 8, 4096), default=None,
+    p.add_argument("--resolution", type=_ranged(int, min_resolution, 4096), default=None,
                    help="input size in pixels (default: a .onnx file's own fixed size, else 224)")
 
 
@@ -310,12 +311,12 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_memory)
 
     d = sub.add_parser("diff", help="planned and measured step memory after each pass")
-    _model_arguments(d)
+    _model_arguments(d, 8)
     d.add_argument("--steps", type=_ranged(int, 1, 1000), default=3, help="training steps measured per row")
     d.set_defaults(func=cmd_diff)
 
     an = sub.add_parser("analyze", help="memory by the paper's accounting (or an exact one), from the graph")
-    _model_arguments(an)
+    _model_arguments(an, 1)
     an.add_argument("--accounting", default="paper", help="paper (TinyTL's rules) or exact")
     an.set_defaults(func=cmd_analyze)
 
