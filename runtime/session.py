@@ -55,39 +55,33 @@ def trained_checkpoint(directory: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def trained_seed(directory: Path) -> int:
-    """The --seed `tinytlc train` split the data with (its held-out images), 0 before training or for
-    a run saved before it was recorded."""
+def _recorded(directory: Path, key: str):
+    """What `tinytlc train` recorded under `key` in its state.json; None before training (or for a
+    run saved before that key was recorded)."""
     if trained_checkpoint(directory) is None:
-        return 0
+        return None
     try:
-        seed = json.loads((directory / TRAINED / "state.json").read_text()).get("seed", 0)
+        return json.loads((directory / TRAINED / "state.json").read_text()).get(key)
     except (OSError, ValueError, AttributeError):
-        return 0
+        return None
+
+
+def trained_seed(directory: Path) -> int:
+    """The --seed `tinytlc train` split the data with (its held-out images); 0 if none was recorded."""
+    seed = _recorded(directory, "seed")
     return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
 def trained_folder(directory: Path) -> str | None:
-    """The image folder (its real path) `tinytlc train` trained on; None before training, for other
-    data, or for a run saved before it was recorded."""
-    if trained_checkpoint(directory) is None:
-        return None
-    try:
-        folder = json.loads((directory / TRAINED / "state.json").read_text()).get("data")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The image folder (its real path) `tinytlc train` trained on; None for other data or none recorded."""
+    folder = _recorded(directory, "data")
     return folder if isinstance(folder, str) else None
 
 
 def trained_classes(directory: Path) -> list[str] | None:
     """The class names (in label order) `tinytlc train` recorded; None before training (or for a run
     saved before they were recorded)."""
-    if trained_checkpoint(directory) is None:
-        return None
-    try:
-        classes = json.loads((directory / TRAINED / "state.json").read_text()).get("classes")
-    except (OSError, ValueError, AttributeError):
-        return None
+    classes = _recorded(directory, "classes")
     return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
 
 

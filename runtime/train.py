@@ -19,7 +19,8 @@ from tinytlc.data import Data, Preprocess, Split, batches, follow_classes, load_
 from tinytlc.errors import TinyTLError, check_path
 from tinytlc.fsutil import atomic_path, locked, recover, sha256
 from tinytlc.runtime.session import (TRAINED, TrainingSession, foreign_trained_files, open_session,
-                                     trained_checkpoint, trained_classes, trained_folder, trained_seed, verify_checkpoint)
+                                     trained_checkpoint, trained_classes, trained_folder, trained_seed,
+                                     verify_checkpoint)
 
 STATE = "state.json"
 DIVERGED = 1e4  # a cross-entropy this large (chance is ln(classes) < 10) means the weights blew up
@@ -80,12 +81,13 @@ def _warn(message: str) -> None:
 def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | None = None, *, seed: int | None = None,
              skip_bad_images: bool = False, warn=_warn) -> dict:
     """Accuracy and mean loss of the artifact DIRECTORY's trained (else compiled) weights on DATA's
-    held-out split, as `tinytlc eval` reports them: {"accuracy", "loss", "images"}.
+    held-out split, as `tinytlc eval` reports them: {"accuracy", "loss", "images", "scored"}.
 
     DATA: a --data spec (image folder, idx folder, synthetic:N; loaded with `seed`, by default the
     trained run's, so the held-out split is the one training held out, and `skip_bad_images` as eval
     does) or a Data from load_data. An image folder without a val/ or test/ folder that is not the
-    one the artifact was trained on has every image scored ("scored": "all"), else its held-out ones. Labels follow the class names the model was trained on.
+    one the artifact was trained on has every image scored ("scored": "all"), else its held-out ones
+    ("held-out"). Labels follow the class names the model was trained on.
     `batch_size`: default the compiled one. `warn` gets the data's warnings, one line each."""
     from tinytlc.pipeline import load_artifact
     art = load_artifact(directory)
@@ -195,7 +197,8 @@ def train(directory: str | Path, manifest: dict, data: str | Path | Data, cfg: T
         raise TinyTLError(f"cfg: expected a tinytlc.TrainConfig, got {type(cfg).__name__}")
     cfg.check()
     if isinstance(data, (str, os.PathLike)):  # a --data spec, as evaluate takes it
-        data = load_data(data, manifest["num_classes"], seed=cfg.seed, classes=trained_classes(directory) if cfg.resume else None)
+        data = load_data(data, manifest["num_classes"], seed=cfg.seed,
+                         classes=trained_classes(directory) if cfg.resume else None)
     if not isinstance(data, Data):
         raise TinyTLError(f"data: expected a --data spec or tinytlc.load_data's result, got {type(data).__name__}")
     check_data(data, manifest["num_classes"])

@@ -397,9 +397,8 @@ def follow_classes(data: Data, classes: list[str], spec: str) -> None:
     """Relabel `data` by class name to a trained model's class list (a folder lacking a class would
     otherwise shift every later label by one). Names compare in Unicode NFC: a folder copied from
     macOS spells "Müsli" with a combining diaeresis (NFD), Linux with one character."""
-    nfc = [unicodedata.normalize("NFC", c) for c in classes]
-    data.classes = [classes[nfc.index(unicodedata.normalize("NFC", c))] if unicodedata.normalize("NFC", c) in nfc
-                    else c for c in data.classes]
+    trained = {unicodedata.normalize("NFC", c): c for c in classes}
+    data.classes = [trained.get(unicodedata.normalize("NFC", c), c) for c in data.classes]
     unknown = [c for c in data.classes if c not in classes]
     if unknown:
         raise TinyTLError(f"--data {spec}: class(es) {', '.join(unknown[:5])} are not among the {len(classes)} the "
