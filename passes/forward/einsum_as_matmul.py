@@ -28,7 +28,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
-from tinytlc.passes.forward._values import LOWERED, add_constant, replace_node
+from tinytlc.passes.forward._values import LOWERED, Constants, replace_node
 
 
 def parse(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
@@ -62,11 +62,11 @@ def parse(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
 
 
 class _Writer:
-    def __init__(self, graph: ir.Graph, t: ir.tape.Tape, sizes: dict):
-        self.graph, self.t, self.sizes = graph, t, sizes
+    def __init__(self, const: Constants, t: ir.tape.Tape, sizes: dict):
+        self.const, self.t, self.sizes = const, t, sizes
 
     def ints(self, values) -> ir.Value:
-        return add_constant(self.graph, "tinytlc.einsum", list(values))
+        return self.const([int(v) for v in values])
 
     def transpose(self, x: ir.Value, term: str, order: str) -> ir.Value:
         perm = [term.index(c) for c in order]
@@ -114,7 +114,7 @@ class _Writer:
         return self.reshape(y, len(batch), self.dims(a, ta, m, False) + self.dims(b, tb, n, False)), batch + m + n
 
 
-def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
+def _lower(const: Constants, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
     shapes = [x.shape for x in node.inputs]
     if not node.inputs or any(s is None for s in shapes):
         return None
@@ -127,7 +127,7 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
         for c, d in zip(term, shape):
             if not isinstance(sizes.get(c), int):
                 sizes[c] = d
-    w = _Writer(graph, t, sizes)
+    w = _Writer(const, t, sizes)
     x, term = node.inputs[0], terms[0]
     if len(terms) == 1:
         x, term = w.sum_out(x, term, "".join(c for c in term if c not in out))
@@ -141,11 +141,12 @@ def _lower(graph: ir.Graph, node: ir.Node, t: ir.tape.Tape) -> ir.Value | None:
 class EinsumAsMatMulPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
+        const = Constants(graph, "tinytlc.einsum")
         for node in list(graph):
             if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx"):
                 continue
             t = ir.tape.Tape(graph)
-            y = _lower(graph, node, t)
+            y = _lower(const, node, t)
             if y is None:
                 continue
             for n in t.nodes:

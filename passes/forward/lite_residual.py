@@ -158,8 +158,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
         x = t.op("Transpose", [block.input], attributes={"perm": [0, 3, 1, 2]}) if last else block.input
         h, w = hin, win
         if d > 1:
-            x = t.op("Conv", [x, c("pool", np.full((cin, 1, d, d), 1.0 / (d * d), np.float32))],
-                     attributes={"kernel_shape": [d, d], "strides": [d, d], "group": cin})
+            x = _average_pool(t, c, x, cin, d)
             h, w = hin // d, win // d
         k, pooled = o.kernel, (max(1, reference // o.downsample) if reference else min(h, w))
         while k > pooled and k > 1:
@@ -227,16 +226,21 @@ class LiteResidualPass(ir.passes.InPlacePass):
         grid = t.op("Transpose", [t.op("Reshape", [grid, c("grid", [0, side, side, dim])])],
                     attributes={"perm": [0, 3, 1, 2]})
         out = -(-side // stride)
-        pad = out * stride - side
-        grid = t.op("Conv", [grid, c("pool", np.full((dim, 1, stride, stride), 1.0 / stride ** 2, np.float32))],
-                    attributes={"kernel_shape": [stride, stride], "strides": [stride, stride], "group": dim,
-                                "pads": [0, 0, pad, pad]})
+        grid = _average_pool(t, c, grid, dim, stride, end_pad=out * stride - side)
         grid = t.op("Reshape", [t.op("Transpose", [grid], attributes={"perm": [0, 2, 3, 1]}),
                                 c("tokens", [0, out * out, dim])])
         if not prefix:
             return grid
         head = t.op("Slice", [x, c("prefix_start", [0]), c("prefix_end", [prefix]), c("axis", [1])])
         return t.op("Concat", [head, grid], attributes={"axis": 1})
+
+
+def _average_pool(t: ir.tape.Tape, c, x: ir.Value, channels: int, size: int, end_pad: int = 0) -> ir.Value:
+    """size x size average pooling at stride size, as a constant depthwise Conv (ORT's AveragePoolGrad
+    fails with a symbolic batch; avgpool_to_conv.py); `end_pad` zeros after the map count."""
+    return t.op("Conv", [x, c("pool", np.full((channels, 1, size, size), 1.0 / size ** 2, np.float32))],
+                attributes={"kernel_shape": [size, size], "strides": [size, size], "group": channels,
+                            **({"pads": [0, 0, end_pad, end_pad]} if end_pad else {})})
 
 
 def token_pooling(tokens: int, out_tokens: int) -> tuple[int, int, int] | None:

@@ -245,9 +245,9 @@ def _static_target(node: ir.Node, index: int, batch, patient: bool) -> np.ndarra
     if t1 is None or t2 is None or t1.shape != t2.shape or t1.ndim > 1:  # (Range takes scalars)
         return None
     if node.op_type == "Reshape" and ((t1 == -1).any() or (t1 == 0).any()):  # what it gives, where known
-        t1, t2 = (_gives(node, t, b, batch) for t, b in ((t1, 1), (t2, 2)))
-        if t1 is None or t2 is None:
-            t1, t2 = (evaluate_shape(shape_value, b, {}, batch) for b in (1, 2))
+        g1, g2 = (_gives(node, t, b, batch) for t, b in ((t1, 1), (t2, 2)))
+        if g1 is not None and g2 is not None:
+            t1, t2 = g1, g2
     differ = np.flatnonzero(t1 != t2)
     if len(differ) == 0:
         return t1
