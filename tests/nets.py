@@ -1203,3 +1203,25 @@ def pooled_tokens_net():
     """PiT's and LeViT's pooling of a class token and a 5 x 5 grid: 26 tokens, then 10, then 5."""
     torch.manual_seed(22)
     return _PooledTokens().eval()
+
+
+class _CeilAveragePools(nn.Module):
+    """Average pools that ceil_mode extends past the end padding while padding counts (torch's
+    default count_include_pad=True): a padded 3x3/2 pool on a 12 px map (its last window reaches one
+    past the padding), and Hugging Face EfficientNet's pooler, AvgPool2d(kernel wider than the map,
+    ceil_mode=True), which torch computes as a global average. ORT 1.19.2 divides both otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.norm, self.head = nn.BatchNorm2d(16), nn.Linear(16, 3)
+        self.pool, self.pooler = nn.AvgPool2d(3, 2, 1, ceil_mode=True), nn.AvgPool2d(64, ceil_mode=True)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.stem(x)))
+        return self.head(self.pooler(torch.relu(self.norm(self.conv(x)))).flatten(1))
+
+
+def ceil_avg_pool_net():
+    torch.manual_seed(6)
+    return randomize_bn(_CeilAveragePools()).eval()

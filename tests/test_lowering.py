@@ -16,7 +16,7 @@ from tinytlc.pipeline import compile_model
 
 @pytest.mark.parametrize("net,op", [("group_norm_net", "InstanceNormalization"), ("global_max_net", "GlobalMaxPool"),
                                     ("pixel_shuffle_net", "DepthToSpace"), ("einsum_net", "Einsum"),
-                                    ("token_pool_net", "AveragePool")])
+                                    ("token_pool_net", "AveragePool"), ("ceil_avg_pool_net", "AveragePool")])
 def test_lowered_op_trains_exactly(tmp_path, net, op):
     art = compile_model(f"{NETS}:{net}", "full", tmp_path / "a", resolution=12, batch_size=3)
     ops = {n.op_type for n in onnx.load(art.path / "forward_model.onnx").graph.node}
@@ -123,6 +123,20 @@ class _PooledQueryNet(nn.Module):
 def pooled_query_net():
     torch.manual_seed(5)
     return _PooledQueryNet().eval()
+
+
+def test_ceil_average_pool_of_another_producer_is_refused(tmp_path):
+    """Where ceil_mode extends a pool whose padding counts, ORT, onnx's reference and torch divide
+    three ways: only PyTorch's exporter says which it meant."""
+    from tinytlc.errors import TinyTLError
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(nets.ceil_avg_pool_net(), (torch.zeros(1, 3, 12, 12),), str(path), dynamo=False, opset_version=17,
+                      dynamic_axes={"input": {0: "n"}}, input_names=["input"])
+    model = onnx.load(path)
+    model.producer_name = "tf2onnx"
+    onnx.save(model, path)
+    with pytest.raises(TinyTLError, match="divide differently"):
+        compile_model(path, "bias", tmp_path / "a", resolution=12, batch_size=3)
 
 
 @pytest.mark.parametrize("net,op,res", [("blur_pool_net", "Pad", 20), ("cbam_net", "ReduceMax", 16),

@@ -10,8 +10,12 @@ weights, same strides, pads and dilations. Where padding does not count (count_i
 timm's ResNet-D shortcut and torch's default for padded pools in Inception-style nets), the conv
 sums each window (weights 1) and a constant map divides by how many input values it covers.
 ceil_mode's extra windows (those that start inside the input or its begin padding, as torch
-keeps them) become end padding; with count_include_pad=1 they would average over padding that
-ORT and torch count differently, so that case is refused.
+keeps them) become end padding. With count_include_pad=1 as well, implementations disagree on
+the divisor of a window that reaches into that extra padding (ORT 1.19.2, onnx's reference and
+torch give three answers: HF EfficientNet's pooler, AvgPool2d(1280, ceil_mode=True) on a 7 x 7 map,
+is torch's global average); in a graph PyTorch's exporter wrote (producer "pytorch": a module, or
+a file exported from one), the pool averages as torch does: the real padding counts, the extra
+does not (a sum, divided by those counts). From other producers that case is refused.
 Memory: until the frozen-conv backward pass exists, ConvGrad keeps the pool's input alive; the
 division's gradient needs only its constant.
 """
@@ -52,12 +56,14 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
             if extra is None:
                 raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode on a map whose size is unknown after shape "
                                   "inference, so its windows cannot be counted")
-            if any(extra) and include_pad:
-                raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode where it adds windows, averaged over padding; "
-                                  "onnxruntime-training 1.19.2 cannot train through it")
+            as_torch = any(extra) and include_pad  # (the real padding counts, ceil_mode's extra does not)
+            if as_torch and model.producer_name != "pytorch":
+                raise TinyTLError(f"AveragePool {pool.name} uses ceil_mode where it adds windows, averaged over padding, "
+                                  "which implementations divide differently; only a pool PyTorch exported can be read "
+                                  "(as torch averages)")
             pads = pads[:2] + [p + e for p, e in zip(pads[2:], extra)]
             channels = x.shape[1]
-            counted = not any(pads) or include_pad  # every window averages k_h * k_w values
+            counted = (not any(pads) or include_pad) and not as_torch  # every window averages k_h * k_w values
             weight = add_initializer(graph, f"{pool.name or 'avgpool'}.weight",
                                      np.full((channels, 1, *kernel), 1.0 / np.prod(kernel) if counted else 1.0,
                                              np.float32), constant=True)
@@ -66,8 +72,8 @@ class AveragePoolToConvPass(ir.passes.InPlacePass):
                 ir.AttrInt64s("dilations", dilations), ir.AttrInt64("group", channels)], name=f"{pool.name}_as_conv")
             nodes = [x.producer(), conv] if lifted else [conv]
             if not counted:  # a sum over each window, divided by how many input values it holds
-                inverse = add_initializer(graph, f"{pool.name or 'avgpool'}.inverse_count",
-                                          1.0 / _counts(x.shape[2:], kernel, strides, dilations, pads), constant=True)
+                counts = _counts(x.shape[2:], kernel, strides, dilations, pads, extra if as_torch else None)
+                inverse = add_initializer(graph, f"{pool.name or 'avgpool'}.inverse_count", 1.0 / counts, constant=True)
                 nodes.append(ir.Node("", "Mul", [conv.outputs[0], inverse], name=f"{pool.name}_mean"))
             if lifted:
                 nodes.append(ir.Node("", "Squeeze", [nodes[-1].outputs[0], x.producer().inputs[1]], name=f"{pool.name}_1d"))
@@ -93,9 +99,14 @@ def ceil_extra(pool: ir.Node, x: ir.Value, kernel, strides, dilations, pads) -> 
     return extra
 
 
-def _counts(size, kernel, strides, dilations, pads) -> np.ndarray:
-    """(1, 1, H_out, W_out): how many input values (not padding) each window covers."""
-    ones = np.pad(np.ones(size, np.float32), [(pads[0], pads[2]), (pads[1], pads[3])])
+def _counts(size, kernel, strides, dilations, pads, extra=None) -> np.ndarray:
+    """(1, 1, H_out, W_out): how many input values (not padding) each window covers; with `extra`
+    (ceil_mode's share of the end pads), how many input or real padding values, as torch counts."""
+    if extra is None:
+        ones = np.pad(np.ones(size, np.float32), [(pads[0], pads[2]), (pads[1], pads[3])])
+    else:
+        ones = np.pad(np.ones([size[0] + pads[0] + pads[2] - extra[0], size[1] + pads[1] + pads[3] - extra[1]],
+                              np.float32), [(0, extra[0]), (0, extra[1])])
     h = (ones.shape[0] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
     w = (ones.shape[1] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
     counts = np.zeros((h, w), np.float32)
