@@ -1225,3 +1225,29 @@ class _CeilAveragePools(nn.Module):
 def ceil_avg_pool_net():
     torch.manual_seed(6)
     return randomize_bn(_CeilAveragePools()).eval()
+
+
+class _InterpolatedPositions(nn.Module):
+    """DINOv2's position embeddings as Hugging Face interpolates them while tracing: the stored
+    grid's side is n ** 0.5 of a traced shape (a Pow in the graph), then a bicubic resize of the
+    trained embeddings to the image's patch grid (2 x 2 stored, 3 x 3 at 12 px)."""
+
+    def __init__(self, d=8, grid=2, patch=4):
+        super().__init__()
+        self.patch, self.head = nn.Conv2d(3, d, patch, patch), nn.Linear(d, 3)
+        self.pos = nn.Parameter(torch.randn(1, grid * grid, d))
+
+    def forward(self, x):
+        t = self.patch(x)
+        n, d, h, w = t.shape
+        side = self.pos.shape[1] ** 0.5
+        side = side.to(torch.int64) if isinstance(side, torch.Tensor) else int(side)
+        pos = self.pos.reshape(1, side, side, d).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
+        tokens = t.flatten(2).transpose(1, 2) + pos.flatten(2).transpose(1, 2)
+        return self.head(torch.relu(tokens).mean(1))
+
+
+def interpolated_positions_net():
+    torch.manual_seed(7)
+    return _InterpolatedPositions().eval()

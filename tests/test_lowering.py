@@ -16,7 +16,8 @@ from tinytlc.pipeline import compile_model
 
 @pytest.mark.parametrize("net,op", [("group_norm_net", "InstanceNormalization"), ("global_max_net", "GlobalMaxPool"),
                                     ("pixel_shuffle_net", "DepthToSpace"), ("einsum_net", "Einsum"),
-                                    ("token_pool_net", "AveragePool"), ("ceil_avg_pool_net", "AveragePool")])
+                                    ("token_pool_net", "AveragePool"), ("ceil_avg_pool_net", "AveragePool"),
+                                    ("interpolated_positions_net", "Resize")])
 def test_lowered_op_trains_exactly(tmp_path, net, op):
     art = compile_model(f"{NETS}:{net}", "full", tmp_path / "a", resolution=12, batch_size=3)
     ops = {n.op_type for n in onnx.load(art.path / "forward_model.onnx").graph.node}

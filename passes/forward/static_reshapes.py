@@ -221,6 +221,10 @@ def _apply(node: ir.Node, a: list) -> np.ndarray | None:
         return np.reshape(a[0], [int(d) for d in target])
     if op == "Transpose":
         return np.transpose(a[0], _attr(node, "perm", None))
+    if op == "Pow":  # (DINOv2's grid side, n ** 0.5; numpy refuses negative integer powers)
+        if np.issubdtype(np.asarray(a[0]).dtype, np.integer) and np.any(np.asarray(a[1]) < 0):
+            return None
+        return np.power(a[0], a[1]).astype(np.asarray(a[0]).dtype)
     if op in ("Floor", "Ceil", "Sqrt", "Neg", "Abs"):
         return {"Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt, "Neg": np.negative, "Abs": np.abs}[op](a[0])
     if op == "Equal":
