@@ -115,6 +115,43 @@ def lite_net():
     return randomize_bn(LiteNet())
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50's bottleneck: 1x1 down to `inner`, 3x3, 1x1 up, a projection shortcut where the
+    shape changes; `se`: squeeze-and-excite through that many channels, on a 1x1 map."""
+
+    def __init__(self, cin, inner, cout, stride=1, se=0):
+        super().__init__()
+        self.f = nn.Sequential(
+            nn.Conv2d(cin, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, inner, 3, stride, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cout, se, 1), nn.ReLU(), nn.Conv2d(se, cout, 1),
+                                nn.Sigmoid()) if se else None
+        self.skip = nn.Identity() if stride == 1 and cin == cout else \
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.f(x)
+        return torch.relu((y * self.se(y) if self.se is not None else y) + self.skip(x))
+
+
+class BottleneckNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(Bottleneck(32, 8, 32), Bottleneck(32, 8, 32), Bottleneck(32, 8, 32, se=2),
+                                    Bottleneck(32, 16, 64, stride=2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 3))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def bottleneck_net():
+    torch.manual_seed(5)
+    return randomize_bn(BottleneckNet())
+
+
 class BasicBlock(nn.Module):
     """A plain residual block with no depthwise conv (ResNet-style)."""
 

@@ -66,6 +66,7 @@ def test_lite_gradients_match_torch(tmp_path, monkeypatch, method, res):
     assert [m["stride"] for m in report] == [2, 1]  # blocks 2 and 3; the first block gets none
     assert [m["taps"] for m in report] == ([[5, 5], [5, 5]] if res == RES else [[5, 5], [3, 3]])
     assert all(m["kernel"] == 5 for m in report)
+    assert [(m["width"], m["groups"]) for m in report] == [(8, 2), (16, 2)]  # the paper's: no bottleneck here
     import onnx
     gathered = [n for n in onnx.load(lean.path / "training_model.onnx").graph.node if ".gathered." in n.output[0]]
     assert gathered, "the lite modules' convs run through gather-conv, checked here against torch"
@@ -297,6 +298,42 @@ class ChannelsLastWithLite(WithLite):
 
     def forward(self, x):
         return self.block(x) + self.lite(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def test_bottleneck_blocks_get_modules_no_wider_than_their_bottleneck(tmp_path):
+    """Beside ResNet-50's bottlenecks (1024 channels in, 256 inside) the paper's module, as wide as
+    the block's input in 2 groups, held 12.7x the block's weights (149 M parameters beside the
+    network's 23.5 M at 128 px: `lite` trained more than `full`). Narrowed to the block's narrowest
+    layer, each group as wide as the paper's, it holds no more than the block (0.97x). A
+    squeeze-and-excite conv on a 1x1 map is no bottleneck: the module beside it keeps the 3x3's
+    width. Gradients equal a torch model carrying the same modules."""
+    import nets
+    opts = LiteOptions(final_scale=0.5)
+    arts = [compile_model(f"{NETS}:bottleneck_net", "lite", tmp_path / tag, resolution=16, batch_size=BATCH, lite=opts,
+                          passes=passes) for tag, passes in (("plain", []), ("lean", None))]
+    report = arts[1].manifest["lite_modules"]
+    # 32 channels in, 8 inside: width 8 in 8 groups (4 channels in each, as the paper's 2 groups of
+    # 8 would read); 16 inside the strided block: 4 groups
+    assert [(m["input"][0], m["width"], m["groups"]) for m in report] == [(32, 8, 8), (32, 8, 8), (32, 16, 4)]
+    params = initializers(arts[1])
+    assert params["lite1.conv1.weight"].shape == (8, 4, 5, 5) and params["lite3.conv2.weight"].shape == (64, 16, 1, 1)
+    model = fold_all_bn(nets.bottleneck_net())
+    for i, r in enumerate(report, start=1):
+        model.blocks[i] = WithLite(model.blocks[i], r, params, f"lite{i}", whole_kernel=False)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((BATCH, 3, 16, 16), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    logits_t = model(torch.from_numpy(x))
+    F.cross_entropy(logits_t, torch.from_numpy(y)).backward()
+    for art in arts:
+        _, logits, grads = ort_step(art, x, y, 0.0)
+        np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+        assert len(grads) == 3 * 6 + 2
+        for name, grad in grads.items():
+            block, rest = (model.blocks[int(name[4])].lite, name.split(".", 1)[1]) if name.startswith("lite") else \
+                (model, name)
+            expected = dict(block.named_parameters())[rest].grad.numpy()
+            np.testing.assert_allclose(grad, expected.reshape(grad.shape), rtol=1e-3, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("net", ["channels_last_net", "channels_last_tokens_net"])

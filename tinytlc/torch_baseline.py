@@ -41,9 +41,10 @@ def lite_module(spec: dict):
             top, left, bottom, right = spec.get("pads", [k // 2] * 4)
             same = (top, left) == (bottom, right)
             self.pad = None if same else (left, right, top, bottom)
-            self.conv1 = nn.Conv2d(cin, cin, tuple(spec.get("taps", [k, k])), spec["stride"],
-                                   (top, left) if same else 0, groups=2 if cin % 2 == 0 else 1, bias=False)
-            self.norm1, self.conv2, self.norm2 = group_norm(cin), nn.Conv2d(cin, cout, 1, bias=False), group_norm(cout)
+            mid, groups = spec.get("width", cin), spec.get("groups", 2 if cin % 2 == 0 else 1)
+            self.conv1 = nn.Conv2d(cin, mid, tuple(spec.get("taps", [k, k])), spec["stride"],
+                                   (top, left) if same else 0, groups=groups, bias=False)
+            self.norm1, self.conv2, self.norm2 = group_norm(mid), nn.Conv2d(mid, cout, 1, bias=False), group_norm(cout)
             nn.init.zeros_(self.norm2.weight)
 
         def forward(self, x):

@@ -9,7 +9,13 @@ before training starts. k = 5, shrunk by 2 while it exceeds the pooled size the 
 the first module's input were 128 px on a side (each stride before it halving that), as the paper
 fixes its kernels; so modules do not grow with the input resolution. `reference=0` sizes k by the
 real pooled size instead. Where k is wider than the map its outer taps can reach, only the taps that
-reach it are made (`reach`: the same function and gradients, fewer weights). Everything in the
+reach it are made (`reach`: the same function and gradients, fewer weights).
+Beside a bottleneck, a block whose narrowest conv is narrower than its input (ResNet-50's 1x1-3x3-1x1:
+1024 channels in, 256 inside), the module is no wider than that conv, and its groups multiply so
+that each still reads half the module's width, as the paper's 2 groups do (2 C_in / width groups).
+The paper's module there held 12.7x the block's weights (149 M parameters beside ResNet-50's 23.5 M
+at 128 px, so `lite` trained more than `full`); narrowed, at most 0.98x (16.5 M). The paper's nets (MobileNetV2,
+ProxylessNAS, EfficientNet-Lite) widen inside their blocks and keep its module. Everything in the
 branch is written with ops ONNX Runtime 1.19.2 differentiates on the CPU: average pooling as a
 constant depthwise conv, GroupNorm as Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilinear upsampling
 (torch's align_corners=False) as two MatMuls with fixed interpolation matrices.
@@ -73,6 +79,35 @@ def reach(size: int, k: int, stride: int) -> tuple[int, int, int, int]:
     begin = p - a
     end = max(0, stride * (out - 1) + (b - a) - size - begin)
     return a, b, begin, end
+
+
+def narrowest_layer(block: Block) -> int | None:
+    """The fewest channels a conv inside `block` gives out on a map larger than 1x1 (a bottleneck's
+    inner width; squeeze-and-excite convs on 1x1 maps do not count), or None if it has none or is
+    not closed (a path to the output that does not pass its input)."""
+    widths, seen, todo = [], set(), [block.output]
+    while todo:
+        v = todo.pop()
+        if v is block.input or v is None or v.is_initializer():
+            continue
+        node = v.producer()
+        if node is None:
+            return None  # a graph input other than the block's
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        todo.extend(node.inputs)
+        y = node.outputs[0].shape
+        if node.op_type == "Conv" and y is not None and len(y) == 4 and isinstance(y[1], int) and \
+                any(isinstance(d, int) and d > 1 for d in list(y)[2:]):
+            widths.append(y[1])
+    return min(widths, default=None)
+
+
+def group_count(cin: int, mid: int, want: float) -> int:
+    """The fewest groups, at least `want`, that divide both `cin` and `mid` (else their gcd)."""
+    common = math.gcd(cin, mid)
+    return next((g for g in range(max(1, math.ceil(want)), common + 1) if common % g == 0), common)
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -166,7 +201,11 @@ class LiteResidualPass(ir.passes.InPlacePass):
         if cin % o.groups and o.strict_groups:
             raise TinyTLError(f"--lite-groups {o.groups} does not divide the width {cin} of block {name[4:]} "
                               f"({block.kind} {list(block.input.shape)[1:]}); choose a divisor of every block's width")
-        mid, groups = cin * o.expand, o.groups if cin % o.groups == 0 else 1
+        width = narrowest_layer(block)
+        if width is None or width >= cin:  # the paper's module
+            mid, groups = cin * o.expand, o.groups if cin % o.groups == 0 else 1
+        else:  # a bottleneck: no wider than the block's own narrowest layer, each group as wide as the paper's
+            mid, groups = width * o.expand, group_count(cin, width * o.expand, o.groups * cin / width)
         fan = (cin // groups) * k * k
         # the outer taps of a kernel wider than its map meet only padding: keep the ones that reach it
         whole = (0, k, k // 2, k // 2)
@@ -190,7 +229,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
         out = _attach(graph, t, block.output, x)
         params = int(sum(np.prod(v.shape) for v in (w1, w2)) + 2 * (mid + cout))
         return {"block": block.kind + " (channels last)" * (last or last_out), "input": [cin, hin, win],
-                "output": [cout, hout, wout], "stride": block.stride,
+                "output": [cout, hout, wout], "width": mid, "groups": groups, "stride": block.stride,
                 "kernel": k, "taps": [b0 - a0, b1 - a1], "pads": pads,
                 "pooled": [hin // d, win // d] if d > 1 else [hin, win], "params": params}, out
 
