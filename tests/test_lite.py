@@ -300,7 +300,7 @@ class ChannelsLastWithLite(WithLite):
         return self.block(x) + self.lite(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def test_bottleneck_blocks_get_modules_no_wider_than_their_bottleneck(tmp_path):
+def test_bottleneck_blocks_get_modules_no_wider_than_their_bottleneck(tmp_path, cli):
     """Beside ResNet-50's bottlenecks (1024 channels in, 256 inside) the paper's module, as wide as
     the block's input in 2 groups, held 12.7x the block's weights (149 M parameters beside the
     network's 23.5 M at 128 px: `lite` trained more than `full`). Narrowed to the block's narrowest
@@ -334,6 +334,8 @@ def test_bottleneck_blocks_get_modules_no_wider_than_their_bottleneck(tmp_path):
                 (model, name)
             expected = dict(block.named_parameters())[rest].grad.numpy()
             np.testing.assert_allclose(grad, expected.reshape(grad.shape), rtol=1e-3, atol=1e-5, err_msg=name)
+    code, out, _ = cli("compile", f"{NETS}:bottleneck_net", "--method", "lite", "--resolution", 16, "--out", tmp_path / "c")
+    assert code == 0 and "3 beside bottlenecks, as wide as the bottleneck (e.g. 32 channels in, 8 wide in 8 groups)" in out
 
 
 @pytest.mark.parametrize("net", ["channels_last_net", "channels_last_tokens_net"])

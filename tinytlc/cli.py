@@ -64,6 +64,11 @@ def cmd_compile(a) -> dict:
                 print(f"  {len(cropped)} {what}: only the taps that reach "
                       f"the map are made (e.g. {c['kernel']}x{c['kernel']} -> {c['taps'][0]}x{c['taps'][1]} on "
                       f"{'x'.join(map(str, c['pooled']))})")
+            narrowed = [x for x in mods if x.get("width", x["input"][0]) < x["input"][0]]
+            if narrowed:
+                n = narrowed[0]
+                print(f"  {len(narrowed)} beside bottlenecks, as wide as the bottleneck (e.g. {n['input'][0]} channels "
+                      f"in, {n['width']} wide in {n['groups']} groups)")
             for skip in m.get("lite_skipped", []):
                 print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
     sys.stdout.flush()
