@@ -55,7 +55,9 @@ def initializers(art):
 def test_lite_gradients_match_torch(tmp_path, monkeypatch, method, res):
     """At 8 px the second module's 5x5 kernel meets a 2x2 map: its conv reads the 3x3 taps that reach
     the map (lite_residual.reach); the torch reference convolves with all 25."""
-    opts = LiteOptions(final_scale=0.5)  # a nonzero start, so every lite parameter gets a gradient
+    # a nonzero start, so every lite parameter gets a gradient; the paper's width (this net's blocks are
+    # lighter than its modules, so the budget would narrow them: tested below)
+    opts = LiteOptions(final_scale=0.5, budget=0)
     # gather-conv takes the lite convs only where its copies stay within the input image; at these
     # sizes they never do, so that rule is lifted here to check the rewrite against torch too
     monkeypatch.setattr("tinytlc.passes.training.gather_conv.image_bytes", lambda graph: None)
@@ -66,7 +68,7 @@ def test_lite_gradients_match_torch(tmp_path, monkeypatch, method, res):
     assert [m["stride"] for m in report] == [2, 1]  # blocks 2 and 3; the first block gets none
     assert [m["taps"] for m in report] == ([[5, 5], [5, 5]] if res == RES else [[5, 5], [3, 3]])
     assert all(m["kernel"] == 5 for m in report)
-    assert [(m["width"], m["groups"]) for m in report] == [(8, 2), (16, 2)]  # the paper's: no bottleneck here
+    assert [(m["width"], m["groups"]) for m in report] == [(8, 2), (16, 2)]  # the paper's
     import onnx
     gathered = [n for n in onnx.load(lean.path / "training_model.onnx").graph.node if ".gathered." in n.output[0]]
     assert gathered, "the lite modules' convs run through gather-conv, checked here against torch"
@@ -300,6 +302,33 @@ class ChannelsLastWithLite(WithLite):
         return self.block(x) + self.lite(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+def narrowed_modules_match_torch(tmp_path, net: str, res: int, opts: LiteOptions):
+    """Compile `net` with lite modules, with and without the passes; check one step's logits and
+    gradients against a torch model carrying the same modules. The lean artifact's manifest."""
+    import nets
+    arts = [compile_model(f"{NETS}:{net}", "lite", tmp_path / tag, resolution=res, batch_size=BATCH, lite=opts,
+                          passes=passes) for tag, passes in (("plain", []), ("lean", None))]
+    report, params = arts[1].manifest["lite_modules"], initializers(arts[1])
+    model = fold_all_bn(getattr(nets, net)())
+    for i, r in enumerate(report, start=1):
+        model.blocks[i] = WithLite(model.blocks[i], r, params, f"lite{i}", whole_kernel=False)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((BATCH, 3, res, res), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    logits_t = model(torch.from_numpy(x))
+    F.cross_entropy(logits_t, torch.from_numpy(y)).backward()
+    for art in arts:
+        _, logits, grads = ort_step(art, x, y, 0.0)
+        np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+        assert len(grads) == 6 * len(report) + 2
+        for name, grad in grads.items():
+            block, rest = (model.blocks[int(name[4])].lite, name.split(".", 1)[1]) if name.startswith("lite") else \
+                (model, name)
+            expected = dict(block.named_parameters())[rest].grad.numpy()
+            np.testing.assert_allclose(grad, expected.reshape(grad.shape), rtol=1e-3, atol=1e-5, err_msg=name)
+    return arts[1].manifest
+
+
 def test_bottleneck_blocks_get_modules_no_wider_than_their_bottleneck(tmp_path, cli):
     """Beside ResNet-50's bottlenecks (1024 channels in, 256 inside) the paper's module, as wide as
     the block's input in 2 groups, held 12.7x the block's weights (149 M parameters beside the
@@ -307,35 +336,35 @@ def test_bottleneck_blocks_get_modules_no_wider_than_their_bottleneck(tmp_path, 
     layer, each group as wide as the paper's, it holds no more than the block (0.97x). A
     squeeze-and-excite conv on a 1x1 map is no bottleneck: the module beside it keeps the 3x3's
     width. Gradients equal a torch model carrying the same modules."""
-    import nets
-    opts = LiteOptions(final_scale=0.5)
-    arts = [compile_model(f"{NETS}:bottleneck_net", "lite", tmp_path / tag, resolution=16, batch_size=BATCH, lite=opts,
-                          passes=passes) for tag, passes in (("plain", []), ("lean", None))]
-    report = arts[1].manifest["lite_modules"]
+    manifest = narrowed_modules_match_torch(tmp_path, "bottleneck_net", 16, LiteOptions(final_scale=0.5))
     # 32 channels in, 8 inside: width 8 in 8 groups (4 channels in each, as the paper's 2 groups of
-    # 8 would read); 16 inside the strided block: 4 groups
-    assert [(m["input"][0], m["width"], m["groups"]) for m in report] == [(32, 8, 8), (32, 8, 8), (32, 16, 4)]
-    params = initializers(arts[1])
-    assert params["lite1.conv1.weight"].shape == (8, 4, 5, 5) and params["lite3.conv2.weight"].shape == (64, 16, 1, 1)
-    model = fold_all_bn(nets.bottleneck_net())
-    for i, r in enumerate(report, start=1):
-        model.blocks[i] = WithLite(model.blocks[i], r, params, f"lite{i}", whole_kernel=False)
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((BATCH, 3, 16, 16), dtype=np.float32)
-    y = rng.integers(0, 3, BATCH)
-    logits_t = model(torch.from_numpy(x))
-    F.cross_entropy(logits_t, torch.from_numpy(y)).backward()
-    for art in arts:
-        _, logits, grads = ort_step(art, x, y, 0.0)
-        np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
-        assert len(grads) == 3 * 6 + 2
-        for name, grad in grads.items():
-            block, rest = (model.blocks[int(name[4])].lite, name.split(".", 1)[1]) if name.startswith("lite") else \
-                (model, name)
-            expected = dict(block.named_parameters())[rest].grad.numpy()
-            np.testing.assert_allclose(grad, expected.reshape(grad.shape), rtol=1e-3, atol=1e-5, err_msg=name)
+    # 8 would read); 16 inside the strided block: 4 groups. Within the budget: no further narrowing.
+    assert [(m["input"][0], m["width"], m["groups"]) for m in manifest["lite_modules"]] == \
+        [(32, 8, 8), (32, 8, 8), (32, 16, 4)]
+    assert manifest["lite_width"] == 1
     code, out, _ = cli("compile", f"{NETS}:bottleneck_net", "--method", "lite", "--resolution", 16, "--out", tmp_path / "c")
-    assert code == 0 and "3 beside bottlenecks, as wide as the bottleneck (e.g. 32 channels in, 8 wide in 8 groups)" in out
+    assert code == 0 and "3 narrower than their input, each group reading half the width as in the paper (e.g. 32 " \
+        "channels in, 8 wide in 8 groups): no wider than the block's narrowest conv\n" in out
+
+
+def test_modules_heavier_than_their_blocks_are_narrowed(tmp_path, cli):
+    """Beside ConvNeXt-T's and Swin-T's blocks the paper's modules held 1.7x and 3x the blocks'
+    weights, so `lite+bias` needed more memory than `full` (224 px: 1341 against 1264 MiB, 2050
+    against 927). Modules are narrowed, halving their width (and doubling their groups), until they
+    hold no more weights than their blocks: lite_net's inverted bottlenecks expand only 2x, so its
+    paper modules would hold 4,496 weights beside blocks of 1,840; halved once, 1,280. Gradients
+    equal torch's; `--lite-budget 0` keeps the paper's width."""
+    manifest = narrowed_modules_match_torch(tmp_path, "lite_net", RES, LiteOptions(final_scale=0.5))
+    report = manifest["lite_modules"]
+    assert manifest["lite_width"] == 0.5
+    assert [(m["input"][0], m["width"], m["groups"]) for m in report] == [(8, 4, 4), (16, 8, 4)]
+    assert sum(m["params"] for m in report) == 1280
+    code, out, _ = cli("compile", f"{NETS}:lite_net", "--method", "lite", "--resolution", RES, "--out", tmp_path / "c")
+    assert code == 0 and "e.g. 8 channels in, 4 wide in 4 groups): at 1/2 of the paper's width (or a bottleneck's), " \
+        "so that they hold no more weights than their blocks\n" in out
+    code, out, _ = cli("compile", f"{NETS}:lite_net", "--method", "lite", "--resolution", RES, "--lite-budget", 0,
+                       "--out", tmp_path / "d")
+    assert code == 0 and "narrower than their input" not in out and "4,496 parameters" in out
 
 
 @pytest.mark.parametrize("net", ["channels_last_net", "channels_last_tokens_net"])

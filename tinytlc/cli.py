@@ -66,9 +66,11 @@ def cmd_compile(a) -> dict:
                       f"{'x'.join(map(str, c['pooled']))})")
             narrowed = [x for x in mods if x.get("width", x["input"][0]) < x["input"][0]]
             if narrowed:
-                n = narrowed[0]
-                print(f"  {len(narrowed)} beside bottlenecks, as wide as the bottleneck (e.g. {n['input'][0]} channels "
-                      f"in, {n['width']} wide in {n['groups']} groups)")
+                n, factor = narrowed[0], m.get("lite_width", 1)
+                why = (f"at 1/{round(1 / factor)} of the paper's width (or a bottleneck's), so that they hold no more "
+                       f"weights than their blocks" if factor < 1 else "no wider than the block's narrowest conv")
+                print(f"  {len(narrowed)} narrower than their input, each group reading half the width as in the "
+                      f"paper (e.g. {n['input'][0]} channels in, {n['width']} wide in {n['groups']} groups): {why}")
             for skip in m.get("lite_skipped", []):
                 print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
     sys.stdout.flush()
@@ -89,7 +91,8 @@ def _lite_options(a):
     if a.lite_norm not in ("group", "affine"):
         raise TinyTLError(f"--lite-norm {a.lite_norm}: choose group or affine")
     return LiteOptions(downsample=a.lite_downsample, kernel=a.lite_kernel, groups=a.lite_groups, expand=a.lite_expand,
-                       norm=a.lite_norm, strict_groups=a.lite_groups != 2, reference=a.lite_reference)
+                       norm=a.lite_norm, strict_groups=a.lite_groups != 2, reference=a.lite_reference,
+                       budget=a.lite_budget)
 
 
 def _load(a):
@@ -345,6 +348,9 @@ def parser() -> argparse.ArgumentParser:
                        help="lite modules: width multiplier (default 1)")
         s.add_argument("--lite-norm", default="group", help="lite modules: group (GroupNorm, 8 channels a group) "
                                                             "or affine")
+        s.add_argument("--lite-budget", type=_ranged(float, 0), default=1.0,
+                       help="lite modules: narrowed (halved up to 4 times) until they hold no more than this "
+                            "times the weights of the blocks beside them (default 1; 0: the paper's width)")
         s.add_argument("--norm", default="batch", help="norm layers of a zoo model: batch, or group (GroupNorm, "
                                                        "8 channels a group; proxylessnas-mobile)")
     for s in (c, t, e, x, m, d, an):

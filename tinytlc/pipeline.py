@@ -226,7 +226,7 @@ def forward_graph(model: str | Path | nn.Module, method: str, num_classes: int |
     for p in methods.forward_passes(method, lite, lite_modules, fold_norms, fold_trained_batchnorm):
         p(irm)
         if isinstance(p, LiteResidualPass) and report is not None:
-            report.update(lite_modules=p.report, lite_blocks=p.blocks, lite_skipped=p.skipped)
+            report.update(lite_modules=p.report, lite_blocks=p.blocks, lite_skipped=p.skipped, lite_width=p.factor)
     if gather_as_slice:  # (after the blocks and the head are found: they read Gathers)
         GatherIndexAsSlicePass()(irm)
     RemoveUnusedNodesPass()(irm)

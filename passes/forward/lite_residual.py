@@ -14,8 +14,12 @@ Beside a bottleneck, a block whose narrowest conv is narrower than its input (Re
 1024 channels in, 256 inside), the module is no wider than that conv, and its groups multiply so
 that each still reads half the module's width, as the paper's 2 groups do (2 C_in / width groups).
 The paper's module there held 12.7x the block's weights (149 M parameters beside ResNet-50's 23.5 M
-at 128 px, so `lite` trained more than `full`); narrowed, at most 0.98x (16.5 M). The paper's nets (MobileNetV2,
-ProxylessNAS, EfficientNet-Lite) widen inside their blocks and keep its module. Everything in the
+at 128 px, so `lite` trained more than `full`); narrowed, at most 0.98x (16.5 M).
+Budget: where the modules would still hold more weights than the blocks they sit beside, all in all
+(ConvNeXt-T's 1.7x, Swin-T's 3x: `lite+bias` needed more memory than `full`), every image module's
+width is halved, its groups doubled, until they do (up to 4 times; `budget` sets the ratio, 0 turns
+it off). The paper's nets (MobileNetV2, ProxylessNAS, EfficientNet-Lite: 0.63x, 0.77x, 0.58x of
+their blocks' weights at 128 px) widen inside their blocks and keep its module. Everything in the
 branch is written with ops ONNX Runtime 1.19.2 differentiates on the CPU: average pooling as a
 constant depthwise conv, GroupNorm as Reshape/ReduceMean/Sub/Mul/Sqrt/Div, bilinear upsampling
 (torch's align_corners=False) as two MatMuls with fixed interpolation matrices.
@@ -47,7 +51,7 @@ import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import LITE, add_initializer, normalize
-from tinytlc.passes.forward.blocks import Block, find_blocks
+from tinytlc.passes.forward.blocks import LAYERS, VIEWS, Block, find_blocks
 from tinytlc.passes.forward.static_reshapes import dimension
 
 
@@ -64,6 +68,7 @@ class LiteOptions:
     reference: int = 128         # kernels sized as if the first module's input were this wide (0: real sizes)
     crop: bool = True            # make only the taps that reach the map (False: the paper's whole kernels)
     strict_groups: bool = False  # a width `groups` does not divide is an error (else: 1 group there)
+    budget: float = 1.0          # image modules' weights at most this times their blocks' (0: no limit)
 
 
 def reach(size: int, k: int, stride: int) -> tuple[int, int, int, int]:
@@ -81,27 +86,49 @@ def reach(size: int, k: int, stride: int) -> tuple[int, int, int, int]:
     return a, b, begin, end
 
 
-def narrowest_layer(block: Block) -> int | None:
-    """The fewest channels a conv inside `block` gives out on a map larger than 1x1 (a bottleneck's
-    inner width; squeeze-and-excite convs on 1x1 maps do not count), or None if it has none or is
-    not closed (a path to the output that does not pass its input)."""
-    widths, seen, todo = [], set(), [block.output]
+def block_layers(block: Block) -> tuple[int | None, int]:
+    """(the fewest channels a conv inside `block` gives out on a map larger than 1x1, the weights of
+    its convs and matrix products). The first is a bottleneck's inner width (squeeze-and-excite convs
+    on 1x1 maps do not count), None if it has no such conv or is not closed (a path to the output
+    that does not pass its input); then the second is 0 too."""
+    widths, weights, seen, todo = [], 0, set(), [block.output]
     while todo:
         v = todo.pop()
         if v is block.input or v is None or v.is_initializer():
             continue
         node = v.producer()
         if node is None:
-            return None  # a graph input other than the block's
+            return None, 0  # a graph input other than the block's
         if id(node) in seen:
             continue
         seen.add(id(node))
-        todo.extend(node.inputs)
+        if node.op_type not in ("Shape", "Size"):  # (a shape is no data: the batch size read from the images)
+            todo.extend(node.inputs)
         y = node.outputs[0].shape
         if node.op_type == "Conv" and y is not None and len(y) == 4 and isinstance(y[1], int) and \
                 any(isinstance(d, int) and d > 1 for d in list(y)[2:]):
             widths.append(y[1])
-    return min(widths, default=None)
+        if node.op_type in LAYERS:
+            for x in node.inputs[1:2] if node.op_type != "MatMul" else node.inputs[:2]:
+                weights += sum(math.prod(int(d) for d in w.shape) for w in _weights_of(x, node.op_type != "MatMul"))
+    return min(widths, default=None), weights
+
+
+def _weights_of(x: ir.Value | None, computed: bool) -> list[ir.Value]:
+    """The initializers a layer's weight input `x` is: through views, or (`computed`: a conv's or
+    Gemm's weight, which no data reaches) through any ops (BiT's standardized weights)."""
+    found, todo, seen = [], [x], set()
+    while todo:
+        v = todo.pop()
+        if v is None or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.is_initializer():
+            if v.shape is not None and len(v.shape) >= 1 and math.prod(int(d) for d in v.shape) > 1:
+                found.append(v)
+        elif v.producer() is not None and (computed or v.producer().op_type in VIEWS):
+            todo.extend(v.producer().inputs if computed else v.producer().inputs[:1])
+    return found
 
 
 def group_count(cin: int, mid: int, want: float) -> int:
@@ -130,6 +157,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
     report: list[dict] = field(default_factory=list)   # one entry per module inserted
     blocks: int = 0                                     # blocks found (the first gets no module)
     skipped: list[dict] = field(default_factory=list)   # blocks that got none, and why
+    factor: float = 1.0                                 # image modules' width, of their blocks' (the budget's)
 
     def __post_init__(self):
         super().__init__()
@@ -144,10 +172,13 @@ class LiteResidualPass(ir.passes.InPlacePass):
         reference = self.options.reference
         batch = graph.inputs[0].shape[0]
         measured = _measure(model, {i: b for i, b in enumerate(blocks) if i and _batch_unrelated(b, batch)})
+        plan = []  # (index, block, why no module, the reference size its kernel is chosen by)
         for index, block in enumerate(blocks[1:], start=1):
+            plan.append((index, block, _unsupported(block, batch, measured.get(index)), reference))
+            reference //= max(1, block.stride)
+        self.factor = self._width_factor([(b, size) for _, b, why, size in plan if not why and len(b.input.shape) == 4])
+        for index, block, why, size in plan:
             block.input = spliced.get(id(block.input), block.input)  # a later block reads the sum
-            why = _unsupported(block, batch, measured.get(index))
-            size, reference = reference, reference // max(1, block.stride)
             if why:
                 self.skipped.append({"block": index, "kind": block.kind, "reason": why})
                 continue
@@ -158,6 +189,44 @@ class LiteResidualPass(ir.passes.InPlacePass):
             spliced[id(block.output)] = out
             self.report.append({"index": index, **report})
         return ir.passes.PassResult(model, bool(self.report))
+
+    def _width_factor(self, blocks: list[tuple[Block, int]]) -> float:
+        """1, or the largest 1 / 2^n (n <= 4) at which the image modules beside `blocks` hold no more
+        weights than those blocks (options.budget times): the paper's module beside ConvNeXt's and
+        Swin's blocks held 1.7x and 3x their weights, so that `lite+bias` needed more memory than `full`."""
+        blocks = [(b, size, w) for b, size in blocks for w in [block_layers(b)[1]] if w]  # (those it can weigh)
+        if not self.options.budget or not blocks:
+            return 1.0
+        weights, factor = self.options.budget * sum(w for _, _, w in blocks), 1.0
+        while factor > 1 / 16 and sum(self._geometry(b, size, factor)["params"] for b, size, _ in blocks) > weights:
+            factor /= 2
+        return factor
+
+    def _geometry(self, block: Block, reference: int, factor: float | None = None) -> dict:
+        """A module's sizes beside an image `block`, without building it: its kernel, the taps that
+        reach the map, its width and groups, its parameter count."""
+        o = self.options
+        last, last_out = channels_last(block.input), channels_last(block.output)
+        _, cin, hin, win = [block.input.shape[i] for i in ((0, 3, 1, 2) if last else range(4))]
+        _, cout, hout, wout = [block.output.shape[i] for i in ((0, 3, 1, 2) if last_out else range(4))]
+        d = o.downsample if min(hin, win) >= o.downsample else 1  # a 1x1 input cannot be pooled further
+        h, w = hin // d, win // d
+        k, pooled = o.kernel, (max(1, reference // o.downsample) if reference else min(h, w))
+        while k > pooled and k > 1:
+            k -= 2
+        narrowest = block_layers(block)[0]
+        width = max(1, int(min(cin, narrowest or cin) * (self.factor if factor is None else factor)))
+        if width >= cin:  # the paper's module
+            mid, groups = cin * o.expand, o.groups if cin % o.groups == 0 else 1
+        else:  # no wider than the block's narrowest layer (or the budget), each group as wide as the paper's
+            mid, groups = width * o.expand, group_count(cin, width * o.expand, o.groups * cin / width)
+        # the outer taps of a kernel wider than its map meet only padding: keep the ones that reach it
+        whole = (0, k, k // 2, k // 2)
+        rows, cols = (reach(n, k, block.stride) if o.crop else whole for n in (h, w))
+        params = mid * (cin // groups) * (rows[1] - rows[0]) * (cols[1] - cols[0]) + cout * mid + 2 * (mid + cout)
+        return {"last": last, "last_out": last_out, "cin": cin, "hin": hin, "win": win, "cout": cout, "hout": hout,
+                "wout": wout, "d": d, "k": k, "rows": rows, "cols": cols, "mid": mid, "groups": groups,
+                "params": params}
 
     def _param(self, graph, name, array, role="weight"):
         v = add_initializer(graph, name, array)
@@ -184,32 +253,21 @@ class LiteResidualPass(ir.passes.InPlacePass):
 
     def _splice(self, graph: ir.Graph, block: Block, name: str, rng, reference: int) -> tuple[dict, ir.Value]:
         o = self.options
-        last, last_out = channels_last(block.input), channels_last(block.output)
-        _, cin, hin, win = [block.input.shape[i] for i in ((0, 3, 1, 2) if last else range(4))]
-        _, cout, hout, wout = [block.output.shape[i] for i in ((0, 3, 1, 2) if last_out else range(4))]
+        g = self._geometry(block, reference)
+        last, last_out, cin, hin, win, cout, hout, wout, d, k, mid, groups = (g[n] for n in (
+            "last", "last_out", "cin", "hin", "win", "cout", "hout", "wout", "d", "k", "mid", "groups"))
+        (a0, b0, top, bottom), (a1, b1, left, right) = g["rows"], g["cols"]
+        if cin % o.groups and o.strict_groups:
+            raise TinyTLError(f"--lite-groups {o.groups} does not divide the width {cin} of block {name[4:]} "
+                              f"({block.kind} {list(block.input.shape)[1:]}); choose a divisor of every block's width")
         t = ir.tape.Tape(graph)
         c = lambda n, a: add_initializer(graph, f"{name}.{n}", np.asarray(a), constant=True)  # noqa: E731
-        d = o.downsample if min(hin, win) >= o.downsample else 1  # a 1x1 input cannot be pooled further
         x = t.op("Transpose", [block.input], attributes={"perm": [0, 3, 1, 2]}) if last else block.input
         h, w = hin, win
         if d > 1:
             x = _average_pool(t, c, x, cin, d)
             h, w = hin // d, win // d
-        k, pooled = o.kernel, (max(1, reference // o.downsample) if reference else min(h, w))
-        while k > pooled and k > 1:
-            k -= 2
-        if cin % o.groups and o.strict_groups:
-            raise TinyTLError(f"--lite-groups {o.groups} does not divide the width {cin} of block {name[4:]} "
-                              f"({block.kind} {list(block.input.shape)[1:]}); choose a divisor of every block's width")
-        width = narrowest_layer(block)
-        if width is None or width >= cin:  # the paper's module
-            mid, groups = cin * o.expand, o.groups if cin % o.groups == 0 else 1
-        else:  # a bottleneck: no wider than the block's own narrowest layer, each group as wide as the paper's
-            mid, groups = width * o.expand, group_count(cin, width * o.expand, o.groups * cin / width)
         fan = (cin // groups) * k * k
-        # the outer taps of a kernel wider than its map meet only padding: keep the ones that reach it
-        whole = (0, k, k // 2, k // 2)
-        (a0, b0, top, bottom), (a1, b1, left, right) = (reach(n, k, block.stride) if o.crop else whole for n in (h, w))
         init = rng.normal(0, np.sqrt(2.0 / fan), (mid, cin // groups, k, k)).astype(np.float32)
         w1 = self._param(graph, f"{name}.conv1.weight", np.ascontiguousarray(init[:, :, a0:b0, a1:b1]))
         pads = [top, left, bottom, right]
@@ -227,7 +285,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
         if last_out:
             x = t.op("Transpose", [x], attributes={"perm": [0, 2, 3, 1]})
         out = _attach(graph, t, block.output, x)
-        params = int(sum(np.prod(v.shape) for v in (w1, w2)) + 2 * (mid + cout))
+        params = g["params"]
         return {"block": block.kind + " (channels last)" * (last or last_out), "input": [cin, hin, win],
                 "output": [cout, hout, wout], "width": mid, "groups": groups, "stride": block.stride,
                 "kernel": k, "taps": [b0 - a0, b1 - a1], "pads": pads,
