@@ -157,7 +157,7 @@ class LiteResidualPass(ir.passes.InPlacePass):
     report: list[dict] = field(default_factory=list)   # one entry per module inserted
     blocks: int = 0                                     # blocks found (the first gets no module)
     skipped: list[dict] = field(default_factory=list)   # blocks that got none, and why
-    factor: float = 1.0                                 # image modules' width, of their blocks' (the budget's)
+    factor: float = 1.0                                 # image modules' widths scaled by this (the budget's)
 
     def __post_init__(self):
         super().__init__()
