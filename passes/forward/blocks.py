@@ -81,19 +81,25 @@ def is_layer(node: ir.Node) -> bool:
 
 def _made_from_parameters(value: ir.Value | None) -> bool:
     """A weight computed from parameters alone (a standardised or weight-normalised conv weight)."""
-    seen, stack, parameters = set(), [value], False
+    sources = weight_sources(value)
+    return sources is not None and any(not is_constant(v) for v in sources)
+
+
+def weight_sources(value: ir.Value | None) -> list[ir.Value] | None:
+    """The initializers `value` is computed from, or None if a graph input (data) reaches it."""
+    seen, stack, found = set(), [value], []
     while stack:
         v = stack.pop()
         if v is None or id(v) in seen:
             continue
         seen.add(id(v))
         if v.is_initializer():
-            parameters |= not is_constant(v)
+            found.append(v)
         elif v.producer() is None:
-            return False  # a graph input: data
+            return None  # a graph input: data
         else:
             stack.extend(v.producer().inputs)
-    return parameters
+    return found
 
 
 def is_spatial(node: ir.Node) -> bool:

@@ -51,7 +51,7 @@ import onnx_ir as ir
 
 from tinytlc.errors import TinyTLError
 from tinytlc.passes.forward._values import LITE, add_initializer, normalize
-from tinytlc.passes.forward.blocks import LAYERS, VIEWS, Block, find_blocks
+from tinytlc.passes.forward.blocks import LAYERS, VIEWS, Block, find_blocks, weight_sources
 from tinytlc.passes.forward.static_reshapes import dimension
 
 
@@ -115,20 +115,15 @@ def block_layers(block: Block) -> tuple[int | None, int]:
 
 
 def _weights_of(x: ir.Value | None, computed: bool) -> list[ir.Value]:
-    """The initializers a layer's weight input `x` is: through views, or (`computed`: a conv's or
-    Gemm's weight, which no data reaches) through any ops (BiT's standardized weights)."""
-    found, todo, seen = [], [x], set()
-    while todo:
-        v = todo.pop()
-        if v is None or id(v) in seen:
-            continue
-        seen.add(id(v))
-        if v.is_initializer():
-            if v.shape is not None and len(v.shape) >= 1 and math.prod(int(d) for d in v.shape) > 1:
-                found.append(v)
-        elif v.producer() is not None and (computed or v.producer().op_type in VIEWS):
-            todo.extend(v.producer().inputs if computed else v.producer().inputs[:1])
-    return found
+    """The initializers (not scalars) a layer's weight input `x` is: through views, or (`computed`: a
+    conv's or Gemm's weight, which no data reaches) through any ops (BiT's standardized weights)."""
+    if computed:
+        found = weight_sources(x) or []
+    else:
+        while x is not None and not x.is_initializer() and x.producer() is not None and x.producer().op_type in VIEWS:
+            x = x.producer().inputs[0]
+        found = [x] if x is not None and x.is_initializer() else []
+    return [v for v in found if v.shape is not None and len(v.shape) >= 1 and math.prod(int(d) for d in v.shape) > 1]
 
 
 def group_count(cin: int, mid: int, want: float) -> int:
