@@ -2,12 +2,13 @@
 ORT's unmodified training graph and for the graph after tinytlc's memory passes."""
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import NETS
-from nets import beit_net, bilstm_net, conv_kinds_net, cosine_attention_net, grn_net, dense_net, resmlp_net, starrelu_net, gather_net, mixed_conv_net, odd_net, picks_net, pixel_patch_net, fusion_net, small_net, swinv2_net, wide_lite_net, windows_net
+from nets import beit_net, bilstm_net, channels_last_net, conv_kinds_net, cosine_attention_net, grn_net, dense_net, resmlp_net, starrelu_net, gather_net, mixed_conv_net, odd_net, picks_net, pixel_patch_net, fusion_net, small_net, swinv2_net, wide_lite_net, windows_net
 
 from tinytlc.pipeline import compile_model
 from tinytlc.runtime.session import open_session
@@ -549,6 +550,50 @@ def test_gather_conv_on_small_maps(tmp_path, monkeypatch):
     assert_same_step(without, lean, seed=12, logits_rtol=1e-5, grad_atol=1e-5)
     assert len(ref) == 2 * 6 - 1 + 2  # six convs (one without bias) and the classifier
     assert_same_step(plain, lean, seed=13, logits_rtol=1e-5, grad_atol=1e-5, batch=BATCH - 1)
+
+
+@pytest.mark.parametrize("method", ["bias", "full"])
+def test_recompute_gelu_input(tmp_path, method):
+    """recompute-gelu-input (opt-in): each token MLP's GELU input is made again in the backward from
+    its LayerNorm's input, so the forward's dies after the GELU; the step is bit for bit the step
+    without the pass, equals ORT's own graph and PyTorch autograd."""
+    from tinytlc.passes.training import DEFAULT_PASSES
+    from tinytlc.passes.training._graph import forward_nodes
+    build = dict(resolution=RES, batch_size=BATCH)
+    plain = compile_model(f"{NETS}:channels_last_net", method, tmp_path / "plain", passes=[], **build)
+    without = compile_model(f"{NETS}:channels_last_net", method, tmp_path / "without", **build)
+    lean = compile_model(f"{NETS}:channels_last_net", method, tmp_path / "lean", passes=["+recompute-gelu-input"], **build)
+    assert set(lean.manifest["passes"]) == set(DEFAULT_PASSES) | {"recompute-gelu-input"}
+    graph = ir.load(lean.path / "training_model.onnx").graph
+    forward = forward_nodes(graph)
+    grads = [n for n in graph if n.op_type == "GeluGrad"]
+    gelus = [n for n in graph if n.op_type == "Gelu"]
+    assert len(grads) == len(gelus) == 3
+    for grad in grads:  # reads an X made after the loss, by a LayerNorm and a MatMul of its own
+        assert grad.inputs[1].producer() not in forward
+        assert {"LayerNormalization", "MatMul"} <= {n.op_type for n in graph if n.outputs[0].name.startswith(
+            grad.inputs[1].name.rsplit(".recomputed.", 1)[0] + ".recomputed.")}
+    for gelu in gelus:  # the forward's X has no reader after the loss
+        assert all(user in forward for user, _ in gelu.inputs[0].uses())
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((BATCH, 3, RES, RES), dtype=np.float32)
+    y = rng.integers(0, 3, BATCH)
+    _, logits_w, grads_w = ort_step(without, x, y, 0.0)
+    loss, logits, got = ort_step(lean, x, y, 0.0)
+    np.testing.assert_array_equal(logits, logits_w)
+    assert set(got) == set(grads_w)
+    for name in got:
+        np.testing.assert_array_equal(got[name], grads_w[name], err_msg=name)
+    assert_same_step(plain, lean, seed=7, logits_rtol=1e-6, grad_atol=1e-6)
+    model, train = torch_reference(method, channels_last_net)
+    logits_t = model(torch.from_numpy(x))
+    loss_t = F.cross_entropy(logits_t, torch.from_numpy(y))
+    loss_t.backward()
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+    for name, p in model.named_parameters():
+        if name in train:
+            np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("method", ["bias", "norm+last"])

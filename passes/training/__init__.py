@@ -17,6 +17,7 @@ from tinytlc.passes.training.layer_norm_grad import LayerNormGradPass
 from tinytlc.passes.training.nchwc_conv import NchwcConvPass
 from tinytlc.passes.training.pack_masks import PackMasksPass
 from tinytlc.passes.training.pointwise_grad import PointwiseGradPass
+from tinytlc.passes.training.recompute_gelu_input import RecomputeGeluInputPass
 from tinytlc.passes.training.shapes_from_input import ShapesFromInputPass
 
 PASSES = {
@@ -28,6 +29,7 @@ PASSES = {
     "depthwise-weight-grad": DepthwiseWeightGradPass,
     "pointwise-grad": PointwiseGradPass,
     "layer-norm-grad": LayerNormGradPass,
+    "recompute-gelu-input": RecomputeGeluInputPass,
     "gather-conv": GatherConvPass,
     "activation-masks": ActivationMaskPass,
     "conv-bias-add": ConvBiasAddPass,
@@ -45,12 +47,13 @@ FORWARD_PASSES = ("fold-trained-batchnorm", "gather-as-slice")
 # Passes that write ORT's NCHWc ops, whose layout depends on the CPU (compile records its block).
 NCHWC_PASSES = ("depthwise-weight-grad", "nchwc-conv")
 
-# What compile runs by default. pack-masks is exact and saves 7/8 of the stored masks, but measured
-# slower per step on MobileNetV2 (README), so it is opt-in: --passes +pack-masks.
+# What compile runs by default. pack-masks and recompute-gelu-input are exact and save memory (7/8 of
+# the stored masks; the MLPs' GELU inputs) but cost step time (README), so they are opt-in:
+# --passes +pack-masks, +recompute-gelu-input.
 DEFAULT_PASSES = ["fold-trained-batchnorm", "gather-as-slice", "frozen-conv", "depthwise-input-grad", "dense-input-grad",
                   "depthwise-weight-grad", "pointwise-grad", "layer-norm-grad", "gather-conv", "activation-masks",
                   "conv-bias-add", "nchwc-conv", "shapes-from-input", "dce"]
 
 __all__ = ["DEFAULT_PASSES", "FORWARD_PASSES", "NCHWC_PASSES", "PASSES", "ActivationMaskPass", "ConvBiasAddPass", "DenseInputGradPass",
            "DepthwiseInputGradPass", "DepthwiseWeightGradPass", "FrozenConvBackwardPass", "GatherConvPass", "LayerNormGradPass", "NchwcConvPass",
-           "PackMasksPass", "PointwiseGradPass", "ShapesFromInputPass"]
+           "PackMasksPass", "PointwiseGradPass", "RecomputeGeluInputPass", "ShapesFromInputPass"]
