@@ -5,8 +5,9 @@ What it removes: ORT's GeluGrad(dY, X) reads the GELU's input X, so each transfo
 from the forward until its backward. These are the largest tensors a `bias` step keeps: ConvNeXt-Tiny
 at 128 px, batch 8, holds 85 MiB of them at its step peak of 119 MiB. Where
     X = LayerNorm(x; gamma, beta) W + b        gamma, beta, W, b parameters; x kept anyway
-(x is read by the LayerNorm's own backward; parameters do not change before the optimizer), this pass recomputes X just before its GeluGrad with
-the forward's own ops on the same inputs, bit for bit, and the forward's X dies after the GELU.
+(x is read by the LayerNorm's own backward; parameters do not change before the optimizer), this
+pass recomputes X just before its GeluGrad with the forward's own ops on the same inputs, bit for
+bit, and the forward's X dies after the GELU.
 What it costs: one more LayerNorm and one GEMM a block in the backward (the MLP's first Linear once
 more), and X and the LayerNorm's output alive while the GeluGrad runs, as X was.
 Order: the recomputation reads gamma + 0 * dY[0, .., 0] (a copy of gamma, small), so it cannot run
