@@ -62,6 +62,23 @@ class Branchy(Net):
             x = -x
         return super().forward(x)
 
+class SamePath(Net):
+    def forward(self, x):  # the check's images take the traced path too; others need not
+        y = self.features(x)
+        return self.fc((y if y.mean() > -1e9 else -y).mean((2, 3)))
+
+class ScaledByMax(Net):
+    def forward(self, x):  # a Python number from the images: tracing writes it as a constant
+        return super().forward(x / float(x.abs().max()))
+
+class ShapeBranch(Net):
+    def forward(self, x):  # a branch on a shape is the same for every image of that size: traced as is
+        return super().forward(x if x.shape[-1] % 2 == 0 else x[..., :-1])
+
+class NumpyBranch(Net):
+    def forward(self, x):  # through numpy, out of the tracer's sight: the trace check finds it
+        return super().forward(-x if x.detach().numpy().min() < 0 else x)
+
 class BatchOfTwo(Net):
     def forward(self, x):  # a batch size written into forward: it runs only on the batch it was tried on
         return super().forward(x).view(2, 3)
@@ -167,6 +184,10 @@ def frozen():
     return net
 def reversed_grad(): return Reversed()
 def branchy(): return Branchy()
+def same_path(): return SamePath()
+def scaled_by_max(): return ScaledByMax()
+def shape_branch(): return ShapeBranch()
+def numpy_branch(): return NumpyBranch()
 def double(): return Net().double()
 def batch_of_two(): return BatchOfTwo()
 def traced_batch(): return TracedBatch()
@@ -205,7 +226,7 @@ def _torch_step(net, x, y, pick=lambda o: o):
                                        ("detach", lambda o: o), ("frozen", lambda o: o), ("gray", lambda o: o),
                                        ("nf", lambda o: o), ("cbam", lambda o: o),
                                        ("space_to_depth", lambda o: o), ("same_padding", lambda o: o),
-                                       ("nf_same", lambda o: o)])
+                                       ("nf_same", lambda o: o), ("shape_branch", lambda o: o)])
 def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
     """The logits are found in what forward returns; `full` trains exactly the parameters PyTorch
     gives a gradient (not the buffer, not requires_grad=False, not behind a detach), with torch's
@@ -230,7 +251,12 @@ def test_full_trains_what_pytorch_trains(tmp_path, nets, name, pick):
 
 @pytest.mark.parametrize("name,phrase", [
     ("reversed_grad", r"Reversed uses a custom torch.autograd.Function \(.*GradReverse\): its backward cannot be exported"),
-    ("branchy", r"nets.py:branchy: the traced graph disagrees with the module on other images .*a Python `if` on a tensor"),
+    ("branchy", r"^Branchy turns a value computed from the images into a Python bool or number at nets.py:\d+ \(an `if`"),
+    ("same_path", r"^SamePath turns a value computed from the images into a Python bool or number at nets.py:\d+ .*"
+                  r"tracing keeps the value the example images gave"),
+    ("scaled_by_max", r"^ScaledByMax turns a value computed from the images into a Python bool or number at nets.py"),
+    ("numpy_branch", r"nets.py:numpy_branch: the traced graph disagrees with the module on other images .*a Python `if` "
+                     r"on a tensor"),
     ("double", r"Net has float64 parameters; tinytlc trains float32 models: call .float\(\) on it"),
     ("batch_of_two", r"nets.py:batch_of_two: its forward runs on a batch of 2 images but fails on 3: RuntimeError: "
                      r"shape '\[2, 3\]' is invalid .*, at nets.py:\d+; read the batch size from the input"),

@@ -98,6 +98,59 @@ def _check_tensors(module: torch.nn.Module) -> None:
         raise TinyTLError(f"{name} has {', '.join(wide)} parameters; tinytlc trains float32 models: call .float() on it")
 
 
+# Traced ops that read only a tensor's shape: a Python value made from them is the same for any image.
+_SHAPE_OPS = {"aten::size", "aten::sym_size", "aten::dim", "aten::numel", "aten::len", "prim::shape",
+              "prim::device", "prim::dtype"}
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _from_images(value: torch._C.Value, images: set[int]) -> bool:
+    """Whether a traced value is computed from the images' values, not only from their shapes."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if v.unique() in images:
+            return True
+        if v.unique() not in seen:
+            seen.add(v.unique())
+            if v.node().kind() not in _SHAPE_OPS:
+                stack.extend(v.node().inputs())
+    return False
+
+
+@contextlib.contextmanager
+def _python_values_from_images(found: list[str]):
+    """While torch traces the forward, note each place where the user's code (not torch's) turns a
+    tensor computed from the images into a Python bool or number (`if y.sum() > 0`, `float(x.max())`).
+    Tracing keeps that value as a constant, so the graph follows the path the traced images took
+    whatever images come later; an `if` on a shape (x.shape[-1] != 32) is the same for every image."""
+    methods = {name: getattr(torch.Tensor, name) for name in ("__bool__", "__float__", "__int__", "item", "tolist")}
+
+    def watched(name):
+        original = methods[name]
+
+        def method(self, *args):
+            state = torch._C._get_tracing_state()
+            caller = sys._getframe(1)
+            if state is not None and not caller.f_code.co_filename.startswith(_TORCH_DIR):
+                try:
+                    images = {next(state.graph().inputs()).unique()}  # the traced images come first
+                    if _from_images(torch._C._get_value_trace(self), images):
+                        found.append(f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}")
+                except Exception:  # (a tensor the tracer does not know, made outside the trace: not ours to judge)
+                    pass
+            return original(self, *args)
+        return method
+
+    for name in methods:
+        setattr(torch.Tensor, name, watched(name))
+    try:
+        yield
+    finally:
+        for name, original in methods.items():
+            setattr(torch.Tensor, name, original)
+
+
 def _traced_images(channels: int, resolution: int) -> torch.Tensor:
     return torch.rand(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(0))
 
@@ -106,7 +159,8 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int | None
     """Export an eval-mode nn.Module to ONNX (batch dimension symbolic, spatial size fixed). It is
     traced at batch 2 (a `squeeze()` keeps the batch axis) on random pixels (a zero image takes
     branches real ones do not); custom autograd Functions are refused: their backward cannot be
-    exported, and differentiating their forward instead would train something else."""
+    exported, and differentiating their forward instead would train something else; so is a forward
+    that makes a Python bool or number from the images' values (_python_values_from_images)."""
     module = _unwrap(module).eval()
     name = type(module).__name__
     _check_tensors(module)
@@ -119,7 +173,8 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int | None
                           keep_initializers_as_inputs=True, autograd_inlining=False)
         return buf.getvalue()
 
-    with warnings.catch_warnings(), _stdout_silenced():
+    branches: list[str] = []
+    with warnings.catch_warnings(), _stdout_silenced(), _python_values_from_images(branches):
         warnings.simplefilter("ignore")
         try:
             data = export(dynamic=True)
@@ -134,6 +189,11 @@ def export_module(module: torch.nn.Module, resolution: int, channels: int | None
                 raise TinyTLError(f"cannot export {name} to ONNX with torch's TorchScript exporter: {first}; its dynamo "
                                   "exporter may write it: torch.onnx.export(model, images, 'model.onnx', dynamo=True), "
                                   "then compile model.onnx") from e
+    if branches:
+        raise TinyTLError(f"{name} turns a value computed from the images into a Python bool or number at "
+                          f"{branches[0]} (an `if` or `assert` on tensor values, float() or .item()): tracing "
+                          "keeps the value the example images gave, whatever images come later; compute it with "
+                          "tensor ops (torch.where) or take it out")
     model = onnx.load_from_string(data)
     params = {t.name for t in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in params]
