@@ -86,8 +86,9 @@ def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | N
     DATA: a --data spec (image folder, idx folder, synthetic:N; loaded with `seed`, by default the
     trained run's, so the held-out split is the one training held out, and `skip_bad_images` as eval
     does) or a Data from load_data. An image folder without a val/ or test/ folder that is not the
-    one the artifact was trained on has every image scored ("scored": "all"), else its held-out ones
-    ("held-out"). Labels follow the class names the model was trained on.
+    one the artifact was trained on (or any, before training) has every image scored ("scored":
+    "all"), else its held-out ones ("held-out"). Labels follow the class names the model was trained
+    on; a trained model's folder may hold one class of them.
     `batch_size`: default the compiled one. `warn` gets the data's warnings, one line each."""
     from tinytlc.pipeline import load_artifact
     art = load_artifact(directory)
@@ -106,13 +107,16 @@ def evaluate(directory: str | Path, data: str | Path | Data, batch_size: int | N
         check_data(data, m["num_classes"])
     else:
         spec = os.fspath(data)
-        data = load_data(spec, m["num_classes"], seed=seed, skip_bad=skip_bad_images, classes=classes)
+        # a trained model's classes are known by name, so a folder of one of them can be scored
+        data = load_data(spec, m["num_classes"], seed=seed, skip_bad=skip_bad_images, classes=classes,
+                         min_classes=1 if classes else 2)
     for w in data.warnings:
         warn(w)
     scored, split = "held-out", data.test
     trained_on = trained_folder(art.path)
-    if data.drawn and data.folder and trained_on is not None and data.folder != trained_on:
-        # not the folder it was trained on: none of its images were trained on, so every one is scored
+    untrained = trained_checkpoint(art.path) is None
+    if data.drawn and data.folder and (untrained or trained_on is not None and data.folder != trained_on):
+        # never trained, or not the folder it was trained on: no image of it was trained on, so all are scored
         scored, split = "all", Split(np.concatenate([data.train.labels, data.test.labels]),
                                      lambda i, n=len(data.train): data.train.load(i) if i < n else data.test.load(i - n))
     if not len(split):

@@ -264,21 +264,36 @@ def test_eval_scores_every_image_of_a_folder_it_did_not_train_on(tmp_path, cli):
     """A separate test set laid out <class>/<image> had a random tenth of it scored, and a folder
     holding only test/ was read as one class. Every image of a folder other than the one trained on
     is scored now, and a lone test/ folder is held-out images; the training folder's held-out split
-    is scored as before."""
+    is scored as before. Before training, no image was trained on: all are scored. A trained model
+    scores a folder of one of its classes (a warning names the others); training needs two."""
     colours = {"a": (220, 30, 30), "b": (30, 220, 30), "c": (30, 30, 220)}
     _colour_folders(tmp_path / "data", colours, n=10)
     _colour_folders(tmp_path / "other", colours, n=4)
     _colour_folders(tmp_path / "only" / "test", colours, n=2)
+    _colour_folders(tmp_path / "just_b", {"b": colours["b"]}, n=4)
+    _colour_folders(tmp_path / "just_b_test" / "test", {"b": colours["b"]}, n=2)
     art = tmp_path / "art"
     assert cli("compile", f"{NETS}:tiny_net", "--method", "last", "--resolution", RES, "--batch-size", 4,
                "--out", art)[0] == 0
-    assert cli("train", art, "--data", tmp_path / "data")[0] == 0
 
     def scored(folder):
-        result = json.loads(cli("eval", art, "--data", folder, "--json")[1])
+        code, out, err = cli("eval", art, "--data", folder, "--json")
+        assert code == 0, err
+        result = json.loads(out)
         return result["scored"], result["images"]
+    assert scored(tmp_path / "data") == ("all", 30)
+    code, _, err = cli("eval", art, "--data", tmp_path / "just_b")
+    assert code == 2 and "only 1 class found" in err  # (no class names to label one folder by)
+    assert cli("train", art, "--data", tmp_path / "data")[0] == 0
     assert scored(tmp_path / "data") == ("held-out", 3)
     assert scored(tmp_path / "other") == ("all", 12)
     assert scored(tmp_path / "only") == ("held-out", 6)
+    assert scored(tmp_path / "just_b") == ("all", 4)
+    assert scored(tmp_path / "just_b_test") == ("held-out", 2)
+    code, _, err = cli("eval", art, "--data", tmp_path / "just_b")
+    assert code == 0 and "no class folder for a, c" in err
     code, _, err = cli("train", art, "--data", tmp_path / "only", "--restart")
     assert code == 2 and "no training images" in err
+    for resumed in (["--restart"], ["--resume", "--epochs", "2"]):
+        code, _, err = cli("train", art, "--data", tmp_path / "just_b", *resumed)
+        assert code == 2 and "only 1 class found; need at least 2 class folders" in err, err

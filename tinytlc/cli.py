@@ -143,7 +143,7 @@ def cmd_eval(a) -> dict:
     result = evaluate(art.path, a.data, a.batch_size, seed=a.seed, skip_bad_images=a.skip_bad_images)
     _note_untrained(art)
     if not a.json:
-        what = "held-out accuracy" if result["scored"] == "held-out" else "accuracy (every image: not the folder it trained on)"
+        what = "held-out accuracy" if result["scored"] == "held-out" else "accuracy (every image: none was trained on)"
         print(f"{what} {result['accuracy']:.2%}, loss {result['loss']:.4f} on {result['images']} images")
     return result
 

@@ -279,9 +279,11 @@ def _labelled(found: dict[str, list[Path]], classes: list[str]) -> tuple[list[Pa
     return paths, np.asarray(labels, np.int64)
 
 
-def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad: bool = False) -> Data:
+def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad: bool = False,
+                      min_classes: int = 2) -> Data:
     """root/<class>/*.jpg, or root/train/<class>/... with root/val (or test)/<class>/... (common split
-    names in any case: Train/Test, training_set/test_set, train/validation ...)."""
+    names in any case: Train/Test, training_set/test_set, train/validation ...). Training needs 2
+    classes; scoring a trained model (its class names known) needs `min_classes` 1."""
     skipped, warnings = [], []
     train_dir, held_dir = _split_folders(root)
     drawn = held_dir is None
@@ -325,7 +327,7 @@ def load_image_folder(root: Path, held_out: float = 0.1, seed: int = 0, skip_bad
         hint = f"; its {len(loose)} images lie in it, not in class folders: is it one class? give its parent" \
             if loose else ""
         raise TinyTLError(f"{root}: no images found (expected {root}/<class>/<image> files){hint}")
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise TinyTLError(f"{root}: images of only {len(classes)} class found; need at least 2 class folders")
     if len(test_paths) == 0:
         warnings.append(f"{root}: no held-out images (a val/ folder, or 2 or more images a class), so no held-out "
@@ -357,9 +359,11 @@ SYNTHETIC_MAX = 10_000_000
 
 
 def load_data(spec: str | os.PathLike, num_classes: int, limit: int | None = None, seed: int = 0,
-              test_limit: int | None = None, skip_bad: bool = False, classes: list[str] | None = None) -> Data:
+              test_limit: int | None = None, skip_bad: bool = False, classes: list[str] | None = None,
+              min_classes: int = 2) -> Data:
     """Resolve --data. `limit` (`test_limit`) keeps a fixed random subset of the training (held-out)
-    split. `classes`: the class names a model was trained on; labels follow them by name."""
+    split. `classes`: the class names a model was trained on; labels follow them by name.
+    `min_classes`: class folders an image folder needs (eval scores one class of a trained model)."""
     check_path("--data", spec)
     check_int("num_classes", num_classes, 2)
     check_int("--limit", limit, 2, optional=True)
@@ -380,7 +384,8 @@ def load_data(spec: str | os.PathLike, num_classes: int, limit: int | None = Non
         if not root.is_dir():
             raise TinyTLError(f"--data {spec}: {'not a directory' if root.exists() else 'no such directory'}")
         is_idx = any(p.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for p in root.iterdir())
-        data = load_idx(root) if is_idx else load_image_folder(root, seed=seed, skip_bad=skip_bad)
+        data = load_idx(root) if is_idx else load_image_folder(root, seed=seed, skip_bad=skip_bad,
+                                                               min_classes=min_classes)
     if classes is not None and data.classes != classes:
         follow_classes(data, classes, spec)
     if len(data.classes) > num_classes:
