@@ -209,6 +209,8 @@ def train(directory: str | Path, manifest: dict, data: str | Path | Data, cfg: T
     if not len(data.train):
         raise TinyTLError("--data has no training images (a folder holding only a test/ or val/ folder is for eval)")
     with locked(directory, "train"):  # two trains would each replace the other's run
+        log(f"training {manifest['model']} ({manifest['method']}) on {len(data.train)} images, {len(data.classes)} "
+            f"classes{'; ' + data.note if data.note else ''}; lr {cfg.lr:g}, batch {cfg.batch_size}")
         return _train(directory, manifest, data, cfg, log)
 
 
@@ -227,7 +229,8 @@ def _train(directory: Path, manifest: dict, data: Data, cfg: TrainConfig, log) -
         if changed:
             log(f"tinytlc: note: --resume with other settings than the earlier run: {', '.join(changed)}")
         if record["epoch"] >= cfg.epochs:
-            log(f"already trained {record['epoch']} epochs (asked for {cfg.epochs}); nothing to do")
+            log(f"already trained {record['epoch']} epoch{'s' if record['epoch'] != 1 else ''} (asked for {cfg.epochs}); "
+                "nothing to do")
             return record
     sess = open_session(directory, manifest, checkpoint)
     pre = Preprocess.from_manifest(manifest)

@@ -97,10 +97,11 @@ def test_existing_output_is_kept(tmp_path, cli, artifact):
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("precious")
-    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep), "not a tinytlc artifact")
+    one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep),
+                   "not a tinytlc artifact (notes.txt)")
     (keep / "sub").mkdir()
     one_line_error(cli("compile", f"{NETS}:tiny_net", "--method", "full", "--out", keep, "--force"),
-                   "not a tinytlc artifact", "even with --force")
+                   "not a tinytlc artifact (notes.txt, sub)", "even with --force")
     assert (keep / "notes.txt").read_text() == "precious" and (keep / "sub").is_dir()
     mine = tmp_path / "mine.txt"
     mine.write_text("mine")
@@ -425,7 +426,7 @@ def test_force_replaces_only_what_tinytlc_wrote(tmp_path, cli, artifact):
     (art / "NOTES.txt").unlink()
     (art / "trained" / "photo.jpg").unlink()
     code, _, err = cli(*compile_)
-    assert code == 0 and "replaced" in err and "with its trained run" in err
+    assert code == 0 and "replaced" in err and "and the trained run it held" in err
     assert json.loads((art / "tinytlc.json").read_text())["method"] == "last"
     assert not list(tmp_path.glob(".art*"))
 
@@ -554,7 +555,8 @@ def test_damaged_frozen_weights_are_called_corrupt(tmp_path, cli, artifact):
 
 
 def test_one_train_at_a_time(tmp_path, cli, artifact):
-    """A second train on an artifact being trained stops at once (it would replace the first's run)."""
+    """A second train on an artifact being trained stops at once (it would replace the first's run),
+    before it says it trains."""
     import shutil
 
     from tinytlc.fsutil import locked
@@ -562,9 +564,12 @@ def test_one_train_at_a_time(tmp_path, cli, artifact):
     shutil.copytree(artifact, art)
     shutil.rmtree(art / "trained", ignore_errors=True)
     with locked(art, "train"):  # as another process's train holds it
-        one_line_error(cli("train", art, "--data", "synthetic:8"), "another tinytlc train is running")
+        refused = cli("train", art, "--data", "synthetic:8")
+        one_line_error(refused, "another tinytlc train is running")
+        assert refused[1] == ""
     assert not (art / "trained").exists()
-    assert cli("train", art, "--data", "synthetic:8")[0] == 0
+    code, out, _ = cli("train", art, "--data", "synthetic:8")
+    assert code == 0 and out.startswith("training ")
 
 
 def test_compile_force_does_not_replace_an_artifact_being_trained(tmp_path, cli, artifact):

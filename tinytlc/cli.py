@@ -75,7 +75,7 @@ def cmd_compile(a) -> dict:
                 print(f"  no module beside block {skip['block']} ({skip['kind']}): {skip['reason']}")
     sys.stdout.flush()
     if had_run:
-        print(f"tinytlc: note: --force replaced {art.path} with its trained run", file=sys.stderr)
+        print(f"tinytlc: note: --force replaced {art.path} and the trained run it held", file=sys.stderr)
     if m["method"] == "norm+last" and found and not found["norms"]:
         print("tinytlc: warning: no norm layers found (an exporter may have folded BatchNorm into the convs); "
               "norm+last trains the classifier only", file=sys.stderr)
@@ -125,9 +125,7 @@ def cmd_train(a) -> dict:
               f"outputs; the other {m['num_classes'] - len(data.classes)} are never trained (compile with "
               f"--num-classes {len(data.classes)} for a head of that size)", file=sys.stderr)
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
-    log(f"training {m['model']} ({m['method']}) on {len(data.train)} images, {len(data.classes)} classes"
-        f"{'; ' + data.note if data.note else ''}; lr {lr:g}, batch {cfg.batch_size}")
-    return train(art.path, m, data, cfg, log=log)
+    return train(art.path, m, data, cfg, log=log)  # (it says what it trains once no other train holds the artifact)
 
 
 def _note_untrained(art) -> None:

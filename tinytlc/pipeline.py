@@ -120,8 +120,9 @@ def check_output_directory(out: Path, force: bool) -> None:
     if not any(out.iterdir()):
         return
     if not (out / MANIFEST).is_file():
-        raise TinyTLError(f"--out {out}: the directory holds files that are not a tinytlc artifact; "
-                          "tinytlc will not replace it (even with --force)")
+        held = sorted(p.name for p in out.iterdir())
+        raise TinyTLError(f"--out {out}: the directory holds files that are not a tinytlc artifact ({', '.join(held[:5])}"
+                          f"{', ...' if len(held) > 5 else ''}); tinytlc will not replace it (even with --force)")
     if not force:
         raise TinyTLError(f"{out} holds an artifact; choose another --out or pass --force to replace it")
     try:  # a train holds this lock: replacing the artifact under it would lose that run
