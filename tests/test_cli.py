@@ -191,6 +191,13 @@ def test_ctrl_c_while_starting_is_one_line(cli, monkeypatch):
     code, _, err = cli("train", "x", "--data", "y")
     assert code == 130 and err.strip() == "tinytlc: interrupted"
 
+    def terminated():  # SIGTERM's handler, as the signal would call it
+        import signal
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    monkeypatch.setattr(tinytlc.cli, "parser", terminated)
+    code, _, err = cli("train", "x", "--data", "y")
+    assert code == 143 and err.strip() == "tinytlc: terminated"
+
 
 def test_export_keeps_the_files_metadata(tmp_path, cli):
     """The user's file's metadata (author, licence) survives train and export beside the class

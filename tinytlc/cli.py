@@ -359,8 +359,12 @@ def parser() -> argparse.ArgumentParser:
 ISSUES = "the tinytlc issue tracker"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding as Ctrl-C does; the exit status is the shell's for the signal (143)."""
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     except TinyTLError as e:
         print(f"tinytlc: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("tinytlc: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("tinytlc: interrupted", file=sys.stderr)
         return 130
