@@ -209,6 +209,7 @@ def test_relative_output_directory(tmp_path, cli, monkeypatch):
     (["eval", "d", "--data", "x", "--seed", "-1"], "--seed: -1 is out of range"),
     (["compile", "m", "--out", "o"], "required"),
     (["diff", "m", "--method", "bias", "--resolution", "4"], "--resolution: 4 is out of range (must be >= 8"),
+    (["train", "d", "--data", "x", "--bogus"], "unrecognized arguments: --bogus (see tinytlc train --help)"),
 ])
 def test_arguments_checked_up_front(cli, capsys, args, phrase):
     with pytest.raises(SystemExit) as exit_:

@@ -208,8 +208,8 @@ def cmd_analyze(a) -> dict:
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (no usage block) and exit status 2."""
 
-    def error(self, message: str):
-        self.exit(2, f"tinytlc: error: {message} (see {self.prog} --help)\n")
+    def error(self, message: str, prog: str | None = None):
+        self.exit(2, f"tinytlc: error: {message} (see {prog or self.prog} --help)\n")
 
 
 def _ranged(kind, low=None, high=None, low_open=False, odd=False):
@@ -377,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["bench"]:  # its own options; see tinytlc/transfer_bench.py
             from tinytlc import transfer_bench
             return transfer_bench.main(argv[1:])
-        args = parser().parse_args(argv)
+        p = parser()
+        args, extra = p.parse_known_args(argv)
+        if extra:  # named with the command's own help, not the top level's
+            p.error(f"unrecognized arguments: {' '.join(extra)}", prog=f"{p.prog} {args.cmd}")
         result = args.func(args)
     except TinyTLError as e:
         print(f"tinytlc: error: {e}", file=sys.stderr)
