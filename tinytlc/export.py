@@ -104,12 +104,12 @@ _SHAPE_OPS = {"aten::size", "aten::sym_size", "aten::dim", "aten::numel", "aten:
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 
 
-def _from_images(value: torch._C.Value, images: set[int]) -> bool:
+def _from_images(value: torch._C.Value, images: torch._C.Value) -> bool:
     """Whether a traced value is computed from the images' values, not only from their shapes."""
     stack, seen = [value], set()
     while stack:
         v = stack.pop()
-        if v.unique() in images:
+        if v.unique() == images.unique():
             return True
         if v.unique() not in seen:
             seen.add(v.unique())
@@ -134,7 +134,7 @@ def _python_values_from_images(found: list[str]):
             caller = sys._getframe(1)
             if state is not None and not caller.f_code.co_filename.startswith(_TORCH_DIR):
                 try:
-                    images = {next(state.graph().inputs()).unique()}  # the traced images come first
+                    images = next(state.graph().inputs())  # the traced images come first
                     if _from_images(torch._C._get_value_trace(self), images):
                         found.append(f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}")
                 except Exception:  # (a tensor the tracer does not know, made outside the trace: not ours to judge)

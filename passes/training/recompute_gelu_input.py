@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tinytlc.passes.training._graph import Constants, forward_nodes, wanted
+from tinytlc.passes.training.activation_masks import kept_anyway
 
 
 def _fixed(v: ir.Value) -> bool:
@@ -32,11 +33,6 @@ def _fixed(v: ir.Value) -> bool:
         return True
     return node.op_type in ("Transpose", "Reshape", "Identity", "Cast") and all(
         i is None or _fixed(i) for i in node.inputs)
-
-
-def _kept(v: ir.Value, forward: set[ir.Node]) -> bool:
-    """Alive in the backward anyway: a graph input or initializer, or read after the loss."""
-    return v.producer() is None or any(user not in forward for user, _ in v.uses())
 
 
 def _recipe(x: ir.Value, forward: set[ir.Node]) -> tuple[ir.Node, ir.Node, ir.Node | None] | None:
@@ -58,7 +54,7 @@ def _recipe(x: ir.Value, forward: set[ir.Node]) -> tuple[ir.Node, ir.Node, ir.No
     a, w = mm.inputs
     norm = a.producer()
     if (norm is None or norm.op_type != "LayerNormalization" or norm.domain != "" or not _fixed(w)
-            or not _kept(norm.inputs[0], forward)
+            or not (norm.inputs[0].producer() is None or kept_anyway(norm.inputs[0], forward))
             or not all(i is None or _fixed(i) for i in norm.inputs[1:])):
         return None
     return norm, mm, add
